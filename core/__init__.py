@@ -1,0 +1,1 @@
+"""Blossom: run large language models together over a swarm of volunteer servers."""

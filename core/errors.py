@@ -1,0 +1,105 @@
+"""Typed exceptions for bad input and unavailable resources.
+
+Every error carries a message a person can act on: what was wrong and what to do.
+Errors raised on a server travel back to the client by their ``code`` and are re-raised
+there with the same class (see :func:`error_from_code`).
+"""
+from __future__ import annotations
+
+
+class BlossomError(Exception):
+    """Base class of every error raised on purpose by Blossom."""
+
+    code = "error"
+
+
+class InvalidRequestError(BlossomError, ValueError):
+    """A request had the wrong shape, dtype, metadata or values."""
+
+    code = "invalid_request"
+
+
+class UnknownBlocksError(InvalidRequestError):
+    """A request named blocks this server does not serve."""
+
+    code = "unknown_blocks"
+
+
+class SequenceTooLongError(InvalidRequestError):
+    """An inference session went past its ``max_length`` or the server's limit."""
+
+    code = "sequence_too_long"
+
+
+class ServerFullError(BlossomError):
+    """The server's KV-cache budget cannot hold another session right now."""
+
+    code = "server_full"
+
+
+class MissingBlocksError(BlossomError):
+    """No server in the swarm holds some of the blocks a model needs."""
+
+    code = "missing_blocks"
+
+    def __init__(self, blocks: list[int], prefix: str = "", waited: float | None = None) -> None:
+        self.blocks = list(blocks)
+        shown = _format_ranges(self.blocks)
+        where = f" of '{prefix}'" if prefix else ""
+        after = f" after waiting {waited:.0f} s" if waited is not None else ""
+        super().__init__(
+            f"no server in the swarm holds block(s) {shown}{where}{after}. Start a server for them "
+            f"(python -m core.cli.run_server ... --block_indices {self.blocks[0]}:{self.blocks[-1] + 1}) "
+            f"or check that --initial_peers points to the right swarm"
+        )
+
+
+class RemoteCallError(BlossomError):
+    """A server could not be reached or failed while serving a request."""
+
+    code = "remote_call_failed"
+
+
+class ConversionError(BlossomError):
+    """A checkpoint could not be converted or a converted model failed verification."""
+
+    code = "conversion_failed"
+
+
+class UnsupportedModelError(ConversionError):
+    """The model's architecture has no registered family."""
+
+    code = "unsupported_model"
+
+
+def _format_ranges(indices: list[int]) -> str:
+    """Format ``[0, 1, 2, 5]`` as ``'0-2, 5'``."""
+    parts: list[str] = []
+    for index in sorted(set(indices)):
+        if parts and index == parts[-1][1] + 1:
+            parts[-1] = (parts[-1][0], index)
+        else:
+            parts.append((index, index))
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in parts)
+
+
+_ERRORS_BY_CODE: dict[str, type[BlossomError]] = {
+    cls.code: cls
+    for cls in (
+        BlossomError,
+        InvalidRequestError,
+        UnknownBlocksError,
+        SequenceTooLongError,
+        ServerFullError,
+        RemoteCallError,
+        ConversionError,
+    )
+}
+
+
+def error_from_code(code: str, message: str) -> BlossomError:
+    """Rebuild an error received over the wire; unknown codes become :class:`RemoteCallError`."""
+    cls = _ERRORS_BY_CODE.get(code, RemoteCallError)
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    return error
