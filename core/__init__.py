@@ -1,1 +1,38 @@
-"""Blossom: run large language models together over a swarm of volunteer servers."""
+"""Blossom: run large language models together over a swarm of volunteer servers.
+
+Public API (imported lazily, so ``import core`` stays light and never needs Qt):
+
+- ``DistributedBloomConfig``, ``DistributedBloomForCausalLM`` — BLOOM (``core/models/bloom``)
+- ``DistributedLlamaConfig``, ``DistributedLlamaForCausalLM`` — Llama (``core/models/llama``)
+- ``AutoDistributedConfig``, ``AutoDistributedModelForCausalLM``, ``get_remote_module`` — ``core/models/auto.py``
+- ``RemoteSequential`` (``core/client/remote_sequential.py``), ``convert_model`` (``core/convert``)
+- ``ServerConfig``, ``ClientConfig`` (``core/config.py``); errors in ``core/errors.py``
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "DistributedBloomConfig": "core.models.bloom.model",
+    "DistributedBloomForCausalLM": "core.models.bloom.model",
+    "DistributedLlamaConfig": "core.models.llama.model",
+    "DistributedLlamaForCausalLM": "core.models.llama.model",
+    "AutoDistributedConfig": "core.models.auto",
+    "AutoDistributedModelForCausalLM": "core.models.auto",
+    "get_remote_module": "core.models.auto",
+    "RemoteSequential": "core.client.remote_sequential",
+    "convert_model": "core.convert",
+    "ServerConfig": "core.config",
+    "ClientConfig": "core.config",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'core' has no attribute '{name}'")

@@ -25,15 +25,21 @@ class BloomBlockSpan(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.num_heads = config.n_head
 
-    def forward(self, hidden_states: torch.Tensor, cache: Cache | None = None, past_length: int = 0) -> torch.Tensor:
-        """Run the span on ``hidden_states`` ``[batch, q, hidden]`` that follow ``past_length`` cached tokens."""
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        cache: Cache | None = None,
+        past_length: int = 0,
+        active: slice = slice(None),
+    ) -> torch.Tensor:
+        """Run blocks ``active`` (default: all) on ``hidden_states`` ``[batch, q, hidden]`` after ``past_length`` cached tokens."""
         batch_size, query_length, _ = hidden_states.shape
         kv_length = past_length + query_length
         device, dtype = hidden_states.device, hidden_states.dtype
         slopes = _get_alibi_slopes(self.num_heads, device)
         alibi = (slopes[:, None, None] * torch.arange(kv_length, device=device)).repeat(batch_size, 1, 1).to(dtype)
         mask = additive_causal_mask(batch_size, query_length, past_length, dtype, device)
-        for block in self.blocks:
+        for block in self.blocks[active]:
             hidden_states = block(
                 hidden_states, alibi, mask, layer_past=cache, use_cache=cache is not None
             )[0]

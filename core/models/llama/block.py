@@ -25,15 +25,21 @@ class LlamaBlockSpan(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.rotary_emb = LlamaRotaryEmbedding(config)
 
-    def forward(self, hidden_states: torch.Tensor, cache: Cache | None = None, past_length: int = 0) -> torch.Tensor:
-        """Run the span on ``hidden_states`` ``[batch, q, hidden]`` that follow ``past_length`` cached tokens."""
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        cache: Cache | None = None,
+        past_length: int = 0,
+        active: slice = slice(None),
+    ) -> torch.Tensor:
+        """Run blocks ``active`` (default: all) on ``hidden_states`` ``[batch, q, hidden]`` after ``past_length`` cached tokens."""
         batch_size, query_length, _ = hidden_states.shape
         device, dtype = hidden_states.device, hidden_states.dtype
         position_ids = torch.arange(past_length, past_length + query_length, device=device)[None].expand(batch_size, -1)
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
         # One new token may attend to everything cached; several need an explicit causal mask.
         mask = None if query_length == 1 else additive_causal_mask(batch_size, query_length, past_length, dtype, device)
-        for block in self.blocks:
+        for block in self.blocks[active]:
             hidden_states = block(
                 hidden_states,
                 attention_mask=mask,

@@ -1,0 +1,58 @@
+"""``python -m core.cli.run_dht``: a standalone, persistent bootstrap peer for a swarm."""
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import threading
+
+import hivemind
+
+from core.cli.common import on_termination, setup_logging
+
+logger = logging.getLogger(__name__)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Run a DHT bootstrap peer that servers and clients join through.")
+    parser.add_argument("--initial_peers", nargs="*", default=[], help="join an existing swarm through these peers")
+    parser.add_argument("--host_maddrs", nargs="+", default=None,
+                        help="multiaddrs to listen on (default: all interfaces, --port or a random port)")
+    parser.add_argument("--announce_maddrs", nargs="*", default=None, help="public multiaddrs others should dial")
+    parser.add_argument("--port", type=int, default=None, help="TCP port to listen on (default: random)")
+    parser.add_argument("--identity_path", default=None,
+                        help="private key file; keeps this peer's id (and so its address) across restarts")
+    parser.add_argument("--verbose", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    tempfile.gettempdir()
+    host_maddrs = args.host_maddrs or [f"/ip4/0.0.0.0/tcp/{args.port or 0}"]
+    dht = hivemind.DHT(
+        initial_peers=args.initial_peers,
+        host_maddrs=host_maddrs,
+        announce_maddrs=args.announce_maddrs,
+        identity_path=args.identity_path,
+        start=True,
+    )
+    stop = threading.Event()
+    on_termination(stop.set)
+    addresses = [str(addr) for addr in dht.get_visible_maddrs()]
+    print("Running a DHT peer. To connect servers and clients to this swarm, pass one of these as --initial_peers:",
+          flush=True)
+    for address in addresses:
+        print(f"  {address}", flush=True)
+    try:
+        while not stop.wait(60):
+            logger.info("DHT peer alive, %d address(es)", len(addresses))
+    finally:
+        dht.shutdown()
+        print("DHT peer stopped.", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,123 @@
+"""``python -m core.cli.run_server``: serve blocks of a converted model to a swarm."""
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+
+from core.cli.common import fail, on_termination, setup_logging
+from core.config import QUANT_TYPES, TORCH_DTYPES, ServerConfig
+from core.errors import BlossomError
+
+logger = logging.getLogger(__name__)
+
+
+def parse_block_indices(text: str) -> tuple[int, int]:
+    """``'3:7'`` -> ``(3, 7)`` (blocks 3, 4, 5 and 6)."""
+    try:
+        start, end = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START:END such as 0:8, got '{text}'") from None
+    return start, end
+
+
+def parse_throughput(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got '{text}'") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Serve consecutive transformer blocks of a converted model.")
+    parser.add_argument("--converted_model_name_or_path", required=True,
+                        help="folder written by core.cli.convert_model, or a converted Hub repo")
+    parser.add_argument("--num_blocks", type=int, default=None,
+                        help="how many blocks to serve; the server picks where the swarm is weakest")
+    parser.add_argument("--block_indices", type=parse_block_indices, default=None,
+                        help="serve exactly these blocks, START:END (END excluded), e.g. 0:8")
+    parser.add_argument("--initial_peers", nargs="*", default=[], help="multiaddrs of peers already in the swarm")
+    parser.add_argument("--new_swarm", action="store_true", help="start a new swarm instead of joining one")
+    parser.add_argument("--host_maddrs", nargs="+", default=None, help="multiaddrs to listen on")
+    parser.add_argument("--announce_maddrs", nargs="*", default=[], help="public multiaddrs others should dial")
+    parser.add_argument("--port", type=int, default=None, help="TCP port to listen on (default: random)")
+    parser.add_argument("--identity_path", default=None, help="private key file that keeps this server's peer id")
+    parser.add_argument("--throughput", type=parse_throughput, default="auto",
+                        help="announced speed in block-steps/s, or 'auto' to measure it")
+    parser.add_argument("--torch_dtype", choices=TORCH_DTYPES, default="auto")
+    parser.add_argument("--quant_type", choices=QUANT_TYPES, default="none",
+                        help="store linear weights in int8 or nf4 with bitsandbytes (fits more blocks)")
+    parser.add_argument("--load_in_8bit", action="store_true", help="same as --quant_type int8")
+    parser.add_argument("--dht_prefix", default=None, help="DHT name of the model (default: from the conversion)")
+    parser.add_argument("--public_name", default="", help="a name shown to others in the swarm's status")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--use_auth_token", default=None, help="Hugging Face token for private converted repos")
+    parser.add_argument("--max_length", type=int, default=2048, help="longest inference session accepted")
+    parser.add_argument("--attn_cache_tokens", type=int, default=None,
+                        help="KV-cache budget in tokens through all served blocks (default 16384)")
+    parser.add_argument("--num_threads", type=int, default=None, help="torch CPU threads for compute")
+    parser.add_argument("--verbose", action="store_true")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    host_maddrs = tuple(args.host_maddrs or [f"/ip4/0.0.0.0/tcp/{args.port or 0}"])
+    return ServerConfig(
+        converted_model_name_or_path=args.converted_model_name_or_path,
+        num_blocks=args.num_blocks,
+        block_indices=args.block_indices,
+        initial_peers=tuple(args.initial_peers),
+        new_swarm=args.new_swarm,
+        host_maddrs=host_maddrs,
+        announce_maddrs=tuple(args.announce_maddrs),
+        identity_path=args.identity_path,
+        throughput=args.throughput,
+        torch_dtype=args.torch_dtype,
+        quant_type="int8" if args.load_in_8bit else args.quant_type,
+        dht_prefix=args.dht_prefix,
+        public_name=args.public_name,
+        device=args.device,
+        token=args.use_auth_token,
+        max_length=args.max_length,
+        torch_threads=args.num_threads,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    from core.server.server import BlockServer  # heavy imports after argument errors are reported
+
+    try:
+        config = config_from_args(args)
+        server = BlockServer(config)
+        stopping = threading.Event()
+        on_termination(stopping.set)
+        status = server.start()
+    except (BlossomError, ValueError) as error:
+        return fail(error)
+    try:
+        print(
+            f"Blossom server for '{status.dht_prefix}' is online: blocks {status.start_block}..{status.end_block - 1} "
+            f"({status.end_block - status.start_block} of {status.total_blocks}), {status.torch_dtype} on "
+            f"{status.device}, throughput {status.throughput:.1f} block-steps/s",
+            flush=True,
+        )
+        print("Other servers and clients can join through this server with --initial_peers:", flush=True)
+        for address in status.addresses:
+            print(f"  {address}", flush=True)
+        while not stopping.wait(60):
+            stats = server.stats.as_dict()
+            logger.info("Served %d requests (%d tokens), %d open sessions, %d errors", stats["requests"],
+                        stats["tokens"], stats["sessions_open"], stats["errors"])
+    finally:
+        print("Shutting down: marking blocks offline...", flush=True)
+        server.shutdown()
+        print("Server stopped.", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,158 @@
+"""Step-by-step inference through a chain of servers, each keeping the KV cache of its blocks.
+
+One stream is held open per server for the whole session; every step sends only the new tokens'
+hidden states. Each hop remembers what it was sent, so if a server fails the lost blocks are
+routed to other servers and the history is replayed to rebuild their cache before continuing.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator
+
+import torch
+from hivemind.proto import runtime_pb2
+
+from core.client.sequence_manager import RemoteSequenceManager, is_retriable
+from core.dht.schema import RemoteSpanInfo
+from core.errors import InvalidRequestError, RemoteCallError, SequenceTooLongError
+from core.wire import deserialize_tensors, pack_metadata, raise_if_error, serialize_tensors
+
+logger = logging.getLogger(__name__)
+
+
+class _ServerSession:
+    """An open inference stream to one server for blocks ``[span.start, span.end)``."""
+
+    def __init__(self, manager: RemoteSequenceManager, span: RemoteSpanInfo, max_length: int) -> None:
+        self.manager, self.span, self.max_length = manager, span, max_length
+        self.history: list[torch.Tensor] = []  # every input sent, for replay elsewhere
+        self._queue: asyncio.Queue[runtime_pb2.ExpertRequest | None] | None = None
+        self._responses: AsyncIterator[runtime_pb2.ExpertResponse] | None = None
+
+    async def _requests(self) -> AsyncIterator[runtime_pb2.ExpertRequest]:
+        assert self._queue is not None
+        while True:
+            request = await self._queue.get()
+            if request is None:
+                return
+            yield request
+
+    async def step(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self._responses is None:
+            self._queue = asyncio.Queue()
+            stub = await self.manager.get_stub(self.span.peer_id)
+            self._responses = (await stub.rpc_inference(self._requests())).__aiter__()
+            metadata = pack_metadata({"max_length": self.max_length})
+        else:
+            metadata = b""
+        uid = self.manager.span_uid(self.span.start, self.span.end)
+        await self._queue.put(runtime_pb2.ExpertRequest(uid=uid, tensors=serialize_tensors([hidden]), metadata=metadata))
+        try:
+            response = await asyncio.wait_for(self._responses.__anext__(), self.manager.config.request_timeout)
+        except StopAsyncIteration:
+            raise RemoteCallError(f"server {self.span.peer_id} closed the session") from None
+        raise_if_error(response, self.span.peer_id)
+        (output,) = deserialize_tensors(list(response.tensors), hidden.numel() * 4)
+        self.history.append(hidden)
+        return output
+
+    async def close(self) -> None:
+        if self._queue is not None:
+            await self._queue.put(None)
+        self._queue = self._responses = None
+
+
+class InferenceSession:
+    """A KV-cached session over blocks ``[start, end)``; use ``with ... as session: session.step(h)``."""
+
+    def __init__(self, manager: RemoteSequenceManager, start: int, end: int, max_length: int) -> None:
+        if max_length < 1:
+            raise InvalidRequestError(f"max_length must be positive, got {max_length}")
+        self.manager, self.start, self.end, self.max_length = manager, start, end, max_length
+        self.position = 0
+        self._sessions: list[_ServerSession] | None = None
+        self._closed = False
+
+    def __enter__(self) -> "InferenceSession":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def step(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Send the next tokens' hidden states ``[batch, new_tokens, hidden]``; returns the blocks' outputs."""
+        if self._closed:
+            raise InvalidRequestError("this inference session is closed; open a new one")
+        if hidden_states.dim() != 3:
+            raise InvalidRequestError(f"hidden states must be [batch, new_tokens, hidden], got {list(hidden_states.shape)}")
+        new_tokens = hidden_states.shape[1]
+        if self.position + new_tokens > self.max_length:
+            raise SequenceTooLongError(
+                f"the session holds {self.position} tokens and {new_tokens} more would pass its max_length="
+                f"{self.max_length}; open a session with a larger max_length"
+            )
+        dtype, device = hidden_states.dtype, hidden_states.device
+        hidden = hidden_states.detach().cpu()
+        if self._sessions is None:
+            self._sessions = self._open(self.start, self.end)
+        index, failures = 0, 0
+        while index < len(self._sessions):
+            session = self._sessions[index]
+            try:
+                hidden = self.manager.loop.run(session.step(hidden), timeout=self.manager.config.request_timeout + 5)
+                index += 1
+            except Exception as error:
+                failures += 1
+                if not is_retriable(error):
+                    raise
+                if failures > self.manager.config.max_retries:
+                    raise RemoteCallError(f"blocks {session.span.start}..{session.span.end - 1} failed repeatedly: "
+                                          f"{error}") from error
+                self._replace(index, error)
+        self.position += new_tokens
+        return hidden.to(device=device, dtype=dtype)
+
+    def _open(self, start: int, end: int) -> list[_ServerSession]:
+        route = self.manager.make_route(start, end)
+        logger.debug("Inference route: %s", [(s.peer_id[-6:], s.start, s.end) for s in route])
+        return [_ServerSession(self.manager, span, self.max_length) for span in route]
+
+    def _replace(self, index: int, error: Exception) -> None:
+        """Swap the failed hop for other servers and replay its history into them."""
+        failed = self._sessions[index]
+        self.manager.ban(failed.span.peer_id, error)
+        self.manager.loop.run(failed.close())
+        replay_input = torch.cat(failed.history, dim=1) if failed.history else None
+        for _ in range(self.manager.config.max_retries + 1):
+            replacements = self._open(failed.span.start, failed.span.end)
+            try:
+                replay = replay_input
+                for replacement in replacements:
+                    if replay is not None:
+                        replay = self.manager.loop.run(replacement.step(replay),
+                                                       timeout=self.manager.config.request_timeout + 5)
+            except Exception as replay_error:
+                if not is_retriable(replay_error):
+                    raise
+                self.manager.ban(replacement.span.peer_id, replay_error)
+                for session in replacements:
+                    self.manager.loop.run(session.close())
+                continue
+            logger.info("Blocks %d..%d moved to %d other server(s); %d tokens replayed", failed.span.start,
+                        failed.span.end - 1, len(replacements), self.position)
+            self._sessions[index : index + 1] = replacements
+            return
+        raise RemoteCallError(f"no server could take over blocks {failed.span.start}..{failed.span.end - 1}: {error}")
+
+    def close(self) -> None:
+        """End the session on every server (frees their KV cache)."""
+        if self._closed:
+            return
+        self._closed = True
+        for session in self._sessions or []:
+            try:
+                self.manager.loop.run(session.close(), timeout=5)
+            except Exception:
+                logger.debug("Error closing a server session", exc_info=True)
+

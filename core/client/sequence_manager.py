@@ -1,0 +1,168 @@
+"""Keeps a client's view of which servers hold which blocks, and makes the calls to them.
+
+Route choice is delegated to :mod:`core.client.routing` (pure); this module adds the DHT look-ups,
+bans of failing servers and the forward/backward RPCs with streaming for large tensors.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Sequence
+
+import hivemind
+import torch
+from hivemind.p2p import P2P, PeerID
+from hivemind.proto import runtime_pb2
+
+from core.client.routing import make_route, uncovered_blocks
+from core.config import ClientConfig
+from core.dht.records import compute_spans, get_block_servers
+from core.dht.schema import RemoteSpanInfo, block_key
+from core.errors import BlossomError, MissingBlocksError, RemoteCallError, ServerFullError
+from core.server.handler import BlockRequestHandler, should_stream
+from core.utils.event_loop import shared_loop
+from core.wire import (
+    combine_streamed_tensors,
+    deserialize_tensors,
+    raise_if_error,
+    serialize_tensors,
+    split_tensors_for_streaming,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_RESPONSE_ELEMENTS = 2**31
+
+
+def is_retriable(error: BaseException) -> bool:
+    """Failures worth trying on another server: lost connections, timeouts, full servers, server faults.
+
+    Errors a server returned about the request itself (bad shapes, too long...) are not: another
+    server would say the same.
+    """
+    if isinstance(error, BlossomError):
+        return type(error) in (RemoteCallError, ServerFullError, BlossomError)
+    return isinstance(error, Exception)
+
+
+class RemoteSequenceManager:
+    """Routes and calls for blocks ``[0, total_blocks)`` of the model named ``dht_prefix``."""
+
+    def __init__(self, dht: hivemind.DHT, dht_prefix: str, total_blocks: int, config: ClientConfig) -> None:
+        self.dht, self.dht_prefix, self.total_blocks, self.config = dht, dht_prefix, total_blocks, config
+        self.loop = shared_loop()
+        self._spans: list[RemoteSpanInfo] = []
+        self._updated_at = 0.0
+        self._banned_until: dict[str, float] = {}
+        self._ban_counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._p2p: P2P | None = None
+
+    # ---- swarm view -------------------------------------------------------------------------
+    def update(self) -> list[RemoteSpanInfo]:
+        """Read every block's servers from the DHT now."""
+        servers = get_block_servers(self.dht, self.dht_prefix, range(self.total_blocks))
+        spans = compute_spans(servers)
+        with self._lock:
+            self._spans, self._updated_at = spans, time.monotonic()
+        return spans
+
+    def spans(self) -> list[RemoteSpanInfo]:
+        """The known spans, refreshed when older than ``update_period``."""
+        if time.monotonic() - self._updated_at > self.config.update_period or not self._spans:
+            return self.update()
+        return self._spans
+
+    def banned(self) -> set[str]:
+        now = time.monotonic()
+        return {peer for peer, until in self._banned_until.items() if until > now}
+
+    def ban(self, peer_id: str, reason: BaseException | str) -> None:
+        """Avoid ``peer_id`` for a while; repeated failures double the time."""
+        count = self._ban_counts.get(peer_id, 0) + 1
+        self._ban_counts[peer_id] = count
+        duration = self.config.ban_timeout * 2 ** (count - 1)
+        self._banned_until[peer_id] = time.monotonic() + duration
+        logger.warning("Avoiding server %s for %.0f s: %s", peer_id, duration, reason)
+
+    def make_route(self, start: int, end: int) -> list[RemoteSpanInfo]:
+        """A chain of servers for blocks ``[start, end)``; waits up to ``connect_timeout`` for missing blocks."""
+        deadline = time.monotonic() + self.config.connect_timeout
+        spans = self.spans()
+        delay = 0.25
+        while True:
+            try:
+                return make_route(spans, start, end, banned=self.banned(), dht_prefix=self.dht_prefix)
+            except MissingBlocksError as error:
+                if self.banned() and not uncovered_blocks(spans, start, end):
+                    logger.info("Only recently failed servers hold blocks %d..%d; trying them again", start, end - 1)
+                    return make_route(spans, start, end, dht_prefix=self.dht_prefix)
+                if time.monotonic() >= deadline:
+                    usable = [s for s in spans if s.peer_id not in self.banned()]
+                    raise MissingBlocksError(uncovered_blocks(usable, start, end), self.dht_prefix,
+                                             self.config.connect_timeout) from None
+                logger.info("Waiting for servers: %s", error)
+                time.sleep(min(delay, max(deadline - time.monotonic(), 0)))
+                delay = min(delay * 2, 5.0)
+                spans = self.update()
+
+    # ---- calls ------------------------------------------------------------------------------
+    async def get_p2p(self) -> P2P:
+        if self._p2p is None:
+            self._p2p = await self.dht.replicate_p2p()
+        return self._p2p
+
+    async def get_stub(self, peer_id: str):  # -> StubBase
+        return BlockRequestHandler.get_stub(await self.get_p2p(), PeerID.from_base58(peer_id))
+
+    def span_uid(self, start: int, end: int) -> str:
+        return " ".join(block_key(self.dht_prefix, index) for index in range(start, end))
+
+    async def _call(self, span: RemoteSpanInfo, method: str, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        stub = await self.get_stub(span.peer_id)
+        uid = self.span_uid(span.start, span.end)
+        timeout = self.config.request_timeout
+        if should_stream(list(tensors)):
+            parts = split_tensors_for_streaming(tensors)
+            requests = [runtime_pb2.ExpertRequest(uid=uid, tensors=parts[i : i + 1]) for i in range(len(parts))]
+            responses = await getattr(stub, f"{method}_stream")(_iterate(requests))
+            received: list[runtime_pb2.Tensor] = []
+            async for response in _with_timeout(responses, timeout):
+                raise_if_error(response, span.peer_id)
+                received.extend(response.tensors)
+            protos = combine_streamed_tensors(received)
+        else:
+            request = runtime_pb2.ExpertRequest(uid=uid, tensors=serialize_tensors(tensors))
+            response = await getattr(stub, method)(request, timeout=timeout)
+            raise_if_error(response, span.peer_id)
+            protos = list(response.tensors)
+        (output,) = deserialize_tensors(protos, MAX_RESPONSE_ELEMENTS)
+        return output
+
+    def call(self, span: RemoteSpanInfo, method: str, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Synchronously call ``rpc_forward`` / ``rpc_backward`` of one server; connection errors become
+        :class:`RemoteCallError`."""
+        try:
+            return self.loop.run(self._call(span, method, tensors), timeout=self.config.request_timeout + 5)
+        except BlossomError:
+            raise
+        except Exception as error:
+            raise RemoteCallError(f"server {span.peer_id} (blocks {span.start}..{span.end - 1}) failed: "
+                                  f"{type(error).__name__}: {error}") from error
+
+
+async def _iterate(items: list) -> object:
+    for item in items:
+        yield item
+
+
+async def _with_timeout(stream, timeout: float):  # -> AsyncIterator
+    iterator = stream.__aiter__()
+    while True:
+        try:
+            item = await asyncio.wait_for(iterator.__anext__(), timeout)
+        except StopAsyncIteration:
+            return
+        yield item

@@ -1,0 +1,64 @@
+"""One frozen config object per component: :class:`ServerConfig` and :class:`ClientConfig`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+QUANT_TYPES = ("none", "int8", "nf4")
+TORCH_DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything a block server needs; built by ``core.cli.run_server`` or the app."""
+
+    converted_model_name_or_path: str
+    num_blocks: int | None = None
+    block_indices: tuple[int, int] | None = None
+    initial_peers: tuple[str, ...] = ()
+    new_swarm: bool = False
+    host_maddrs: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/0",)
+    announce_maddrs: tuple[str, ...] = ()
+    identity_path: str | None = None
+    throughput: float | str = "auto"
+    torch_dtype: str = "auto"
+    quant_type: str = "none"
+    dht_prefix: str | None = None
+    public_name: str = ""
+    device: str | None = None
+    token: str | None = None
+    max_length: int = 2048
+    max_batch_size: int = 64
+    max_tokens_per_request: int = 8192
+    attn_cache_bytes: int | None = None
+    alloc_timeout: float = 5.0
+    update_period: float = 30.0
+    torch_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.quant_type not in QUANT_TYPES:
+            raise ValueError(f"quant_type must be one of {QUANT_TYPES}, got '{self.quant_type}'")
+        if self.torch_dtype not in TORCH_DTYPES:
+            raise ValueError(f"torch_dtype must be one of {TORCH_DTYPES}, got '{self.torch_dtype}'")
+        if self.block_indices is not None:
+            start, end = self.block_indices
+            if not 0 <= start < end:
+                raise ValueError(f"block_indices must be START:END with 0 <= START < END, got {start}:{end}")
+        if self.num_blocks is not None and self.num_blocks < 1:
+            raise ValueError(f"num_blocks must be at least 1, got {self.num_blocks}")
+        if not self.initial_peers and not self.new_swarm:
+            raise ValueError("pass --initial_peers of a swarm to join, or --new_swarm to start a new one")
+        if isinstance(self.throughput, str) and self.throughput != "auto":
+            raise ValueError(f"throughput must be a number or 'auto', got '{self.throughput}'")
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """How a client finds and talks to servers."""
+
+    initial_peers: tuple[str, ...] = ()
+    dht_prefix: str | None = None
+    connect_timeout: float = 30.0
+    request_timeout: float = 60.0
+    max_retries: int = 3
+    ban_timeout: float = 15.0
+    update_period: float = 30.0

@@ -1,0 +1,120 @@
+"""One span of blocks on one device: validates tensors against the blocks and runs them."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig
+from transformers.cache_utils import DynamicCache
+
+from core.errors import InvalidRequestError, SequenceTooLongError
+
+logger = logging.getLogger(__name__)
+
+HIDDEN_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class SpanLimits:
+    """Request limits a server enforces."""
+
+    max_batch_size: int
+    max_tokens_per_request: int
+    max_length: int
+
+
+def kv_bytes_per_token(config: PretrainedConfig, num_blocks: int, dtype: torch.dtype) -> int:
+    """Bytes of KV cache one token takes in ``num_blocks`` blocks of this model."""
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    element = torch.empty(0, dtype=dtype).element_size()
+    return 2 * kv_heads * head_dim * element * num_blocks
+
+
+class SpanBackend:
+    """Blocks ``[start, end)`` of one model, loaded on ``device`` in ``dtype``.
+
+    All compute methods are synchronous and meant to run on the server's single compute thread.
+    Block indices in arguments are absolute (as in the DHT keys).
+    """
+
+    def __init__(
+        self,
+        config: PretrainedConfig,
+        span: nn.Module,
+        start: int,
+        end: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        limits: SpanLimits,
+    ) -> None:
+        self.config = config
+        self.span = span
+        self.start, self.end = start, end
+        self.dtype, self.device = dtype, device
+        self.limits = limits
+        self.hidden_size = config.hidden_size
+
+    def _active(self, start: int, end: int) -> slice:
+        return slice(start - self.start, end - self.start)
+
+    def check_hidden(self, tensor: torch.Tensor, name: str = "hidden_states") -> None:
+        """Raise :class:`InvalidRequestError` unless ``tensor`` is a finite ``[batch, seq, hidden]`` float tensor."""
+        if tensor.dtype not in HIDDEN_DTYPES:
+            raise InvalidRequestError(f"{name} must be float32, float16 or bfloat16, got {tensor.dtype}")
+        if tensor.dim() != 3 or tensor.shape[-1] != self.hidden_size:
+            raise InvalidRequestError(
+                f"{name} must have shape [batch, seq_len, {self.hidden_size}], got {list(tensor.shape)}"
+            )
+        batch, seq_len, _ = tensor.shape
+        if batch < 1 or seq_len < 1:
+            raise InvalidRequestError(f"{name} is empty: shape {list(tensor.shape)}")
+        if batch > self.limits.max_batch_size:
+            raise InvalidRequestError(f"batch size {batch} is over this server's limit of {self.limits.max_batch_size}")
+        if batch * seq_len > self.limits.max_tokens_per_request:
+            raise InvalidRequestError(
+                f"{batch * seq_len} tokens in one request is over this server's limit of "
+                f"{self.limits.max_tokens_per_request}; split the batch or the sequence"
+            )
+        if not torch.isfinite(tensor).all():
+            raise InvalidRequestError(f"{name} contains NaN or Inf values")
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(device=self.device, dtype=self.dtype)
+
+    @torch.inference_mode()
+    def forward(self, hidden: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """Run blocks ``[start, end)`` on a whole sequence without a cache."""
+        output = self.span(self._to_device(hidden), active=self._active(start, end))
+        return output.to(device="cpu", dtype=hidden.dtype)
+
+    def backward(self, hidden: torch.Tensor, grad_output: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """Gradient of ``<blocks(hidden), grad_output>`` with respect to ``hidden``."""
+        if grad_output.shape != hidden.shape:
+            raise InvalidRequestError(
+                f"grad_outputs shape {list(grad_output.shape)} must equal the inputs' shape {list(hidden.shape)}"
+            )
+        inputs = self._to_device(hidden).detach().requires_grad_(True)
+        with torch.enable_grad():
+            output = self.span(inputs, active=self._active(start, end))
+            (grad_input,) = torch.autograd.grad(output, inputs, self._to_device(grad_output))
+        return grad_input.to(device="cpu", dtype=hidden.dtype)
+
+    @torch.inference_mode()
+    def inference_step(
+        self, hidden: torch.Tensor, cache: DynamicCache, past_length: int, start: int, end: int
+    ) -> torch.Tensor:
+        """Run blocks ``[start, end)`` on new tokens, reading and extending the session's ``cache``."""
+        output = self.span(self._to_device(hidden), cache=cache, past_length=past_length, active=self._active(start, end))
+        return output.to(device="cpu", dtype=hidden.dtype)
+
+    def check_length(self, past_length: int, new_tokens: int, max_length: int) -> None:
+        """Raise :class:`SequenceTooLongError` if a step would pass the session's ``max_length``."""
+        if past_length + new_tokens > max_length:
+            raise SequenceTooLongError(
+                f"the session would hold {past_length + new_tokens} tokens but was opened with max_length={max_length}; "
+                f"open a new session with a larger max_length (this server allows up to {self.limits.max_length})"
+            )

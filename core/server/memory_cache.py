@@ -1,0 +1,52 @@
+"""The KV-cache memory budget: sessions reserve bytes before they start and give them back at the end."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import AsyncIterator
+
+from core.errors import ServerFullError
+
+logger = logging.getLogger(__name__)
+
+
+class KVCacheBudget:
+    """A byte budget shared by all inference sessions of one server (used from one event loop)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.used_bytes = 0
+        self._changed = asyncio.Condition()
+
+    @property
+    def free_bytes(self) -> int:
+        return self.max_bytes - self.used_bytes
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, nbytes: int, timeout: float) -> AsyncIterator[None]:
+        """Hold ``nbytes`` of the budget for the duration of the block.
+
+        Waits up to ``timeout`` seconds for other sessions to finish; raises
+        :class:`ServerFullError` if the request can never fit or does not fit in time.
+        """
+        if nbytes > self.max_bytes:
+            raise ServerFullError(
+                f"a session needing {nbytes / 2**20:.1f} MiB of KV cache is larger than this server's whole budget "
+                f"({self.max_bytes / 2**20:.1f} MiB); use a smaller max_length or batch size"
+            )
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.free_bytes >= nbytes), timeout)
+            except asyncio.TimeoutError:
+                raise ServerFullError(
+                    f"server full: {nbytes / 2**20:.1f} MiB of KV cache needed, {self.free_bytes / 2**20:.1f} MiB "
+                    f"free after waiting {timeout:.0f} s; try another server or later"
+                ) from None
+            self.used_bytes += nbytes
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.used_bytes -= nbytes
+                self._changed.notify_all()

@@ -1,0 +1,127 @@
+"""What travels between clients and servers: tensors as hivemind protobufs, metadata as msgpack.
+
+Nothing received is ever unpickled: tensors are raw buffers with a dtype from an allow-list, and
+metadata is a msgpack map of plain values. Malformed input raises :class:`InvalidRequestError`.
+Errors travel back inside a response's metadata (``{"error": {"code", "message"}}``).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import msgpack
+import torch
+from hivemind.compression import deserialize_torch_tensor, serialize_torch_tensor
+from hivemind.proto import runtime_pb2
+from hivemind.utils.streaming import combine_from_streaming, split_for_streaming
+
+from core.errors import BlossomError, InvalidRequestError, error_from_code
+
+ALLOWED_WIRE_DTYPES = frozenset({"float32", "float16", "bfloat16", "int64", "int32", "bool"})
+MAX_METADATA_BYTES = 64 * 1024
+
+
+def serialize_tensors(tensors: Iterable[torch.Tensor]) -> list[runtime_pb2.Tensor]:
+    """Serialize CPU tensors without compression (exact values)."""
+    return [serialize_torch_tensor(t.detach().cpu()) for t in tensors]
+
+
+def deserialize_tensors(protos: Sequence[runtime_pb2.Tensor], max_elements: int) -> list[torch.Tensor]:
+    """Deserialize received tensors, checking dtype and size before touching the buffer."""
+    tensors = []
+    for position, proto in enumerate(protos):
+        if proto.compression != runtime_pb2.CompressionType.NONE:
+            raise InvalidRequestError(f"tensor {position}: compressed tensors are not accepted; send them uncompressed")
+        if proto.dtype not in ALLOWED_WIRE_DTYPES:
+            raise InvalidRequestError(
+                f"tensor {position}: dtype '{proto.dtype}' is not accepted (use one of {sorted(ALLOWED_WIRE_DTYPES)})"
+            )
+        shape = list(proto.size)
+        if any(dim < 0 for dim in shape):
+            raise InvalidRequestError(f"tensor {position}: negative dimension in shape {shape}")
+        numel = 1
+        for dim in shape:
+            numel *= dim
+        if numel > max_elements:
+            raise InvalidRequestError(
+                f"tensor {position}: {numel} elements is over this server's limit of {max_elements}; send smaller batches"
+            )
+        itemsize = torch.empty(0, dtype=getattr(torch, proto.dtype)).element_size()
+        sizes = {numel * itemsize, numel * 4} if proto.dtype == "bfloat16" else {numel * itemsize}  # hivemind may send bf16 as fp32
+        if len(proto.buffer) not in sizes:
+            raise InvalidRequestError(
+                f"tensor {position}: buffer holds {len(proto.buffer)} bytes but shape {shape} of {proto.dtype} "
+                f"needs {numel * itemsize}; the message is truncated or corrupt"
+            )
+        try:
+            tensors.append(deserialize_torch_tensor(proto))
+        except Exception as error:  # hivemind raises assorted errors on corrupt buffers
+            raise InvalidRequestError(f"tensor {position} could not be read: {error}") from error
+    return tensors
+
+
+def pack_metadata(metadata: dict[str, Any]) -> bytes:
+    """Encode a metadata map."""
+    return msgpack.packb(metadata, use_bin_type=True)
+
+
+def unpack_metadata(raw: bytes) -> dict[str, Any]:
+    """Decode a metadata map, rejecting anything that is not a small msgpack map with string keys."""
+    if not raw:
+        return {}
+    if len(raw) > MAX_METADATA_BYTES:
+        raise InvalidRequestError(f"metadata of {len(raw)} bytes is over the limit of {MAX_METADATA_BYTES}")
+    try:
+        metadata = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as error:
+        raise InvalidRequestError(f"metadata is not valid msgpack: {error}") from error
+    if not isinstance(metadata, dict) or not all(isinstance(key, str) for key in metadata):
+        raise InvalidRequestError("metadata must be a msgpack map with string keys")
+    return metadata
+
+
+def error_response(error: BlossomError) -> runtime_pb2.ExpertResponse:
+    """A response that carries ``error`` back to the caller."""
+    return runtime_pb2.ExpertResponse(metadata=pack_metadata({"error": {"code": error.code, "message": str(error)}}))
+
+
+def tensor_response(tensors: Iterable[torch.Tensor], **metadata: Any) -> runtime_pb2.ExpertResponse:
+    """A successful response carrying ``tensors``."""
+    return runtime_pb2.ExpertResponse(
+        tensors=serialize_tensors(tensors), metadata=pack_metadata(metadata) if metadata else b""
+    )
+
+
+def raise_if_error(response: runtime_pb2.ExpertResponse, peer: str) -> dict[str, Any]:
+    """Return a response's metadata, re-raising the server's error if it carries one."""
+    metadata = unpack_metadata(response.metadata)
+    error = metadata.get("error")
+    if isinstance(error, dict):
+        raise error_from_code(str(error.get("code")), f"server {peer}: {error.get('message')}")
+    return metadata
+
+
+STREAM_CHUNK_BYTES = 2**20
+UNARY_LIMIT_BYTES = 2 * 2**20  # hivemind's unary messages are capped at 4 MiB; stream anything larger
+
+
+def split_tensors_for_streaming(tensors: Iterable[torch.Tensor]) -> list[runtime_pb2.Tensor]:
+    """Serialize tensors and cut them into chunks; each tensor's first chunk carries its dtype."""
+    parts: list[runtime_pb2.Tensor] = []
+    for proto in serialize_tensors(tensors):
+        parts.extend(split_for_streaming(proto, STREAM_CHUNK_BYTES))
+    return parts
+
+
+def combine_streamed_tensors(parts: Iterable[runtime_pb2.Tensor]) -> list[runtime_pb2.Tensor]:
+    """Reassemble tensors cut by :func:`split_tensors_for_streaming`."""
+    tensors: list[list[runtime_pb2.Tensor]] = []
+    for part in parts:
+        if part.dtype or not tensors:
+            tensors.append([])
+        tensors[-1].append(part)
+    return [combine_from_streaming(chunks) for chunks in tensors]
+
+
+def nbytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Total payload size of ``tensors``."""
+    return sum(t.numel() * t.element_size() for t in tensors)

@@ -1,0 +1,58 @@
+"""Routing is a pure function over announced spans."""
+import pytest
+
+from core.client.routing import make_route, uncovered_blocks
+from core.dht.schema import RemoteSpanInfo, ServerInfo, ServerState
+from core.errors import MissingBlocksError
+
+
+def span(peer: str, start: int, end: int, throughput: float = 100.0) -> RemoteSpanInfo:
+    return RemoteSpanInfo(peer, start, end, ServerInfo(ServerState.ONLINE, throughput, start, end))
+
+
+def test_single_server_covers_everything():
+    route = make_route([span("a", 0, 8)], 0, 8)
+    assert [(s.peer_id, s.start, s.end) for s in route] == [("a", 0, 8)]
+
+
+def test_two_halves_are_chained_in_order():
+    route = make_route([span("b", 4, 8), span("a", 0, 4)], 0, 8)
+    assert [(s.peer_id, s.start, s.end) for s in route] == [("a", 0, 4), ("b", 4, 8)]
+
+
+def test_prefers_fewer_hops_when_servers_are_equally_fast():
+    spans = [span("a", 0, 3), span("b", 3, 6), span("c", 6, 8), span("big", 0, 8)]
+    assert [s.peer_id for s in make_route(spans, 0, 8)] == ["big"]
+
+
+def test_prefers_a_much_faster_chain_over_one_slow_server():
+    spans = [span("slow", 0, 8, throughput=1.0), span("a", 0, 4, 1000.0), span("b", 4, 8, 1000.0)]
+    assert [s.peer_id for s in make_route(spans, 0, 8)] == ["a", "b"]
+
+
+def test_route_for_a_sub_range_trims_spans():
+    route = make_route([span("a", 0, 8)], 2, 5)
+    assert [(s.start, s.end) for s in route] == [(2, 5)]
+
+
+def test_overlapping_spans_are_cut_where_the_next_starts():
+    route = make_route([span("a", 0, 6), span("b", 4, 8, throughput=0.5)], 0, 8)
+    assert [(s.peer_id, s.start, s.end) for s in route][-1][0] == "b"
+    assert route[0].start == 0 and route[-1].end == 8
+    assert all(x.end == y.start for x, y in zip(route, route[1:]))
+
+
+def test_banned_servers_are_avoided():
+    spans = [span("a", 0, 8), span("b", 0, 8, throughput=1.0)]
+    assert [s.peer_id for s in make_route(spans, 0, 8, banned={"a"})] == ["b"]
+
+
+def test_missing_blocks_are_named():
+    with pytest.raises(MissingBlocksError) as caught:
+        make_route([span("a", 0, 3), span("b", 5, 8)], 0, 8, dht_prefix="m")
+    assert caught.value.blocks == [3, 4]
+    assert "3-4" in str(caught.value) and "'m'" in str(caught.value)
+
+
+def test_uncovered_blocks():
+    assert uncovered_blocks([span("a", 1, 3)], 0, 4) == [0, 3]
