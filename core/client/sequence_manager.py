@@ -117,6 +117,15 @@ class RemoteSequenceManager:
     async def get_stub(self, peer_id: str):  # -> StubBase
         return BlockRequestHandler.get_stub(await self.get_p2p(), PeerID.from_base58(peer_id))
 
+    def close(self) -> None:
+        """Release this manager's connection to the P2P daemon."""
+        if self._p2p is not None:
+            p2p, self._p2p = self._p2p, None
+            try:
+                self.loop.run(p2p.shutdown(), timeout=10)
+            except Exception:
+                logger.debug("Could not close the P2P replica cleanly", exc_info=True)
+
     def span_uid(self, start: int, end: int) -> str:
         return " ".join(block_key(self.dht_prefix, index) for index in range(start, end))
 

@@ -62,7 +62,8 @@ async def _get_blocks(
     dht: hivemind.DHT, node: DHTNode, dht_prefix: str, indices: list[int], latest: bool
 ) -> list[dict | None]:
     keys = [block_key(dht_prefix, index) for index in indices]
-    found = await node.get_many(keys, latest=latest, num_workers=max(1, len(keys)))
+    sufficient = float("inf") if latest else None
+    found = await node.get_many(keys, sufficient_expiration_time=sufficient, num_workers=max(1, len(keys)))
     result: list[dict | None] = []
     for key in keys:
         value = found.get(key)

@@ -81,9 +81,17 @@ class DistributedModelForCausalLM(nn.Module):
     def _build_local_modules(self, config: PretrainedConfig) -> None:
         raise NotImplementedError
 
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Hidden states ``[batch, seq, hidden]`` for token ids ``[batch, seq]``."""
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The token embedding table (its outputs are what transformers calls ``inputs_embeds``)."""
         raise NotImplementedError
+
+    def embeds_to_hidden(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """What happens between the embedding table and the first block (identity unless overridden)."""
+        return inputs_embeds
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The first block's input ``[batch, seq, hidden]`` for token ids ``[batch, seq]``."""
+        return self.embeds_to_hidden(self.get_input_embeddings()(input_ids))
 
     def head(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Logits ``[batch, seq, vocab]`` for the last block's outputs."""
@@ -134,8 +142,8 @@ class DistributedModelForCausalLM(nn.Module):
             raise InvalidRequestError("padding is not supported: pass sequences of equal length without padding")
         if inputs_embeds is None:
             self.check_input_ids(input_ids)
-            inputs_embeds = self.embed(input_ids)
-        hidden = self.transformer_blocks(inputs_embeds)
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        hidden = self.transformer_blocks(self.embeds_to_hidden(inputs_embeds))
         logits = self.head(hidden)
         loss = None
         if labels is not None:
@@ -160,5 +168,6 @@ class DistributedModelForCausalLM(nn.Module):
         """Close open sessions and leave the swarm (if this model started its own DHT node)."""
         for session in list(self._active_sessions):
             session.close()
+        self.transformer_blocks.manager.close()
         if self._owns_dht:
             self.dht.shutdown()

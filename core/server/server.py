@@ -59,6 +59,7 @@ class BlockServer:
         self._loop: EventLoopThread | None = None
         self._handler: BlockRequestHandler | None = None
         self._announcer: Announcer | None = None
+        self._p2p = None
         self._stopped = threading.Event()
         self.status: ServerStatus | None = None
 
@@ -124,6 +125,11 @@ class BlockServer:
         self._p2p = await self.dht.replicate_p2p()
         await self._handler.add_p2p_handlers(self._p2p)
 
+    async def _unregister_handlers(self) -> None:
+        if self._p2p is not None and self._handler is not None:
+            await self._handler.remove_p2p_handlers(self._p2p)
+            await self._p2p.shutdown()
+
     def _choose_blocks(self, dht_prefix: str, total: int) -> tuple[int, int]:
         cfg = self.config
         if cfg.block_indices is not None:
@@ -149,10 +155,14 @@ class BlockServer:
         began = time.perf_counter()
         if self._announcer is not None:
             self._announcer.stop()
+        if self._loop is not None:
+            try:
+                self._loop.run(self._unregister_handlers(), timeout=10)
+            except Exception:
+                logger.debug("Could not close the P2P replica cleanly", exc_info=True)
+            self._loop.stop()
         if self._handler is not None:
             self._handler.shutdown()
-        if self._loop is not None:
-            self._loop.stop()
         if self.dht is not None:
             self.dht.shutdown()
         logger.info("Server stopped in %.1f s", time.perf_counter() - began)

@@ -35,10 +35,22 @@ class EventLoopThread:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
 
     def stop(self) -> None:
-        """Stop the loop and join its thread."""
+        """Cancel pending tasks, stop the loop and join its thread."""
         if self.loop.is_running():
+            try:
+                self.run(_cancel_other_tasks(), timeout=10)
+            except Exception:
+                pass
             self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
+
+
+async def _cancel_other_tasks() -> None:
+    current = asyncio.current_task()
+    tasks = [task for task in asyncio.all_tasks() if task is not current]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 _shared: EventLoopThread | None = None

@@ -23,8 +23,11 @@ class DistributedBloomForCausalLM(DistributedModelForCausalLM):
         self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.word_embeddings_layernorm(self.word_embeddings(input_ids))
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.word_embeddings
+
+    def embeds_to_hidden(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        return self.word_embeddings_layernorm(inputs_embeds)
 
     def head(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.ln_f(hidden_states))

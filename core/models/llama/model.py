@@ -23,8 +23,8 @@ class DistributedLlamaForCausalLM(DistributedModelForCausalLM):
         self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.embed_tokens(input_ids)
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
 
     def head(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.norm(hidden_states))

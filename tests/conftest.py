@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny converted models and real local swarms on 127.0.0.1."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+tempfile.gettempdir()  # resolve before hivemind forks (see DESIGN.md)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """For 'llama' and 'bloom': (original HF folder, converted folder)."""
+    from core.convert import convert_model
+    from tests.tiny_models import save_model
+
+    root = tmp_path_factory.mktemp("models")
+    result = {}
+    for family in ("llama", "bloom"):
+        original = save_model(family, root / f"{family}-original")
+        converted = root / f"tiny-{family}"
+        convert_model(str(original), converted, progress=False)
+        result[family] = (original, converted)
+    return result
+
+
+@pytest.fixture(scope="session")
+def swarm_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """Start LocalSwarms that are all stopped at the end of the session, even on failure."""
+    from core.launcher import LocalSwarm
+
+    started: list[LocalSwarm] = []
+    log_root = tmp_path_factory.mktemp("swarm-logs")
+
+    def start(converted: Path, spans: list[tuple[int, int]], **kwargs) -> LocalSwarm:
+        swarm = LocalSwarm(converted, spans, log_dir=log_root / f"swarm{len(started)}", **kwargs)
+        started.append(swarm)
+        swarm.start()
+        return swarm
+
+    yield start
+    for swarm in started:
+        swarm.stop()
+
+
+@pytest.fixture(scope="session")
+def client_dht_factory() -> Iterator:
+    """Client-mode DHT nodes joined to a swarm; shut down at the end of the session."""
+    import hivemind
+
+    nodes: list[hivemind.DHT] = []
+
+    def start(initial_peers: list[str]) -> hivemind.DHT:
+        node = hivemind.DHT(initial_peers=initial_peers, client_mode=True, start=True)
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        node.shutdown()
