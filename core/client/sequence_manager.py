@@ -117,8 +117,8 @@ class RemoteSequenceManager:
     async def get_stub(self, peer_id: str):  # -> StubBase
         return BlockRequestHandler.get_stub(await self.get_p2p(), PeerID.from_base58(peer_id))
 
-    def close(self) -> None:
-        """Release this manager's connection to the P2P daemon."""
+    def close_p2p(self) -> None:
+        """Close the DHT's P2P replica (hivemind shares one per DHT: only its owner may call this)."""
         if self._p2p is not None:
             p2p, self._p2p = self._p2p, None
             try:

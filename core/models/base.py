@@ -168,6 +168,6 @@ class DistributedModelForCausalLM(nn.Module):
         """Close open sessions and leave the swarm (if this model started its own DHT node)."""
         for session in list(self._active_sessions):
             session.close()
-        self.transformer_blocks.manager.close()
         if self._owns_dht:
+            self.transformer_blocks.manager.close_p2p()
             self.dht.shutdown()

@@ -53,8 +53,12 @@ class Announcer(threading.Thread):
             self.announce()
 
     def stop(self) -> None:
-        """Stop re-announcing and mark the span offline (short-lived record)."""
+        """Stop re-announcing and mark the span offline.
+
+        The DHT keeps, per server, the record that expires last, so the OFFLINE record must outlive the
+        last ONLINE one (which expires ``expiration`` after its announcement) or it is silently rejected.
+        """
         self._stop_event.set()
         if self.is_alive():
             self.join(timeout=self.period + 5)
-        self.announce(ServerState.OFFLINE, expiration=self.period)
+        self.announce(ServerState.OFFLINE)
