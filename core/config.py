@@ -29,7 +29,7 @@ class ServerConfig:
     max_length: int = 2048
     max_batch_size: int = 64
     max_tokens_per_request: int = 8192
-    attn_cache_bytes: int | None = None
+    attn_cache_tokens: int | None = None
     alloc_timeout: float = 5.0
     update_period: float = 30.0
     torch_threads: int | None = None

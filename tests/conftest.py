@@ -61,5 +61,7 @@ def client_dht_factory() -> Iterator:
         return node
 
     yield start
+    from core.client.sequence_manager import shutdown_client_dht
+
     for node in nodes:
-        node.shutdown()
+        shutdown_client_dht(node)

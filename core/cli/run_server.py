@@ -81,6 +81,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         device=args.device,
         token=args.use_auth_token,
         max_length=args.max_length,
+        attn_cache_tokens=args.attn_cache_tokens,
         torch_threads=args.num_threads,
     )
 

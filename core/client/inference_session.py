@@ -15,7 +15,7 @@ from hivemind.proto import runtime_pb2
 
 from core.client.sequence_manager import RemoteSequenceManager, is_retriable
 from core.dht.schema import RemoteSpanInfo
-from core.errors import InvalidRequestError, RemoteCallError, SequenceTooLongError
+from core.errors import BlossomError, InvalidRequestError, RemoteCallError, SequenceTooLongError
 from core.wire import deserialize_tensors, pack_metadata, raise_if_error, serialize_tensors
 
 logger = logging.getLogger(__name__)
@@ -107,6 +107,8 @@ class InferenceSession:
                 if not is_retriable(error):
                     raise
                 if failures > self.manager.config.max_retries:
+                    if isinstance(error, BlossomError):
+                        raise  # keep the server's typed reason (e.g. ServerFullError)
                     raise RemoteCallError(f"blocks {session.span.start}..{session.span.end - 1} failed repeatedly: "
                                           f"{error}") from error
                 self._replace(index, error)

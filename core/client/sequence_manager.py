@@ -117,15 +117,6 @@ class RemoteSequenceManager:
     async def get_stub(self, peer_id: str):  # -> StubBase
         return BlockRequestHandler.get_stub(await self.get_p2p(), PeerID.from_base58(peer_id))
 
-    def close_p2p(self) -> None:
-        """Close the DHT's P2P replica (hivemind shares one per DHT: only its owner may call this)."""
-        if self._p2p is not None:
-            p2p, self._p2p = self._p2p, None
-            try:
-                self.loop.run(p2p.shutdown(), timeout=10)
-            except Exception:
-                logger.debug("Could not close the P2P replica cleanly", exc_info=True)
-
     def span_uid(self, start: int, end: int) -> str:
         return " ".join(block_key(self.dht_prefix, index) for index in range(start, end))
 
@@ -160,6 +151,22 @@ class RemoteSequenceManager:
         except Exception as error:
             raise RemoteCallError(f"server {span.peer_id} (blocks {span.start}..{span.end - 1}) failed: "
                                   f"{type(error).__name__}: {error}") from error
+
+
+def shutdown_client_dht(dht: hivemind.DHT) -> None:
+    """Close the DHT's P2P replica on the client loop it was made on, then stop the DHT.
+
+    hivemind keeps one replica per DHT; left to the garbage collector it is torn down outside
+    any event loop and raises.
+    """
+    replica = getattr(dht, "_p2p_replica", None)
+    if replica is not None:
+        try:
+            shared_loop().run(replica.shutdown(), timeout=10)
+        except Exception:
+            logger.debug("Could not close the P2P replica cleanly", exc_info=True)
+        dht._p2p_replica = None
+    dht.shutdown()
 
 
 async def _iterate(items: list) -> object:

@@ -14,7 +14,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from core.client.generation import GenerationSession, generate
 from core.client.remote_sequential import RemoteSequential
-from core.client.sequence_manager import RemoteSequenceManager
+from core.client.sequence_manager import RemoteSequenceManager, shutdown_client_dht
 from core.config import ClientConfig
 from core.errors import InvalidRequestError
 
@@ -169,5 +169,4 @@ class DistributedModelForCausalLM(nn.Module):
         for session in list(self._active_sessions):
             session.close()
         if self._owns_dht:
-            self.transformer_blocks.manager.close_p2p()
-            self.dht.shutdown()
+            shutdown_client_dht(self.dht)

@@ -96,13 +96,12 @@ class BlockServer:
         backend = SpanBackend(model_config, span, start, end, dtype, device, limits)
         throughput = measure_throughput(backend) if cfg.throughput == "auto" else float(cfg.throughput)
 
-        cache_bytes = cfg.attn_cache_bytes or DEFAULT_CACHE_TOKENS * kv_bytes_per_token(model_config, end - start, dtype)
+        per_token = kv_bytes_per_token(model_config, end - start, dtype)
+        cache_bytes = (cfg.attn_cache_tokens or DEFAULT_CACHE_TOKENS) * per_token
         self._loop = EventLoopThread("blossom-server-loop")
         budget = self._loop.run(_make_budget(cache_bytes))
         self._handler = BlockRequestHandler(backend, dht_prefix, budget, cfg.alloc_timeout, self.stats)
         self._loop.run(self._register_handlers())
-
-        per_token = kv_bytes_per_token(model_config, end - start, dtype)
 
         def make_info() -> ServerInfo:
             return ServerInfo(

@@ -178,3 +178,20 @@ def test_dht_prints_its_address_and_stops_on_sigterm():
         assert _wait_for_line(dht, "DHT peer stopped."), dht.tail()
     finally:
         dht.kill()
+
+
+def test_kv_cache_budget_flag_refuses_sessions_that_do_not_fit(tiny_checkpoints, swarm_factory, client_dht_factory):
+    import torch
+
+    from core.errors import ServerFullError
+    from core.models.auto import AutoDistributedModelForCausalLM
+
+    _, converted = tiny_checkpoints["llama"]
+    swarm = swarm_factory(converted, [(0, 4)], server_args=["--attn_cache_tokens", "8"])
+    model = AutoDistributedModelForCausalLM.from_pretrained(str(converted), dht=client_dht_factory(swarm.initial_peers))
+    blocks, hidden_size = model.transformer_blocks, model.config.hidden_size  # all 4 blocks of the one server
+    with blocks.inference_session(max_length=8) as session:  # 8 tokens through 4 blocks: fits exactly
+        session.step(torch.randn(1, 2, hidden_size))
+    with pytest.raises(ServerFullError, match="larger than this server's whole budget"):
+        with blocks.inference_session(max_length=9) as session:
+            session.step(torch.randn(1, 2, hidden_size))
