@@ -14,6 +14,7 @@ from pathlib import Path
 
 from core.convert import TORCH_DTYPE_CHOICES, Manifest, convert_model
 from core.errors import BlossomError
+from core.utils.units import format_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -46,15 +47,6 @@ def _total_size(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB"):
-        if value < 1024:
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
-
-
 def summary(manifest: Manifest, output: Path, output_repo: str | None) -> str:
     """The lines printed after a successful conversion."""
     lines = [
@@ -64,7 +56,7 @@ def summary(manifest: Manifest, output: Path, output_repo: str | None) -> str:
         f"  dtype:       {manifest.torch_dtype}",
         f"  dht_prefix:  {manifest.dht_prefix}",
         f"  output:      {output}",
-        f"  total size:  {_human(_total_size(output))}",
+        f"  total size:  {format_bytes(_total_size(output))}",
     ]
     if output_repo:
         last = manifest.num_blocks - 1

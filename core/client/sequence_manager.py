@@ -5,7 +5,6 @@ bans of failing servers and the forward/backward RPCs with streaming for large t
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -15,6 +14,7 @@ import hivemind
 import torch
 from hivemind.p2p import P2P, PeerID
 from hivemind.proto import runtime_pb2
+from hivemind.utils.asyncio import aiter_with_timeout, as_aiter
 
 from core.client.routing import make_route, uncovered_blocks
 from core.config import ClientConfig
@@ -127,9 +127,9 @@ class RemoteSequenceManager:
         if should_stream(list(tensors)):
             parts = split_tensors_for_streaming(tensors)
             requests = [runtime_pb2.ExpertRequest(uid=uid, tensors=parts[i : i + 1]) for i in range(len(parts))]
-            responses = await getattr(stub, f"{method}_stream")(_iterate(requests))
+            responses = await getattr(stub, f"{method}_stream")(as_aiter(*requests))
             received: list[runtime_pb2.Tensor] = []
-            async for response in _with_timeout(responses, timeout):
+            async for response in aiter_with_timeout(responses, timeout):
                 raise_if_error(response, span.peer_id)
                 received.extend(response.tensors)
             protos = combine_streamed_tensors(received)
@@ -168,17 +168,3 @@ def shutdown_client_dht(dht: hivemind.DHT) -> None:
         dht._p2p_replica = None
     dht.shutdown()
 
-
-async def _iterate(items: list) -> object:
-    for item in items:
-        yield item
-
-
-async def _with_timeout(stream, timeout: float):  # -> AsyncIterator
-    iterator = stream.__aiter__()
-    while True:
-        try:
-            item = await asyncio.wait_for(iterator.__anext__(), timeout)
-        except StopAsyncIteration:
-            return
-        yield item

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import logging
-import re
-from pathlib import Path
 from typing import Any, Sequence
 
 import hivemind
@@ -16,16 +14,10 @@ from core.client.generation import GenerationSession, generate
 from core.client.remote_sequential import RemoteSequential
 from core.client.sequence_manager import RemoteSequenceManager, shutdown_client_dht
 from core.config import ClientConfig
+from core.convert import default_dht_prefix, load_client_state
 from core.errors import InvalidRequestError
 
 logger = logging.getLogger(__name__)
-
-
-def default_dht_prefix(name_or_path: str) -> str:
-    """The DHT name of a converted model: its folder or repo name, with characters outside ``[A-Za-z0-9_-]``
-    replaced by ``-`` (``.`` separates the block index in DHT keys)."""
-    name = Path(str(name_or_path).rstrip("/")).name
-    return re.sub(r"[^A-Za-z0-9_-]", "-", name)
 
 
 class DistributedConfigMixin:
@@ -109,8 +101,6 @@ class DistributedModelForCausalLM(nn.Module):
         **config_overrides: Any,
     ) -> "DistributedModelForCausalLM":
         """Load the client-side weights of a converted model and connect to the swarm serving its blocks."""
-        from core.convert import load_client_state
-
         config = cls.config_class.from_pretrained(converted_model_name_or_path, token=token)
         for key, value in config_overrides.items():
             setattr(config, key, value)

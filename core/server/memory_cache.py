@@ -7,6 +7,7 @@ import logging
 from typing import AsyncIterator
 
 from core.errors import ServerFullError
+from core.utils.units import format_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -32,15 +33,15 @@ class KVCacheBudget:
         """
         if nbytes > self.max_bytes:
             raise ServerFullError(
-                f"a session needing {_human(nbytes)} of KV cache is larger than this server's whole budget "
-                f"({_human(self.max_bytes)}); use a smaller max_length or batch size"
+                f"a session needing {format_bytes(nbytes)} of KV cache is larger than this server's whole budget "
+                f"({format_bytes(self.max_bytes)}); use a smaller max_length or batch size"
             )
         async with self._changed:
             try:
                 await asyncio.wait_for(self._changed.wait_for(lambda: self.free_bytes >= nbytes), timeout)
             except asyncio.TimeoutError:
                 raise ServerFullError(
-                    f"server full: {_human(nbytes)} of KV cache needed, {_human(self.free_bytes)} "
+                    f"server full: {format_bytes(nbytes)} of KV cache needed, {format_bytes(self.free_bytes)} "
                     f"free after waiting {timeout:.0f} s; try another server or later"
                 ) from None
             self.used_bytes += nbytes
@@ -51,9 +52,3 @@ class KVCacheBudget:
                 self.used_bytes -= nbytes
                 self._changed.notify_all()
 
-
-def _human(nbytes: int) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if nbytes >= size:
-            return f"{nbytes / size:.1f} {unit}"
-    return f"{nbytes} bytes"
