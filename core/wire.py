@@ -125,3 +125,8 @@ def combine_streamed_tensors(parts: Iterable[runtime_pb2.Tensor]) -> list[runtim
 def nbytes(tensors: Iterable[torch.Tensor]) -> int:
     """Total payload size of ``tensors``."""
     return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def should_stream(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether a request carrying ``tensors`` must use the streaming RPC variant."""
+    return nbytes(tensors) > UNARY_LIMIT_BYTES

@@ -21,13 +21,14 @@ from core.config import ClientConfig
 from core.dht.records import compute_spans, get_block_servers
 from core.dht.schema import RemoteSpanInfo, block_key
 from core.errors import BlossomError, MissingBlocksError, RemoteCallError, ServerFullError
-from core.server.handler import BlockRequestHandler, should_stream
+from core.server.handler import BlockRequestHandler
 from core.utils.event_loop import shared_loop
 from core.wire import (
     combine_streamed_tensors,
     deserialize_tensors,
     raise_if_error,
     serialize_tensors,
+    should_stream,
     split_tensors_for_streaming,
 )
 
@@ -124,7 +125,7 @@ class RemoteSequenceManager:
         stub = await self.get_stub(span.peer_id)
         uid = self.span_uid(span.start, span.end)
         timeout = self.config.request_timeout
-        if should_stream(list(tensors)):
+        if should_stream(tensors):
             parts = split_tensors_for_streaming(tensors)
             requests = [runtime_pb2.ExpertRequest(uid=uid, tensors=parts[i : i + 1]) for i in range(len(parts))]
             responses = await getattr(stub, f"{method}_stream")(as_aiter(*requests))

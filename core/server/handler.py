@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Callable, TypeVar
@@ -23,11 +22,9 @@ from core.server.backend import SpanBackend, kv_bytes_per_token
 from core.server.memory_cache import KVCacheBudget
 from core.server.stats import ServingStats
 from core.wire import (
-    UNARY_LIMIT_BYTES,
     combine_streamed_tensors,
     deserialize_tensors,
     error_response,
-    nbytes,
     split_tensors_for_streaming,
     tensor_response,
     unpack_metadata,
@@ -220,7 +217,7 @@ class BlockRequestHandler(ServicerBase):
         cache = DynamicCache()
         position = 0
         while True:
-            metadata = unpack_metadata(request.metadata) if request is not None and position else {}
+            metadata = unpack_metadata(request.metadata) if position else {}
             rollback = metadata.get("start_from_position")
             if rollback is not None:
                 if not isinstance(rollback, int) or not 0 <= rollback <= position:
@@ -232,10 +229,9 @@ class BlockRequestHandler(ServicerBase):
             if hidden.shape[0] != batch_size:
                 raise InvalidRequestError(f"batch size changed from {batch_size} to {hidden.shape[0]} within a session")
             self.backend.check_length(position, hidden.shape[1], max_length)
-            began = time.perf_counter()
             output = await self._compute(self.backend.inference_step, hidden, cache, position, start, end)
             position += hidden.shape[1]
-            self.stats.record_request(batch_size * hidden.shape[1], time.perf_counter() - began)
+            self.stats.record_request(batch_size * hidden.shape[1])
             yield tensor_response([output], position=position)
             request = await asyncio.wait_for(anext(requests, None), self.session_idle_timeout)
             if request is None:
@@ -249,7 +245,3 @@ def _truncate_cache(cache: DynamicCache, tokens_to_remove: int) -> None:
         if getattr(layer, "is_initialized", False):
             layer.crop(-tokens_to_remove)
 
-
-def should_stream(tensors: list[torch.Tensor]) -> bool:
-    """Whether a request carrying ``tensors`` must use the streaming RPC variant."""
-    return nbytes(tensors) > UNARY_LIMIT_BYTES

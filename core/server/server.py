@@ -12,11 +12,11 @@ import torch
 
 from core import __version__
 from core.config import ServerConfig
-from core.convert import load_blocks, load_config, load_manifest
+from core.convert import load_blocks, load_manifest
 from core.dht.records import compute_spans, get_block_servers
 from core.dht.schema import ServerInfo, ServerState
 from core.errors import InvalidRequestError
-from core.models.registry import family_for_config
+from core.models.registry import family_for_config, get_family
 from core.server.announcer import Announcer
 from core.server.backend import SpanBackend, SpanLimits, kv_bytes_per_token
 from core.server.block_selection import choose_best_start
@@ -70,8 +70,7 @@ class BlockServer:
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         manifest = load_manifest(cfg.converted_model_name_or_path, token=cfg.token)
-        model_config = load_config(cfg.converted_model_name_or_path, token=cfg.token)
-        family_for_config(model_config)  # fails early on an unsupported model
+        get_family(manifest.family)  # fails early on an unsupported model
         dht_prefix = cfg.dht_prefix or manifest.dht_prefix
         total = manifest.num_blocks
         device = resolve_device(cfg.device)
@@ -99,7 +98,7 @@ class BlockServer:
         per_token = kv_bytes_per_token(model_config, end - start, dtype)
         cache_bytes = (cfg.attn_cache_tokens or DEFAULT_CACHE_TOKENS) * per_token
         self._loop = EventLoopThread("blossom-server-loop")
-        budget = self._loop.run(_make_budget(cache_bytes))
+        budget = KVCacheBudget(cache_bytes)
         self._handler = BlockRequestHandler(backend, dht_prefix, budget, cfg.alloc_timeout, self.stats)
         self._loop.run(self._register_handlers())
 
@@ -142,10 +141,6 @@ class BlockServer:
         logger.info("Chose blocks %d..%d (%d servers already in the swarm)", start, start + num_blocks - 1, len(spans))
         return start, start + num_blocks
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until :meth:`shutdown` is called; returns whether it was."""
-        return self._stopped.wait(timeout)
-
     def shutdown(self) -> None:
         """Mark the span offline, stop serving and leave the DHT. Safe to call more than once."""
         if self._stopped.is_set():
@@ -166,6 +161,3 @@ class BlockServer:
             self.dht.shutdown()
         logger.info("Server stopped in %.1f s", time.perf_counter() - began)
 
-
-async def _make_budget(max_bytes: int) -> KVCacheBudget:
-    return KVCacheBudget(max_bytes)  # created on the server loop so its Condition binds there

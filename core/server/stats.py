@@ -14,12 +14,10 @@ class ServingStats:
     tokens: int = 0
     errors: int = 0
     sessions_open: int = 0
-    step_seconds: float = 0.0
 
-    def record_request(self, tokens: int, seconds: float = 0.0) -> None:
+    def record_request(self, tokens: int) -> None:
         self.requests += 1
         self.tokens += tokens
-        self.step_seconds += seconds
 
     def record_error(self) -> None:
         self.errors += 1
