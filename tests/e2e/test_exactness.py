@@ -57,20 +57,13 @@ def test_gradients_flow_back_through_the_servers(setup):
     torch.testing.assert_close(remote_embeds.grad, local_embeds.grad, atol=1e-5, rtol=1e-4)
 
 
-def test_greedy_generation_matches(setup):
+@pytest.mark.parametrize("seed, batch, prompt_length, new_tokens", [(3, 1, 6, 12), (4, 3, 5, 6)])
+def test_greedy_generation_matches(setup, seed, batch, prompt_length, new_tokens):
     _, model, local, _ = setup
-    torch.manual_seed(3)
-    input_ids = torch.randint(3, model.config.vocab_size, (1, 6))
-    expected = local.generate(input_ids, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
-    assert torch.equal(model.generate(input_ids, max_new_tokens=12, eos_token_id=None), expected)
-
-
-def test_batched_greedy_generation_matches(setup):
-    _, model, local, _ = setup
-    torch.manual_seed(4)
-    input_ids = torch.randint(3, model.config.vocab_size, (3, 5))
-    expected = local.generate(input_ids, max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)
-    assert torch.equal(model.generate(input_ids, max_new_tokens=6, eos_token_id=None), expected)
+    torch.manual_seed(seed)
+    input_ids = torch.randint(3, model.config.vocab_size, (batch, prompt_length))
+    expected = local.generate(input_ids, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert torch.equal(model.generate(input_ids, max_new_tokens=new_tokens, eos_token_id=None), expected)
 
 
 def test_sampling_matches_transformers_for_the_same_seed(setup):
