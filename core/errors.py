@@ -60,6 +60,18 @@ class RemoteCallError(BlossomError):
     code = "remote_call_failed"
 
 
+class PromptsMismatchError(InvalidRequestError):
+    """Saved prompts do not fit the model they are loaded into (other model, mode or length)."""
+
+    code = "prompts_mismatch"
+
+
+class DatasetError(BlossomError, ValueError):
+    """A training dataset file is missing, empty or has records of an unsupported shape."""
+
+    code = "dataset_error"
+
+
 class ConversionError(BlossomError):
     """A checkpoint could not be converted or a converted model failed verification."""
 
@@ -95,6 +107,8 @@ _ERRORS_BY_CODE: dict[str, type[BlossomError]] = {
         ConversionError,
         UnsupportedModelError,
         MissingBlocksError,
+        PromptsMismatchError,
+        DatasetError,
     )
 }
 
