@@ -33,6 +33,15 @@ class ServerConfig:
     alloc_timeout: float = 5.0
     update_period: float = 30.0
     torch_threads: int | None = None
+    session_idle_timeout: float = 600.0
+    """An inference session that sends nothing for this long is closed and its KV cache freed."""
+    shutdown_timeout: float = 30.0
+    """On shutdown, how long open inference sessions may keep running before they are cut."""
+    balance_quality: float = 0.75
+    """Move to other blocks when the swarm's weakest block is below this fraction of what the move
+    would give it (0 disables rebalancing; fixed ``block_indices`` never move)."""
+    mean_balance_check_period: float = 60.0
+    """Average seconds between rebalancing checks (randomised so servers do not all move at once)."""
 
     def __post_init__(self) -> None:
         if self.quant_type not in QUANT_TYPES:
@@ -49,6 +58,18 @@ class ServerConfig:
             raise ValueError("pass --initial_peers of a swarm to join, or --new_swarm to start a new one")
         if isinstance(self.throughput, str) and self.throughput != "auto":
             raise ValueError(f"throughput must be a number or 'auto', got '{self.throughput}'")
+        for name in ("max_length", "max_batch_size", "max_tokens_per_request"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("alloc_timeout", "shutdown_timeout"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be a number of seconds >= 0, got {getattr(self, name)}")
+        if not 0 <= self.balance_quality <= 1:
+            raise ValueError(f"balance_quality must be in 0..1, got {self.balance_quality}")
+        if not self.mean_balance_check_period > 0:
+            raise ValueError(f"mean_balance_check_period must be positive, got {self.mean_balance_check_period}")
+        if not self.session_idle_timeout > 0:
+            raise ValueError(f"session_idle_timeout must be a positive number of seconds, got {self.session_idle_timeout}")
 
 
 @dataclass(frozen=True)

@@ -53,10 +53,12 @@ def client_dht_factory() -> Iterator:
     """Client-mode DHT nodes joined to a swarm; shut down at the end of the session."""
     import hivemind
 
+    from core.dht.node import create_dht
+
     nodes: list[hivemind.DHT] = []
 
     def start(initial_peers: list[str]) -> hivemind.DHT:
-        node = hivemind.DHT(initial_peers=initial_peers, client_mode=True, start=True)
+        node = create_dht(initial_peers, client_mode=True).dht
         nodes.append(node)
         return node
 

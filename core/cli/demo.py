@@ -14,16 +14,12 @@ from pathlib import Path
 
 from core.cli.common import fail, setup_logging
 from core.errors import BlossomError
+from core.utils.paths import blossom_home
 
 logger = logging.getLogger(__name__)
 
 DEMO_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_PROMPT = "What is a swarm of volunteers good for? Answer in two sentences."
-
-
-def blossom_home() -> Path:
-    """Where Blossom keeps converted models: ``$BLOSSOM_HOME`` or ``~/.cache/blossom``."""
-    return Path(os.environ.get("BLOSSOM_HOME") or Path.home() / ".cache" / "blossom")
 
 
 def ensure_demo_model(models_dir: Path | None = None) -> Path:

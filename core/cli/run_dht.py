@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import tempfile
 import threading
 
-import hivemind
 
 from core.cli.common import on_termination, setup_logging
+from core.dht.node import create_dht
 
 logger = logging.getLogger(__name__)
 
@@ -29,15 +28,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
-    tempfile.gettempdir()
     host_maddrs = args.host_maddrs or [f"/ip4/0.0.0.0/tcp/{args.port or 0}"]
-    dht = hivemind.DHT(
-        initial_peers=args.initial_peers,
+    dht = create_dht(
+        args.initial_peers,
         host_maddrs=host_maddrs,
-        announce_maddrs=args.announce_maddrs,
+        announce_maddrs=args.announce_maddrs or (),
         identity_path=args.identity_path,
-        start=True,
-    )
+    ).dht
     stop = threading.Event()
     on_termination(stop.set)
     addresses = [str(addr) for addr in dht.get_visible_maddrs()]

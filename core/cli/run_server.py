@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=None, help="TCP port to listen on (default: random)")
     parser.add_argument("--identity_path", default=None, help="private key file that keeps this server's peer id")
     parser.add_argument("--throughput", type=parse_throughput, default="auto",
-                        help="announced speed in block-steps/s, or 'auto' to measure it")
+                        help="announced speed in tokens/s per block, or 'auto' to measure it (cached per model/device/dtype)")
     parser.add_argument("--torch_dtype", choices=TORCH_DTYPES, default="auto")
     parser.add_argument("--quant_type", choices=QUANT_TYPES, default="none",
                         help="store linear weights in int8 or nf4 with bitsandbytes (fits more blocks)")
@@ -57,6 +57,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_length", type=int, default=2048, help="longest inference session accepted")
     parser.add_argument("--attn_cache_tokens", type=int, default=None,
                         help="KV-cache budget in tokens through all served blocks (default 16384)")
+    parser.add_argument("--max_batch_size", type=int, default=64, help="largest batch accepted in one request")
+    parser.add_argument("--max_tokens_per_request", type=int, default=8192,
+                        help="largest batch x sequence length accepted in one request")
+    parser.add_argument("--alloc_timeout", type=float, default=5.0,
+                        help="seconds a new session waits for KV-cache room before it is refused as 'server full'")
+    parser.add_argument("--session_idle_timeout", type=float, default=600.0,
+                        help="seconds an inference session may send nothing before it is closed and its cache freed")
+    parser.add_argument("--shutdown_timeout", type=float, default=30.0,
+                        help="on Ctrl-C / SIGTERM, seconds open inference sessions may run on before they are cut")
+    parser.add_argument("--balance_quality", type=float, default=0.75,
+                        help="move to weaker blocks when the swarm's weakest block is below this fraction of what "
+                             "the move would give it (0 = never move; --block_indices servers never move)")
+    parser.add_argument("--mean_balance_check_period", type=float, default=60.0,
+                        help="average seconds between checks of the swarm's balance (randomised)")
     parser.add_argument("--num_threads", type=int, default=None, help="torch CPU threads for compute")
     parser.add_argument("--verbose", action="store_true")
     return parser
@@ -83,6 +97,13 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_length=args.max_length,
         attn_cache_tokens=args.attn_cache_tokens,
         torch_threads=args.num_threads,
+        max_batch_size=args.max_batch_size,
+        max_tokens_per_request=args.max_tokens_per_request,
+        alloc_timeout=args.alloc_timeout,
+        session_idle_timeout=args.session_idle_timeout,
+        shutdown_timeout=args.shutdown_timeout,
+        balance_quality=args.balance_quality,
+        mean_balance_check_period=args.mean_balance_check_period,
     )
 
 
@@ -103,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"Blossom server for '{status.dht_prefix}' is online: blocks {status.start_block}..{status.end_block - 1} "
             f"({status.end_block - status.start_block} of {status.total_blocks}), {status.torch_dtype} on "
-            f"{status.device}, throughput {status.throughput:.1f} block-steps/s",
+            f"{status.device}, throughput {status.throughput:.1f} tokens/s per block",
             flush=True,
         )
         print("Other servers and clients can join through this server with --initial_peers:", flush=True)

@@ -1,7 +1,9 @@
-"""Declaring and reading block spans in the DHT.
+"""Declaring and reading block spans (and the models a swarm serves) in the DHT.
 
-Both functions run inside the DHT's own process via ``dht.run_coroutine``, so the coroutines
-here are module-level functions bound with ``functools.partial`` (they must be picklable).
+Every record is stored under the announcing server's signed subkey (see :mod:`core.dht.identity`);
+readers drop records whose subkey is unsigned or names a peer id that does not own the key.
+The coroutines run inside the DHT's own process via ``dht.run_coroutine``, so they are
+module-level functions bound with ``functools.partial`` (they must be picklable).
 """
 from __future__ import annotations
 
@@ -13,28 +15,41 @@ import hivemind
 from hivemind.dht.node import DHTNode
 from hivemind.utils import get_dht_time
 
-from core.dht.schema import RemoteSpanInfo, ServerInfo, ServerState, block_key
+from core.dht.identity import owner_of_subkey
+from core.dht.schema import MODELS_KEY, ModelInfo, RemoteSpanInfo, ServerInfo, ServerState, block_key
 
 logger = logging.getLogger(__name__)
 
 
 def declare_blocks(
-    dht: hivemind.DHT, dht_prefix: str, indices: Sequence[int], info: ServerInfo, expiration: float
+    dht: hivemind.DHT,
+    dht_prefix: str,
+    indices: Sequence[int],
+    info: ServerInfo,
+    expiration: float,
+    subkey: bytes,
+    model: ModelInfo | None = None,
 ) -> dict[str, bool]:
-    """Announce ``info`` under every block key in ``indices``; the record lives ``expiration`` seconds."""
+    """Announce ``info`` under every block key in ``indices`` (and ``model`` under the models key).
+
+    ``subkey`` is the server's signed subkey (:func:`core.dht.identity.owner_subkey`); records live
+    ``expiration`` seconds.
+    """
+    keys = [block_key(dht_prefix, index) for index in indices]
+    values: list[dict] = [info.to_record()] * len(keys)
+    if model is not None:
+        keys.append(MODELS_KEY)
+        values.append(model.to_record())
     return dht.run_coroutine(
-        partial(_declare_blocks, dht_prefix=dht_prefix, indices=list(indices), record=info.to_record(),
-                expiration_time=get_dht_time() + expiration)
+        partial(_store, keys=keys, values=values, subkey=subkey, expiration_time=get_dht_time() + expiration)
     )
 
 
-async def _declare_blocks(
-    dht: hivemind.DHT, node: DHTNode, dht_prefix: str, indices: list[int], record: dict, expiration_time: float
+async def _store(
+    dht: hivemind.DHT, node: DHTNode, keys: list[str], values: list[dict], subkey: bytes, expiration_time: float
 ) -> dict[str, bool]:
-    keys = [block_key(dht_prefix, index) for index in indices]
-    subkey = dht.peer_id.to_base58()
     return await node.store_many(
-        keys, [record] * len(keys), expiration_time, subkeys=[subkey] * len(keys), num_workers=max(1, len(keys))
+        keys, values, expiration_time, subkeys=[subkey] * len(keys), num_workers=max(1, len(keys))
     )
 
 
@@ -45,23 +60,33 @@ def get_block_servers(
 
     Malformed records are skipped; records of servers in the OFFLINE state are kept (callers filter).
     """
-    raw = dht.run_coroutine(partial(_get_blocks, dht_prefix=dht_prefix, indices=list(indices), latest=latest))
-    result: list[dict[str, ServerInfo]] = []
-    for entry in raw:
-        servers: dict[str, ServerInfo] = {}
-        if isinstance(entry, dict):
-            for peer_id, record in entry.items():
-                info = ServerInfo.from_record(record)
-                if isinstance(peer_id, str) and info is not None:
-                    servers[peer_id] = info
-        result.append(servers)
-    return result
-
-
-async def _get_blocks(
-    dht: hivemind.DHT, node: DHTNode, dht_prefix: str, indices: list[int], latest: bool
-) -> list[dict | None]:
     keys = [block_key(dht_prefix, index) for index in indices]
+    raw = dht.run_coroutine(partial(_get, keys=keys, latest=latest))
+    return [_parse_entry(entry, ServerInfo.from_record) for entry in raw]
+
+
+def get_models(dht: hivemind.DHT) -> dict[str, ModelInfo]:
+    """Every model announced in the swarm, by DHT prefix (from servers currently announcing one)."""
+    (entry,) = dht.run_coroutine(partial(_get, keys=[MODELS_KEY], latest=True))
+    models: dict[str, ModelInfo] = {}
+    for info in _parse_entry(entry, ModelInfo.from_record).values():
+        models.setdefault(info.dht_prefix, info)
+    return models
+
+
+def _parse_entry(entry: dict | None, parse) -> dict:
+    """``{peer_id: parsed record}`` for the validly signed, well-formed records of one key."""
+    parsed: dict = {}
+    if isinstance(entry, dict):
+        for subkey, record in entry.items():
+            peer_id = owner_of_subkey(subkey)
+            value = parse(record) if peer_id is not None else None
+            if value is not None:
+                parsed[peer_id] = value
+    return parsed
+
+
+async def _get(dht: hivemind.DHT, node: DHTNode, keys: list[str], latest: bool) -> list[dict | None]:
     sufficient = float("inf") if latest else None
     found = await node.get_many(keys, sufficient_expiration_time=sufficient, num_workers=max(1, len(keys)))
     result: list[dict | None] = []
@@ -74,8 +99,12 @@ async def _get_blocks(
     return result
 
 
-def compute_spans(block_servers: list[dict[str, ServerInfo]], start_index: int = 0) -> list[RemoteSpanInfo]:
-    """Collapse per-block announcements into one span per online server.
+def compute_spans(
+    block_servers: list[dict[str, ServerInfo]],
+    start_index: int = 0,
+    states: frozenset[ServerState] = frozenset({ServerState.ONLINE}),
+) -> list[RemoteSpanInfo]:
+    """Collapse per-block announcements into one span per server in one of ``states`` (online by default).
 
     ``block_servers[i]`` describes block ``start_index + i``. A server's span is cut to the blocks
     where it was actually found, so a stale or partial announcement never routes to missing blocks.
@@ -84,7 +113,7 @@ def compute_spans(block_servers: list[dict[str, ServerInfo]], start_index: int =
     for offset, servers in enumerate(block_servers):
         index = start_index + offset
         for peer_id, info in servers.items():
-            if info.state != ServerState.ONLINE:
+            if info.state not in states:
                 continue
             if peer_id in found and found[peer_id][1] == index:
                 found[peer_id] = (found[peer_id][0], index + 1, info)

@@ -1,17 +1,22 @@
 """The DHT key schema and the record a server announces for each block it holds.
 
-Keys: ``{dht_prefix}.{block_index}``; subkey: the server's peer id (base58); value: a
-:class:`ServerInfo` as a msgpack-friendly dict. Records that fail validation are skipped.
+Keys: ``{dht_prefix}.{block_index}``; subkey: the server's signed subkey (peer id + public key,
+see :mod:`core.dht.identity`); value: a :class:`ServerInfo` as a msgpack-friendly dict. Each server
+also announces the model it serves under :data:`MODELS_KEY` (a :class:`ModelInfo`), so tools can
+list every model in a swarm. Records that fail validation are skipped.
 """
 from __future__ import annotations
 
 import enum
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+MODELS_KEY = "blossom.models"
+MAX_PINGS = 16
 
 
 class ServerState(str, enum.Enum):
@@ -49,6 +54,10 @@ class ServerInfo:
     quant_type: str = "none"
     cache_tokens_left: int = 0
     max_length: int = 0
+    inference_rps: float = 0.0  # single-token steps per second through one block
+    forward_rps: float = 0.0  # tokens per second through one block in forward passes
+    network_rps: float = 0.0  # tokens per second the server's link carries (hidden states)
+    next_pings: dict[str, float] = field(default_factory=dict)  # peer id -> round trip (s) to servers after this span
 
     def to_record(self) -> dict[str, Any]:
         """A msgpack-friendly dict."""
@@ -73,12 +82,52 @@ class ServerInfo:
                 quant_type=str(record.get("quant_type", "none"))[:16],
                 cache_tokens_left=int(record.get("cache_tokens_left", 0)),
                 max_length=int(record.get("max_length", 0)),
+                inference_rps=float(record.get("inference_rps", 0.0)),
+                forward_rps=float(record.get("forward_rps", 0.0)),
+                network_rps=float(record.get("network_rps", 0.0)),
+                next_pings=_parse_pings(record.get("next_pings", {})),
             )
-            if not (0 <= info.start_block < info.end_block) or not math.isfinite(info.throughput) or info.throughput < 0:
+            speeds = (info.throughput, info.inference_rps, info.forward_rps, info.network_rps)
+            if not (0 <= info.start_block < info.end_block) or not all(math.isfinite(v) and v >= 0 for v in speeds):
                 raise ValueError("inconsistent span or throughput")
             return info
         except (KeyError, TypeError, ValueError) as error:
             logger.debug("Ignoring malformed server record %r: %s", record, error)
+            return None
+
+
+def _parse_pings(pings: Any) -> dict[str, float]:
+    if not isinstance(pings, dict):
+        raise TypeError("next_pings must be a dict")
+    parsed = {str(peer)[:64]: float(rtt) for peer, rtt in list(pings.items())[:MAX_PINGS]}
+    if not all(math.isfinite(rtt) and rtt >= 0 for rtt in parsed.values()):
+        raise ValueError("pings must be finite and non-negative")
+    return parsed
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a server announces about the model it serves (one record per server under :data:`MODELS_KEY`)."""
+
+    dht_prefix: str
+    num_blocks: int
+    family: str = ""
+    name: str = ""
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: Any) -> "ModelInfo | None":
+        """Parse a record from the DHT; ``None`` if it is malformed."""
+        try:
+            info = cls(str(record["dht_prefix"])[:128], int(record["num_blocks"]),
+                       str(record.get("family", ""))[:32], str(record.get("name", ""))[:128])
+            if not info.dht_prefix or not 0 < info.num_blocks <= 100_000:
+                raise ValueError("bad prefix or block count")
+            return info
+        except (KeyError, TypeError, ValueError) as error:
+            logger.debug("Ignoring malformed model record %r: %s", record, error)
             return None
 
 

@@ -1,9 +1,10 @@
-"""Choosing which blocks a new server should hold: a pure function over the swarm's spans."""
+"""Choosing which blocks a server should hold: pure functions over the swarm's announced spans."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
-from core.dht.schema import RemoteSpanInfo
+from core.dht.schema import RemoteSpanInfo, ServerState
 
 
 def block_throughputs(spans: Sequence[RemoteSpanInfo], total_blocks: int) -> list[float]:
@@ -30,3 +31,43 @@ def choose_best_start(spans: Sequence[RemoteSpanInfo], total_blocks: int, num_bl
         candidates,
         key=lambda start: (min(totals[start : start + num_blocks]), sum(totals[start : start + num_blocks]), start),
     )
+
+
+def claim_is_contested(spans: Sequence[RemoteSpanInfo], peer_id: str, start: int, end: int) -> bool:
+    """Whether another server joining at the same moment claimed overlapping blocks first.
+
+    Servers that start together all see the same empty swarm and would pick the same span. Each
+    announces its claim as JOINING, waits a moment and looks again; of two overlapping JOINING claims
+    the one from the smaller peer id stands and the other server chooses again.
+    """
+    return any(
+        span.peer_id != peer_id
+        and span.server_info.state == ServerState.JOINING
+        and span.peer_id < peer_id
+        and span.start < end
+        and start < span.end
+        for span in spans
+    )
+
+
+def choose_move(
+    spans: Sequence[RemoteSpanInfo], peer_id: str, total_blocks: int, balance_quality: float = 0.75
+) -> int | None:
+    """The new first block for server ``peer_id`` if moving there makes the swarm meaningfully stronger.
+
+    The swarm is as strong as its weakest block. Moving pays when the weakest block's throughput
+    now is below ``balance_quality`` times what it would be after the move (so uncovered blocks
+    always attract a spare server, and small gains never cause churn). ``None``: stay.
+    """
+    mine = [span for span in spans if span.peer_id == peer_id]
+    if not mine:
+        return None
+    me = mine[0]
+    others = [span for span in spans if span.peer_id != peer_id]
+    new_start = choose_best_start(others, total_blocks, me.length)
+    if new_start == me.start:
+        return None
+    moved = replace(me, start=new_start, end=new_start + me.length)
+    before = min(block_throughputs(spans, total_blocks))
+    after = min(block_throughputs([*others, moved], total_blocks))
+    return new_start if before < balance_quality * after - 1e-9 else None

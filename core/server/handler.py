@@ -9,22 +9,26 @@ import asyncio
 import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import AsyncIterator, Callable, TypeVar
+from typing import Any, AsyncIterator, Callable, TypeVar
 
 import torch
-from hivemind.p2p import P2PContext, ServicerBase
+from hivemind.p2p import P2P, P2PContext, ServicerBase
 from hivemind.proto import runtime_pb2
 from transformers.cache_utils import DynamicCache
 
+from core import __version__
 from core.dht.schema import block_uid_index
-from core.errors import BlossomError, InvalidRequestError, UnknownBlocksError
+from core.errors import BlossomError, InvalidRequestError, ServerFullError, UnknownBlocksError
 from core.server.backend import SpanBackend, kv_bytes_per_token
+from core.server.bounded_streams import add_bounded_stream_handler
 from core.server.memory_cache import KVCacheBudget
 from core.server.stats import ServingStats
 from core.wire import (
+    MAX_METADATA_BYTES,
     combine_streamed_tensors,
     deserialize_tensors,
     error_response,
+    pack_metadata,
     split_tensors_for_streaming,
     tensor_response,
     unpack_metadata,
@@ -34,6 +38,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_STREAM_MESSAGES = 4096
+MESSAGE_OVERHEAD_BYTES = MAX_METADATA_BYTES + 64 * 1024  # uid, metadata and protobuf framing around the tensors
 
 
 class BlockRequestHandler(ServicerBase):
@@ -56,6 +61,49 @@ class BlockRequestHandler(ServicerBase):
         self.session_idle_timeout = session_idle_timeout
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blossom-compute")
         self._max_elements = backend.limits.max_tokens_per_request * backend.hidden_size
+        # the largest request: two full-size tensors (hidden states + gradients or prompts) of 4-byte values
+        self.max_request_bytes = 2 * self._max_elements * 4 + MESSAGE_OVERHEAD_BYTES
+        self.draining = False
+        self._sessions_ended = asyncio.Event()
+
+    async def add_p2p_handlers(self, p2p: P2P, wrapper: Any = None, *, namespace: str | None = None,
+                               balanced: bool = False) -> None:
+        """Register every ``rpc_*``; streaming ones go through :mod:`core.server.bounded_streams`
+        so that no stream message is read past :attr:`max_request_bytes`."""
+        self._collect_rpc_handlers()
+        servicer = self if wrapper is None else wrapper
+        registrations = []
+        for rpc in self._rpc_handlers:
+            name = self._get_handle_name(namespace, rpc.method_name)
+            method = getattr(servicer, rpc.method_name)
+            if rpc.stream_input:
+                registrations.append(add_bounded_stream_handler(p2p, name, method, rpc.request_type,
+                                                                self.max_request_bytes, balanced=balanced))
+            else:  # unary messages are capped by the p2p daemon's message size limit
+                registrations.append(p2p.add_protobuf_handler(name, method, rpc.request_type, balanced=balanced))
+        await asyncio.gather(*registrations)
+
+    def begin_draining(self) -> None:
+        """Refuse new inference sessions (with a retriable "server full" error); open ones go on."""
+        self.draining = True
+
+    async def wait_for_sessions(self, timeout: float) -> bool:
+        """Wait until no inference session is open; ``False`` if some are still open after ``timeout``."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.stats.sessions_open > 0:
+            self._sessions_ended.clear()
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._sessions_ended.wait(), remaining)
+            except asyncio.TimeoutError:
+                return self.stats.sessions_open == 0
+        return True
+
+    def _refuse_if_draining(self) -> None:
+        if self.draining:
+            raise ServerFullError("this server is shutting down and takes no new sessions; use another server")
 
     def shutdown(self) -> None:
         """Stop the compute thread (pending requests finish first)."""
@@ -87,36 +135,78 @@ class BlockRequestHandler(ServicerBase):
             )
         return start, end
 
-    def _read_tensors(self, protos: list[runtime_pb2.Tensor], expected: int) -> list[torch.Tensor]:
-        tensors = deserialize_tensors(protos, self._max_elements)
+    def _read_tensors(
+        self, protos: list[runtime_pb2.Tensor], expected: int, max_elements: int | None = None
+    ) -> list[torch.Tensor]:
+        tensors = deserialize_tensors(protos, max_elements or self._max_elements)
         if len(tensors) != expected:
             raise InvalidRequestError(f"expected {expected} tensor(s), got {len(tensors)}")
         return tensors
 
-    async def _run_forward(self, uid: str, protos: list[runtime_pb2.Tensor]) -> torch.Tensor:
+    def _read_with_prompts(
+        self, protos: list[runtime_pb2.Tensor], expected: int, metadata: dict | None, start: int, end: int
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """The request's ``expected`` tensors, plus deep prompts (one more tensor, the last) when its
+        metadata says ``{"prompts": true}``."""
+        if not (metadata or {}).get("prompts"):
+            return self._read_tensors(protos, expected), None
+        tensors = self._read_tensors(protos, expected + 1, self._max_elements * (end - start))
+        return tensors[:-1], tensors[-1]
+
+    async def _run_forward(self, uid: str, protos: list[runtime_pb2.Tensor], metadata: dict | None = None) -> torch.Tensor:
         start, end = self._parse_span(uid)
-        (hidden,) = self._read_tensors(protos, 1)
-        self.backend.check_hidden(hidden)
-        output = await self._compute(self.backend.forward, hidden, start, end)
+        (hidden,), prompts = self._read_with_prompts(protos, 1, metadata, start, end)
+        backend = self.backend  # the one _parse_span checked, even if the server moves meanwhile
+        backend.check_hidden(hidden)
+        if prompts is not None:
+            backend.check_prompts(prompts, hidden, start, end)
+        output = await self._compute(backend.forward, hidden, start, end, prompts)
         self.stats.record_request(hidden.shape[0] * hidden.shape[1])
         return output
 
-    async def _run_backward(self, uid: str, protos: list[runtime_pb2.Tensor]) -> torch.Tensor:
+    async def _run_backward(
+        self, uid: str, protos: list[runtime_pb2.Tensor], metadata: dict | None = None
+    ) -> list[torch.Tensor]:
         start, end = self._parse_span(uid)
-        hidden, grad_output = self._read_tensors(protos, 2)
-        self.backend.check_hidden(hidden)
-        self.backend.check_hidden(grad_output, "grad_outputs")
-        grad_input = await self._compute(self.backend.backward, hidden, grad_output, start, end)
+        (hidden, grad_output), prompts = self._read_with_prompts(protos, 2, metadata, start, end)
+        backend = self.backend  # the one _parse_span checked, even if the server moves meanwhile
+        backend.check_hidden(hidden)
+        backend.check_hidden(grad_output, "grad_outputs")
+        if prompts is not None:
+            backend.check_prompts(prompts, hidden, start, end)
+        grads = await self._compute(backend.backward, hidden, grad_output, start, end, prompts)
         self.stats.record_request(hidden.shape[0] * hidden.shape[1])
-        return grad_input
+        return grads
+
+    async def rpc_info(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
+        """What this server holds, answered at once (clients and servers time it as a ping).
+
+        Any tensors sent along are ignored: peers send a payload to measure their upload speed.
+        """
+        del request, context
+        return runtime_pb2.ExpertResponse(metadata=pack_metadata({
+            "dht_prefix": self.dht_prefix, "start_block": self.backend.start, "end_block": self.backend.end,
+            "cache_bytes_left": self.cache_budget.free_bytes, "version": __version__,
+        }))
 
     async def rpc_forward(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
-        """Blocks' outputs for a whole sequence: tensors ``[hidden]`` -> ``[hidden]``."""
-        return await self._answer(lambda: self._run_forward(request.uid, list(request.tensors)), context)
+        """Blocks' outputs for a whole sequence: tensors ``[hidden]`` -> ``[hidden]``.
+
+        With metadata ``{"prompts": true}`` a last tensor ``[num_blocks, batch, pre_seq_len, hidden]`` follows;
+        each block gets its row added to its input's first ``pre_seq_len`` positions (deep prompt tuning).
+        """
+        return await self._answer(
+            lambda: self._run_forward(request.uid, list(request.tensors), unpack_metadata(request.metadata)), context
+        )
 
     async def rpc_backward(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
-        """Gradient w.r.t. the inputs: tensors ``[hidden, grad_outputs]`` -> ``[grad_inputs]``."""
-        return await self._answer(lambda: self._run_backward(request.uid, list(request.tensors)), context)
+        """Gradient w.r.t. the inputs: tensors ``[hidden, grad_outputs]`` -> ``[grad_inputs]``.
+
+        With metadata ``{"prompts": true}``: ``[hidden, grad_outputs, prompts]`` -> ``[grad_inputs, grad_prompts]``.
+        """
+        return await self._answer(
+            lambda: self._run_backward(request.uid, list(request.tensors), unpack_metadata(request.metadata)), context
+        )
 
     async def rpc_forward_stream(
         self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext
@@ -134,7 +224,8 @@ class BlockRequestHandler(ServicerBase):
 
     async def _answer(self, compute: Callable, context: P2PContext) -> runtime_pb2.ExpertResponse:
         try:
-            return tensor_response([await compute()])
+            output = await compute()
+            return tensor_response(output if isinstance(output, list) else [output])
         except Exception as error:
             return self._error(error, context)
 
@@ -142,16 +233,23 @@ class BlockRequestHandler(ServicerBase):
         self, requests: AsyncIterator[runtime_pb2.ExpertRequest], compute: Callable, context: P2PContext
     ) -> AsyncIterator[runtime_pb2.ExpertResponse]:
         try:
-            uid, parts = "", []
-            received = 0
+            uid, parts, metadata = "", [], None
+            received = total_bytes = 0
             async for request in requests:
                 uid = uid or request.uid
+                metadata = unpack_metadata(request.metadata) if metadata is None else metadata
                 parts.extend(request.tensors)
                 received += 1
+                total_bytes += sum(len(part.buffer) for part in request.tensors)
                 if received > MAX_STREAM_MESSAGES:
                     raise InvalidRequestError(f"stream of over {MAX_STREAM_MESSAGES} messages; send smaller requests")
-            output = await compute(uid, combine_streamed_tensors(parts))
-            for part in split_tensors_for_streaming([output]):
+                if total_bytes > self.max_request_bytes:
+                    raise InvalidRequestError(
+                        f"the streamed tensors exceed this server's limit of {self.max_request_bytes} bytes; "
+                        f"send fewer tokens per request"
+                    )
+            output = await compute(uid, combine_streamed_tensors(parts), metadata)
+            for part in split_tensors_for_streaming(output if isinstance(output, list) else [output]):
                 yield runtime_pb2.ExpertResponse(tensors=[part])
         except Exception as error:
             yield self._error(error, context)
@@ -176,19 +274,21 @@ class BlockRequestHandler(ServicerBase):
         """
         session_id = uuid.uuid4().hex[:8]
         try:
+            self._refuse_if_draining()
             first = await asyncio.wait_for(anext(requests), self.session_idle_timeout)
             start, end = self._parse_span(first.uid)
             metadata = unpack_metadata(first.metadata)
             max_length = metadata.get("max_length")
-            if not isinstance(max_length, int) or not 0 < max_length <= self.backend.limits.max_length:
+            if not _is_int(max_length) or not 0 < max_length <= self.backend.limits.max_length:
                 raise InvalidRequestError(
                     f"max_length must be an integer in 1..{self.backend.limits.max_length}, got {max_length!r}"
                 )
-            (hidden,) = self._read_tensors(list(first.tensors), 1)
+            (hidden,), _ = self._read_with_prompts(list(first.tensors), 1, metadata, start, end)
             self.backend.check_hidden(hidden)
             batch_size = hidden.shape[0]
             cache_bytes = batch_size * max_length * kv_bytes_per_token(self.backend.config, end - start, self.backend.dtype)
             async with self.cache_budget.reserve(cache_bytes, self.alloc_timeout):
+                self._refuse_if_draining()  # it may have started draining while this session waited for room
                 logger.debug("Session %s opened by %s: blocks %d..%d, max_length %d", session_id,
                              context.remote_id, start, end - 1, max_length)
                 self.stats.sessions_open += 1
@@ -197,6 +297,7 @@ class BlockRequestHandler(ServicerBase):
                         yield response
                 finally:
                     self.stats.sessions_open -= 1
+                    self._sessions_ended.set()
         except StopAsyncIteration:
             return
         except asyncio.TimeoutError:
@@ -215,27 +316,39 @@ class BlockRequestHandler(ServicerBase):
         batch_size: int,
     ) -> AsyncIterator[runtime_pb2.ExpertResponse]:
         cache = DynamicCache()
+        backend = self.backend  # a server that moves to other blocks ends the sessions of its old ones
         position = 0
         while True:
             metadata = unpack_metadata(request.metadata) if position else {}
             rollback = metadata.get("start_from_position")
             if rollback is not None:
-                if not isinstance(rollback, int) or not 0 <= rollback <= position:
+                if not _is_int(rollback) or not 0 <= rollback <= position:
                     raise InvalidRequestError(f"start_from_position must be in 0..{position}, got {rollback!r}")
                 _truncate_cache(cache, position - rollback)
                 position = rollback
-            (hidden,) = self._read_tensors(list(request.tensors), 1)
+            (hidden,), prompts = self._read_with_prompts(
+                list(request.tensors), 1, unpack_metadata(request.metadata), start, end
+            )
             self.backend.check_hidden(hidden)
+            if prompts is not None:
+                self.backend.check_prompts(prompts, hidden, start, end)
             if hidden.shape[0] != batch_size:
                 raise InvalidRequestError(f"batch size changed from {batch_size} to {hidden.shape[0]} within a session")
             self.backend.check_length(position, hidden.shape[1], max_length)
-            output = await self._compute(self.backend.inference_step, hidden, cache, position, start, end)
+            if self.backend is not backend:
+                raise UnknownBlocksError(f"this server moved to other blocks; blocks {start}..{end - 1} are served elsewhere")
+            output = await self._compute(backend.inference_step, hidden, cache, position, start, end, prompts)
             position += hidden.shape[1]
             self.stats.record_request(batch_size * hidden.shape[1])
             yield tensor_response([output], position=position)
             request = await asyncio.wait_for(anext(requests, None), self.session_idle_timeout)
             if request is None:
                 return
+
+
+def _is_int(value: object) -> bool:
+    """An integer from msgpack metadata (``True`` is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _truncate_cache(cache: DynamicCache, tokens_to_remove: int) -> None:

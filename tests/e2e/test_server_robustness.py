@@ -332,10 +332,11 @@ VANISHING_CLIENT = textwrap.dedent("""
     from core import ClientConfig
     from core.client.remote_sequential import RemoteSequential
     from core.client.sequence_manager import RemoteSequenceManager
+    from core.dht.node import create_dht
 
     tempfile.gettempdir()
     prefix, hidden_size, peers = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-    dht = hivemind.DHT(initial_peers=peers, client_mode=True, start=True)
+    dht = create_dht(peers, client_mode=True).dht
     manager = RemoteSequenceManager(dht, prefix, 4, ClientConfig(connect_timeout=30))
     session = RemoteSequential(manager, hidden_size).inference_session(max_length=64)
     torch.manual_seed(123)

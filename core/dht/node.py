@@ -1,0 +1,59 @@
+"""Starting a hivemind DHT node the Blossom way: every node signs its own records and checks others'."""
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from typing import Sequence
+
+import hivemind
+from hivemind.dht.crypto import RSASignatureValidator
+
+from core.dht.identity import ensure_identity_file, load_private_key, record_validator
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DHTNode:
+    """A started DHT and the validator that signs this node's records."""
+
+    dht: hivemind.DHT
+    validator: RSASignatureValidator
+    identity_path: str | None
+
+
+def create_dht(
+    initial_peers: Sequence[str] = (),
+    *,
+    client_mode: bool = False,
+    host_maddrs: Sequence[str] = ("/ip4/0.0.0.0/tcp/0",),
+    announce_maddrs: Sequence[str] = (),
+    identity_path: str | None = None,
+    persistent_identity: bool = False,
+) -> DHTNode:
+    """Start a DHT node joined through ``initial_peers``.
+
+    Nodes that announce records (``persistent_identity`` or a given ``identity_path``) get an identity
+    file whose RSA key signs what they store; a throwaway identity is made when none is given.
+    Client nodes only read, so they use hivemind's process-wide key.
+    """
+    tempfile.gettempdir()  # resolve before hivemind forks its helper process (see DESIGN.md)
+    kwargs: dict = {}
+    if client_mode and identity_path is None and not persistent_identity:
+        validator = record_validator()
+    else:
+        identity_path, existed = ensure_identity_file(identity_path)
+        validator = record_validator(load_private_key(identity_path))
+        kwargs["identity_path"] = identity_path
+        kwargs["check_if_identity_free"] = existed
+    dht = hivemind.DHT(
+        initial_peers=list(initial_peers),
+        client_mode=client_mode,
+        host_maddrs=list(host_maddrs),
+        announce_maddrs=list(announce_maddrs) or None,
+        record_validators=[validator],
+        start=True,
+        **kwargs,
+    )
+    return DHTNode(dht, validator, identity_path)
