@@ -82,33 +82,83 @@ class SpanBackend:
         if not torch.isfinite(tensor).all():
             raise InvalidRequestError(f"{name} contains NaN or Inf values")
 
+    def check_prompts(self, prompts: torch.Tensor, hidden: torch.Tensor, start: int, end: int) -> None:
+        """Raise :class:`InvalidRequestError` unless ``prompts`` fits ``[end - start, batch, p <= seq, hidden]``."""
+        if prompts.dtype not in HIDDEN_DTYPES:
+            raise InvalidRequestError(f"prompts must be float32, float16 or bfloat16, got {prompts.dtype}")
+        batch, seq_len, hidden_size = hidden.shape
+        if (
+            prompts.dim() != 4
+            or prompts.shape[0] != end - start
+            or prompts.shape[1] != batch
+            or not 1 <= prompts.shape[2] <= seq_len
+            or prompts.shape[3] != hidden_size
+        ):
+            raise InvalidRequestError(
+                f"prompts must have shape [num_blocks={end - start}, batch={batch}, pre_seq_len<={seq_len}, "
+                f"{hidden_size}], got {list(prompts.shape)}"
+            )
+        if not torch.isfinite(prompts).all():
+            raise InvalidRequestError("prompts contain NaN or Inf values")
+
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to(device=self.device, dtype=self.dtype)
 
+    def _run(
+        self,
+        hidden: torch.Tensor,
+        start: int,
+        end: int,
+        prompts: torch.Tensor | None = None,
+        cache: DynamicCache | None = None,
+        past_length: int = 0,
+    ) -> torch.Tensor:
+        """Blocks ``[start, end)`` on device tensors; with ``prompts``, block ``i`` first gets ``prompts[i]`` added
+        to its input's first positions (one span call per block, since the addition sits between blocks)."""
+        if prompts is None:
+            return self.span(hidden, cache=cache, past_length=past_length, active=self._active(start, end))
+        for offset, index in enumerate(range(start, end)):
+            hidden = _add_prompt(hidden, prompts[offset])
+            hidden = self.span(hidden, cache=cache, past_length=past_length, active=self._active(index, index + 1))
+        return hidden
+
     @torch.inference_mode()
-    def forward(self, hidden: torch.Tensor, start: int, end: int) -> torch.Tensor:
-        """Run blocks ``[start, end)`` on a whole sequence without a cache."""
-        output = self.span(self._to_device(hidden), active=self._active(start, end))
+    def forward(self, hidden: torch.Tensor, start: int, end: int, prompts: torch.Tensor | None = None) -> torch.Tensor:
+        """Run blocks ``[start, end)`` on a whole sequence without a cache (adding ``prompts`` if given)."""
+        device_prompts = None if prompts is None else self._to_device(prompts)
+        output = self._run(self._to_device(hidden), start, end, device_prompts)
         return output.to(device="cpu", dtype=hidden.dtype)
 
-    def backward(self, hidden: torch.Tensor, grad_output: torch.Tensor, start: int, end: int) -> torch.Tensor:
-        """Gradient of ``<blocks(hidden), grad_output>`` with respect to ``hidden``."""
+    def backward(
+        self, hidden: torch.Tensor, grad_output: torch.Tensor, start: int, end: int, prompts: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """Gradients of ``<blocks(hidden), grad_output>`` with respect to ``hidden`` (and ``prompts`` if given)."""
         if grad_output.shape != hidden.shape:
             raise InvalidRequestError(
                 f"grad_outputs shape {list(grad_output.shape)} must equal the inputs' shape {list(hidden.shape)}"
             )
-        inputs = self._to_device(hidden).detach().requires_grad_(True)
+        inputs = [self._to_device(hidden).detach().requires_grad_(True)]
+        if prompts is not None:
+            inputs.append(self._to_device(prompts).detach().requires_grad_(True))
         with torch.enable_grad():
-            output = self.span(inputs, active=self._active(start, end))
-            (grad_input,) = torch.autograd.grad(output, inputs, self._to_device(grad_output))
-        return grad_input.to(device="cpu", dtype=hidden.dtype)
+            output = self._run(inputs[0], start, end, inputs[1] if prompts is not None else None)
+            grads = torch.autograd.grad(output, inputs, self._to_device(grad_output))
+        return [grad.to(device="cpu", dtype=original.dtype) for grad, original in zip(grads, (hidden, prompts))]
 
     @torch.inference_mode()
     def inference_step(
-        self, hidden: torch.Tensor, cache: DynamicCache, past_length: int, start: int, end: int
+        self,
+        hidden: torch.Tensor,
+        cache: DynamicCache,
+        past_length: int,
+        start: int,
+        end: int,
+        prompts: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Run blocks ``[start, end)`` on new tokens, reading and extending the session's ``cache``."""
-        output = self.span(self._to_device(hidden), cache=cache, past_length=past_length, active=self._active(start, end))
+        """Run blocks ``[start, end)`` on new tokens, reading and extending the session's ``cache``
+        (adding ``prompts`` to the first positions of these tokens if given)."""
+        device_prompts = None if prompts is None else self._to_device(prompts)
+        output = self._run(self._to_device(hidden), start, end, device_prompts, cache, past_length)
         return output.to(device="cpu", dtype=hidden.dtype)
 
     def check_length(self, past_length: int, new_tokens: int, max_length: int) -> None:
@@ -118,3 +168,8 @@ class SpanBackend:
                 f"the session would hold {past_length + new_tokens} tokens but was opened with max_length={max_length}; "
                 f"open a new session with a larger max_length (this server allows up to {self.limits.max_length})"
             )
+
+
+def _add_prompt(hidden: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+    """``hidden`` ``[batch, seq, h]`` plus ``prompt`` ``[batch, p, h]`` at its first ``p`` positions (out of place)."""
+    return hidden + torch.nn.functional.pad(prompt, (0, 0, 0, hidden.shape[1] - prompt.shape[1]))
