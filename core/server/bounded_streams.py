@@ -1,0 +1,134 @@
+"""Streaming RPCs with a size limit on every message, and a clear answer to malformed ones.
+
+hivemind's own stream transport reads whatever length a frame header announces before looking at
+it, and drops the connection without a word when the bytes are not a valid protobuf. Servers are
+reached by strangers, so the block server registers its streaming RPCs through
+:func:`add_bounded_stream_handler` instead. It speaks the same frame format as hivemind's
+``P2P.iterate_protobuf_handler``: a marker byte, an 8-byte length, then the payload. It also:
+
+- refuses a frame longer than ``max_message_bytes`` before reading its payload;
+- turns a truncated frame, an unknown marker or bytes that are not the expected protobuf into an
+  :class:`InvalidRequestError` raised inside the handler's request iterator, so the handler answers
+  the caller with the reason the same way it answers any other bad request;
+- stops reading when the handler has finished, so a caller that keeps sending after the server's
+  final answer cannot park a task on the server (hivemind's reader waits on a full queue forever).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import closing
+from typing import AsyncIterator, Awaitable, Callable, TypeVar
+
+from google.protobuf.message import DecodeError, Message
+from hivemind.p2p import P2P, P2PContext
+from hivemind.p2p.p2p_daemon_bindings.datastructures import StreamInfo
+
+from core.errors import InvalidRequestError
+
+logger = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+StreamHandler = Callable[[AsyncIterator[M], P2PContext], AsyncIterator[Message]]
+
+MAX_PREFETCH = 5
+"""Requests read ahead of the handler; more wait in the connection (back-pressure on the sender)."""
+
+
+async def read_frame(reader: asyncio.StreamReader, message_type: type[M], max_message_bytes: int) -> M | None:
+    """Read one frame: the message, or ``None`` for the caller's end-of-stream frame.
+
+    Raises :class:`InvalidRequestError` for an oversized or malformed frame and
+    ``asyncio.IncompleteReadError`` when the connection closes (mid-frame or between frames).
+    """
+    marker = await reader.readexactly(1)
+    if marker not in (P2P.MESSAGE_MARKER, P2P.ERROR_MARKER):
+        raise InvalidRequestError(f"malformed stream frame (marker byte {marker!r}); the connection is out of step")
+    length = int.from_bytes(await reader.readexactly(P2P.HEADER_LEN), P2P.BYTEORDER)
+    if length > max_message_bytes:
+        raise InvalidRequestError(
+            f"a message of {length} bytes is over this server's limit of {max_message_bytes} bytes; "
+            f"send fewer tokens per step or split the request into a stream of smaller parts"
+        )
+    payload = await reader.readexactly(length)
+    if marker == P2P.ERROR_MARKER:
+        return None  # hivemind callers end their stream with an (empty) error frame
+    message = message_type()
+    try:
+        message.ParseFromString(payload)
+    except (DecodeError, ValueError) as error:
+        raise InvalidRequestError(
+            f"a {length}-byte message is not a valid {message_type.__name__} ({error}); the request is corrupt"
+        ) from None
+    return message
+
+
+async def _first_done(awaitable: Awaitable, other: asyncio.Task) -> bool:
+    """Wait for ``awaitable`` unless ``other`` finishes first (then cancel it); ``True`` if it completed."""
+    task = asyncio.ensure_future(awaitable)
+    await asyncio.wait({task, other}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        return True
+    task.cancel()
+    return False
+
+
+def make_bounded_stream_handler(
+    p2p: P2P, name: str, handler: StreamHandler, message_type: type[Message], max_message_bytes: int
+) -> Callable[[StreamInfo, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """The binary stream handler that feeds parsed, size-checked requests to ``handler``."""
+
+    async def handle(stream_info: StreamInfo, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        context = P2PContext(handle_name=name, local_id=p2p.peer_id, remote_id=stream_info.peer_id)
+        inbox: asyncio.Queue[Message | InvalidRequestError | None] = asyncio.Queue(MAX_PREFETCH)
+
+        async def requests() -> AsyncIterator[Message]:
+            while (item := await inbox.get()) is not None:
+                if isinstance(item, InvalidRequestError):
+                    raise item
+                yield item
+
+        async def respond() -> None:
+            async for response in handler(requests(), context):
+                try:
+                    await P2P.send_protobuf(response, writer)
+                except Exception:  # the caller went away; it learns nothing more
+                    logger.debug("Could not send a response on %s to %s", name, stream_info.peer_id, exc_info=True)
+                    return
+
+        with closing(writer):
+            responding = asyncio.create_task(respond())
+            try:
+                while not responding.done():
+                    reading = asyncio.ensure_future(read_frame(reader, message_type, max_message_bytes))
+                    if not await _first_done(reading, responding):
+                        break
+                    try:
+                        item: Message | InvalidRequestError | None = reading.result()
+                    except (asyncio.IncompleteReadError, ConnectionError):
+                        return  # the caller closed the stream or died: the handler is cancelled below
+                    except InvalidRequestError as error:
+                        item = error
+                    if not await _first_done(inbox.put(item), responding):
+                        break
+                    if item is None or isinstance(item, InvalidRequestError):
+                        await responding  # nothing more is read: let the handler finish its answers
+                        break
+            except Exception:
+                logger.warning("Stream %s from %s failed", name, stream_info.peer_id, exc_info=True)
+            finally:
+                if not responding.done():
+                    responding.cancel()
+                await asyncio.gather(responding, return_exceptions=True)
+
+    return handle
+
+
+async def add_bounded_stream_handler(
+    p2p: P2P, name: str, handler: StreamHandler, message_type: type[Message], max_message_bytes: int,
+    balanced: bool = False,
+) -> None:
+    """Register ``handler`` (requests stream in, responses stream out) under ``name`` on ``p2p``."""
+    await p2p.add_binary_stream_handler(
+        name, make_bounded_stream_handler(p2p, name, handler, message_type, max_message_bytes), balanced=balanced
+    )
