@@ -11,6 +11,7 @@ Converted layout (a folder, or a Hub repo whose branch ``block_i`` holds block `
 Modules:
 
 - ``converter.py``: :func:`convert_model` (temporary folder, verification, atomic rename).
+- ``staging.py``: disk-space checks, one converter per output, clean-up after interrupted runs.
 - ``checkpoint.py``: find and open the original checkpoint (Hub, folder, GGUF).
 - ``sources.py``: streaming (safetensors) and in-memory tensor sources.
 - ``plan.py``: map checkpoint keys onto blocks and client; verify every shape before writing.

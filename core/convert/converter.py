@@ -2,7 +2,9 @@
 
 The output is written into a temporary sibling folder (``OUT.tmp-XXXX``), every file is re-read and
 checked against its sha256, ``manifest.json`` is written last, and only then is the folder renamed to
-``OUT``. An interrupted conversion therefore never leaves an ``OUT`` that looks complete.
+``OUT``. An interrupted conversion therefore never leaves an ``OUT`` that looks complete. Free disk
+space is checked first, a disk that fills up midway gives a :class:`ConversionError` that says so,
+and a re-run removes what an interrupted run left behind (see :mod:`core.convert.staging`).
 """
 from __future__ import annotations
 
@@ -29,6 +31,14 @@ from core.convert.manifest import (
     block_file,
 )
 from core.convert.plan import ConversionPlan, plan_conversion
+from core.convert.staging import (
+    check_free_space,
+    disk_full_error,
+    is_disk_full,
+    remove_stale_workdirs,
+    required_bytes,
+    staging_lock,
+)
 from core.convert.upload import upload_conversion
 from core.errors import ConversionError
 
@@ -150,27 +160,43 @@ def _convert(
     dtype = DTYPES.get(torch_dtype) or checkpoint.default_dtype or plan.source_dtype
     logger.info("Converting %s: family %s, %d blocks, %s", source, family.name, plan.num_blocks, dtype_name(dtype))
     output.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f"{output.name}.tmp-", dir=output.parent))
-    try:
-        _write_metadata(checkpoint, config, workdir, prefix, dtype)
-        client = write_tensors(workdir, CLIENT_FILE, _client_tensors(checkpoint, plan, dtype))
-        blocks: list[BlockEntry] = []
-        for index in tqdm(range(plan.num_blocks), desc="Converting blocks", unit="block", disable=not progress):
-            tensors = {key: _cast(checkpoint.source.get(src), dtype) for key, src in plan.blocks[index].items()}
-            entry = write_tensors(workdir, block_file(index), tensors)
-            blocks.append(BlockEntry(path=entry.path, sha256=entry.sha256, tensors=entry.tensors, index=index))
-            del tensors
-        manifest = Manifest(
-            family=family.name, model_type=str(config.model_type), num_blocks=plan.num_blocks,
-            torch_dtype=dtype_name(dtype), dht_prefix=prefix, source=source, client=client, blocks=tuple(blocks),
-        )
-        _verify_output(workdir, manifest)
-        _write_text(workdir / MANIFEST_NAME, manifest.to_json())
-        _move_into_place(workdir, output)
-    except BaseException:
-        shutil.rmtree(workdir, ignore_errors=True)
-        raise
+    needed = required_bytes(checkpoint.source, plan, dtype)
+    with staging_lock(output):
+        remove_stale_workdirs(output)
+        check_free_space(output.parent, needed)
+        workdir = Path(tempfile.mkdtemp(prefix=f"{output.name}.tmp-", dir=output.parent))
+        try:
+            manifest = _write_conversion(checkpoint, plan, config, workdir, dtype, prefix, source, progress)
+            _move_into_place(workdir, output)
+        except BaseException as error:
+            shutil.rmtree(workdir, ignore_errors=True)
+            if is_disk_full(error):
+                raise disk_full_error(output.parent, needed, error) from error
+            raise
     logger.info("Wrote %s (%d blocks, %s, DHT prefix '%s')", output, manifest.num_blocks, manifest.torch_dtype, prefix)
+    return manifest
+
+
+def _write_conversion(
+    checkpoint: Checkpoint, plan: ConversionPlan, config: PretrainedConfig, workdir: Path, dtype: torch.dtype,
+    prefix: str, source: str, progress: bool,
+) -> Manifest:
+    """Write every file into ``workdir``, verify them, and write ``manifest.json`` last."""
+    family = checkpoint.family
+    _write_metadata(checkpoint, config, workdir, prefix, dtype)
+    client = write_tensors(workdir, CLIENT_FILE, _client_tensors(checkpoint, plan, dtype))
+    blocks: list[BlockEntry] = []
+    for index in tqdm(range(plan.num_blocks), desc="Converting blocks", unit="block", disable=not progress):
+        tensors = {key: _cast(checkpoint.source.get(src), dtype) for key, src in plan.blocks[index].items()}
+        entry = write_tensors(workdir, block_file(index), tensors)
+        blocks.append(BlockEntry(path=entry.path, sha256=entry.sha256, tensors=entry.tensors, index=index))
+        del tensors
+    manifest = Manifest(
+        family=family.name, model_type=str(config.model_type), num_blocks=plan.num_blocks,
+        torch_dtype=dtype_name(dtype), dht_prefix=prefix, source=source, client=client, blocks=tuple(blocks),
+    )
+    _verify_output(workdir, manifest)
+    _write_text(workdir / MANIFEST_NAME, manifest.to_json())
     return manifest
 
 
