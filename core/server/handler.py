@@ -61,8 +61,9 @@ class BlockRequestHandler(ServicerBase):
         self.session_idle_timeout = session_idle_timeout
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blossom-compute")
         self._max_elements = backend.limits.max_tokens_per_request * backend.hidden_size
-        # the largest request: two full-size tensors (hidden states + gradients or prompts) of 4-byte values
-        self.max_request_bytes = 2 * self._max_elements * 4 + MESSAGE_OVERHEAD_BYTES
+        # the largest request: hidden states and gradients of max_elements each, plus deep prompts of up to
+        # max_elements per block, all of 4-byte values (a move keeps the span's length, so this stays right)
+        self.max_request_bytes = (2 + backend.end - backend.start) * self._max_elements * 4 + MESSAGE_OVERHEAD_BYTES
         self.draining = False
         self._sessions_ended = asyncio.Event()
 
