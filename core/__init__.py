@@ -4,6 +4,8 @@ Public API (imported lazily, so ``import core`` stays light and never needs Qt):
 
 - ``DistributedBloomConfig``, ``DistributedBloomForCausalLM`` — BLOOM (``core/models/bloom``)
 - ``DistributedLlamaConfig``, ``DistributedLlamaForCausalLM`` — Llama (``core/models/llama``)
+- ``Distributed{Bloom,Llama}ForSequenceClassification`` — classifier heads over the same blocks
+- ``TrainingConfig``, ``train_prompts``, ``save_prompts``, ``load_prompts``, ... — prompt tuning (``core/tuning``)
 - ``AutoDistributedConfig``, ``AutoDistributedModelForCausalLM``, ``get_remote_module`` — ``core/models/auto.py``
 - ``RemoteSequential`` (``core/client/remote_sequential.py``), ``convert_model`` (``core/convert``)
 - ``ServerConfig``, ``ClientConfig`` (``core/config.py``); errors in ``core/errors.py``
@@ -20,6 +22,15 @@ _EXPORTS = {
     "DistributedBloomForCausalLM": "core.models.bloom.model",
     "DistributedLlamaConfig": "core.models.llama.model",
     "DistributedLlamaForCausalLM": "core.models.llama.model",
+    "DistributedBloomForSequenceClassification": "core.models.bloom.model",
+    "DistributedLlamaForSequenceClassification": "core.models.llama.model",
+    "TrainingConfig": "core.tuning",
+    "StepReport": "core.tuning",
+    "TrainingResult": "core.tuning",
+    "train_prompts": "core.tuning",
+    "save_prompts": "core.tuning",
+    "load_prompts": "core.tuning",
+    "read_prompts_metadata": "core.tuning",
     "AutoDistributedConfig": "core.models.auto",
     "AutoDistributedModelForCausalLM": "core.models.auto",
     "get_remote_module": "core.models.auto",

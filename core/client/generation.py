@@ -36,7 +36,8 @@ class GenerationSession:
     def __init__(self, model: "DistributedModelForCausalLM", max_length: int) -> None:
         self.model = model
         self.max_length = max_length
-        self.inference: InferenceSession = model.transformer_blocks.inference_session(max_length)
+        # the servers also hold the prompt positions (prompt tuning) in front of the tokens
+        self.inference: InferenceSession = model.transformer_blocks.inference_session(max_length + model.pre_seq_len)
         self.token_ids: torch.Tensor | None = None
         self.sent = 0
 
@@ -71,11 +72,16 @@ class GenerationSession:
 
     @torch.no_grad()
     def next_logits(self) -> torch.Tensor:
-        """Send the tokens the servers have not seen; return the logits ``[batch, vocab]`` of the last one."""
+        """Send the tokens the servers have not seen; return the logits ``[batch, vocab]`` of the last one.
+
+        The first step carries the trained prompts (if any): the prefix in front of the tokens and,
+        for ``deep_ptune``, the per-block prompts the servers add.
+        """
         assert self.token_ids is not None
         pending = self.token_ids[:, self.sent :]
-        hidden = self.model.embed(pending)
-        output = self.inference.step(hidden)
+        inputs_embeds = self.model.get_input_embeddings()(pending)
+        hidden, deep_prompts = self.model.first_block_inputs(inputs_embeds, with_prompts=self.sent == 0)
+        output = self.inference.step(hidden, prompts=deep_prompts)
         self.sent = self.token_ids.shape[1]
         return self.model.head(output[:, -1:])[:, -1].float()
 

@@ -27,6 +27,7 @@ class _ServerSession:
     def __init__(self, manager: RemoteSequenceManager, span: RemoteSpanInfo, max_length: int) -> None:
         self.manager, self.span, self.max_length = manager, span, max_length
         self.history: list[torch.Tensor] = []  # every input sent, for replay elsewhere
+        self.prompts: torch.Tensor | None = None  # deep prompts sent with the first input, replayed with it
         self._queue: asyncio.Queue[runtime_pb2.ExpertRequest | None] | None = None
         self._responses: AsyncIterator[runtime_pb2.ExpertResponse] | None = None
 
@@ -38,22 +39,27 @@ class _ServerSession:
                 return
             yield request
 
-    async def step(self, hidden: torch.Tensor) -> torch.Tensor:
+    async def step(self, hidden: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
+        fields: dict = {}
         if self._responses is None:
             self._queue = asyncio.Queue()
             stub = await self.manager.get_stub(self.span.peer_id)
             self._responses = (await stub.rpc_inference(self._requests())).__aiter__()
-            metadata = pack_metadata({"max_length": self.max_length})
-        else:
-            metadata = b""
+            fields["max_length"] = self.max_length
+        if prompts is not None:
+            fields["prompts"] = True  # deep prompts follow the hidden states, added to this step's first positions
+        tensors = [hidden] if prompts is None else [hidden, prompts.contiguous()]
+        metadata = pack_metadata(fields) if fields else b""
         uid = self.manager.span_uid(self.span.start, self.span.end)
-        await self._queue.put(runtime_pb2.ExpertRequest(uid=uid, tensors=serialize_tensors([hidden]), metadata=metadata))
+        await self._queue.put(runtime_pb2.ExpertRequest(uid=uid, tensors=serialize_tensors(tensors), metadata=metadata))
         try:
             response = await asyncio.wait_for(self._responses.__anext__(), self.manager.config.request_timeout)
         except StopAsyncIteration:
             raise RemoteCallError(f"server {self.span.peer_id} closed the session") from None
         raise_if_error(response, self.span.peer_id)
         (output,) = deserialize_tensors(list(response.tensors), hidden.numel() * 4)
+        if prompts is not None and not self.history:
+            self.prompts = prompts
         self.history.append(hidden)
         return output
 
@@ -80,8 +86,12 @@ class InferenceSession:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def step(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Send the next tokens' hidden states ``[batch, new_tokens, hidden]``; returns the blocks' outputs."""
+    def step(self, hidden_states: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
+        """Send the next tokens' hidden states ``[batch, new_tokens, hidden]``; returns the blocks' outputs.
+
+        ``prompts`` ``[num_blocks, batch, pre_seq_len, hidden]`` (deep prompt tuning, first step only):
+        block ``start + i`` gets ``prompts[i]`` added to its input's first ``pre_seq_len`` positions.
+        """
         if self._closed:
             raise InvalidRequestError("this inference session is closed; open a new one")
         if hidden_states.dim() != 3:
@@ -94,13 +104,18 @@ class InferenceSession:
             )
         dtype, device = hidden_states.dtype, hidden_states.device
         hidden = hidden_states.detach().cpu()
+        if prompts is not None:
+            prompts = self._check_prompts(prompts, hidden).detach().cpu().to(hidden.dtype)
         if self._sessions is None:
             self._sessions = self._open(self.start, self.end)
         index, failures = 0, 0
         while index < len(self._sessions):
             session = self._sessions[index]
             try:
-                hidden = self.manager.loop.run(session.step(hidden), timeout=self.manager.config.request_timeout + 5)
+                span = session.span
+                hop_prompts = None if prompts is None else prompts[span.start - self.start : span.end - self.start]
+                hidden = self.manager.loop.run(session.step(hidden, hop_prompts),
+                                               timeout=self.manager.config.request_timeout + 5)
                 index += 1
             except Exception as error:
                 failures += 1
@@ -115,8 +130,22 @@ class InferenceSession:
         self.position += new_tokens
         return hidden.to(device=device, dtype=dtype)
 
+    def _check_prompts(self, prompts: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        if self.position != 0:
+            raise InvalidRequestError("deep prompts can only be sent with the first step of a session")
+        batch, new_tokens, hidden_size = hidden.shape
+        expected = (self.end - self.start, batch, hidden_size)
+        if prompts.dim() != 4 or (prompts.shape[0], prompts.shape[1], prompts.shape[3]) != expected or not (
+            1 <= prompts.shape[2] <= new_tokens
+        ):
+            raise InvalidRequestError(
+                f"prompts must have shape [num_blocks={expected[0]}, batch={batch}, pre_seq_len<={new_tokens}, "
+                f"{hidden_size}], got {list(prompts.shape)}"
+            )
+        return prompts
+
     def _open(self, start: int, end: int) -> list[_ServerSession]:
-        route = self.manager.make_route(start, end)
+        route = self.manager.make_route(start, end, mode="latency")
         logger.debug("Inference route: %s", [(s.peer_id[-6:], s.start, s.end) for s in route])
         return [_ServerSession(self.manager, span, self.max_length) for span in route]
 
@@ -132,7 +161,9 @@ class InferenceSession:
                 replay = replay_input
                 for replacement in replacements:
                     if replay is not None:
-                        replay = self.manager.loop.run(replacement.step(replay),
+                        prompts = None if failed.prompts is None else failed.prompts[
+                            replacement.span.start - failed.span.start : replacement.span.end - failed.span.start]
+                        replay = self.manager.loop.run(replacement.step(replay, prompts),
                                                        timeout=self.manager.config.request_timeout + 5)
             except Exception as replay_error:
                 if not is_retriable(replay_error):

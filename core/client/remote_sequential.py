@@ -48,9 +48,33 @@ class RemoteSequential(nn.Module):
     def extra_repr(self) -> str:
         return f"'{self.manager.dht_prefix}' blocks {self.start}..{self.end - 1}"
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
+        """Outputs of these blocks for ``hidden_states`` ``[batch, seq, hidden]``.
+
+        ``prompts`` ``[num_blocks, batch, pre_seq_len, hidden]`` (deep prompt tuning): the servers add
+        ``prompts[i]`` to the first ``pre_seq_len`` positions of block ``start + i``'s input, and
+        gradients flow back into ``prompts`` too.
+        """
         self._check(hidden_states)
-        return _RemoteSequentialFunction.apply(hidden_states, self)
+        if prompts is not None:
+            self._check_prompts(prompts, hidden_states)
+        return _RemoteSequentialFunction.apply(hidden_states, prompts, self)
+
+    def _check_prompts(self, prompts: torch.Tensor, hidden_states: torch.Tensor) -> None:
+        batch, seq_len, _ = hidden_states.shape
+        if (
+            prompts.dim() != 4
+            or prompts.shape[0] != len(self)
+            or prompts.shape[1] != batch
+            or not 1 <= prompts.shape[2] <= seq_len
+            or prompts.shape[3] != self.hidden_size
+        ):
+            raise InvalidRequestError(
+                f"prompts must have shape [num_blocks={len(self)}, batch={batch}, pre_seq_len<={seq_len}, "
+                f"{self.hidden_size}], got {list(prompts.shape)}"
+            )
+        if not prompts.is_floating_point():
+            raise InvalidRequestError(f"prompts must be a float tensor, got {prompts.dtype}")
 
     def _check(self, hidden_states: torch.Tensor) -> None:
         if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.hidden_size:
@@ -65,7 +89,26 @@ class RemoteSequential(nn.Module):
         return InferenceSession(self.manager, self.start, self.end, max_length)
 
     # ---- chain execution with retries ------------------------------------------------------
-    def _run_forward(self, hidden: torch.Tensor, start: int, end: int) -> tuple[torch.Tensor, list, list]:
+    def _span_prompts(self, prompts: torch.Tensor | None, span: RemoteSpanInfo) -> torch.Tensor | None:
+        """The rows of ``prompts`` (indexed from ``self.start``) for the blocks of ``span``."""
+        return None if prompts is None else prompts[span.start - self.start : span.end - self.start]
+
+    def _call_span(
+        self, span: RemoteSpanInfo, method: str, tensors: list[torch.Tensor], prompts: torch.Tensor | None
+    ) -> list[torch.Tensor]:
+        """One forward/backward call; deep prompts, if any, go along as an extra tensor flagged in the metadata."""
+        if prompts is None:
+            return [self.manager.call(span, method, tensors)]
+        outputs = self.manager.call_all(span, method, [*tensors, self._span_prompts(prompts, span).contiguous()],
+                                        metadata={"prompts": True})
+        if len(outputs) != (2 if method == "rpc_backward" else 1):
+            raise RemoteCallError(f"server {span.peer_id} answered {len(outputs)} tensor(s) to {method} with prompts; "
+                                  f"it may run an older Blossom without prompt tuning")
+        return outputs
+
+    def _run_forward(
+        self, hidden: torch.Tensor, start: int, end: int, prompts: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list, list]:
         """Outputs of blocks ``[start, end)``, with the route taken and each hop's inputs."""
         route: list[RemoteSpanInfo] = []
         inputs: list[torch.Tensor] = []
@@ -73,7 +116,7 @@ class RemoteSequential(nn.Module):
         while position < end:
             span = self.manager.make_route(position, end)[0]
             try:
-                output = self.manager.call(span, "rpc_forward", [hidden])
+                (output,) = self._call_span(span, "rpc_forward", [hidden], prompts)
             except Exception as error:
                 attempts = self._handle_failure(span, error, attempts)
                 continue
@@ -82,25 +125,45 @@ class RemoteSequential(nn.Module):
             hidden, position, attempts = output, span.end, 0
         return hidden, route, inputs
 
-    def _run_backward(self, grad: torch.Tensor, route: list, inputs: list) -> torch.Tensor:
-        """Gradient w.r.t. the chain's input, replaying through other servers if a hop fails."""
+    def _run_backward(
+        self,
+        grad: torch.Tensor,
+        route: list,
+        inputs: list,
+        prompts: torch.Tensor | None = None,
+        grad_prompts: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Gradient w.r.t. the chain's input, replaying through other servers if a hop fails.
+
+        With ``prompts``, each span's gradient for its rows of the prompts is written into ``grad_prompts``.
+        """
         for span, hidden in zip(reversed(route), reversed(inputs)):
-            grad = self._backward_range(hidden, grad, span)
+            grad = self._backward_range(hidden, grad, span, prompts, grad_prompts)
         return grad
 
-    def _backward_range(self, hidden: torch.Tensor, grad: torch.Tensor, span: RemoteSpanInfo) -> torch.Tensor:
+    def _backward_range(
+        self,
+        hidden: torch.Tensor,
+        grad: torch.Tensor,
+        span: RemoteSpanInfo,
+        prompts: torch.Tensor | None,
+        grad_prompts: torch.Tensor | None,
+    ) -> torch.Tensor:
         attempts = 0
         while True:
             try:
-                return self.manager.call(span, "rpc_backward", [hidden, grad])
+                outputs = self._call_span(span, "rpc_backward", [hidden, grad], prompts)
+                if grad_prompts is not None:
+                    grad_prompts[span.start - self.start : span.end - self.start] = outputs[1]
+                return outputs[0]
             except Exception as error:
                 attempts = self._handle_failure(span, error, attempts)
             # another route for the same blocks: recompute its hops' inputs, then go backward through them
-            _, sub_route, sub_inputs = self._run_forward(hidden, span.start, span.end)
+            _, sub_route, sub_inputs = self._run_forward(hidden, span.start, span.end, prompts)
             if len(sub_route) == 1:
                 span = sub_route[0]
                 continue
-            return self._run_backward(grad, sub_route, sub_inputs)
+            return self._run_backward(grad, sub_route, sub_inputs, prompts, grad_prompts)
 
     def _handle_failure(self, span: RemoteSpanInfo, error: Exception, attempts: int) -> int:
         """Ban the failed server and return the new attempt count, or raise if retrying is pointless."""
@@ -116,13 +179,26 @@ class _RemoteSequentialFunction(torch.autograd.Function):
     """Forward through the swarm; backward sends gradients back along the same route."""
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, module: RemoteSequential) -> torch.Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, hidden: torch.Tensor, prompts: torch.Tensor | None, module: RemoteSequential
+    ) -> torch.Tensor:
         dtype = hidden.dtype
-        output, route, inputs = module._run_forward(hidden.detach().cpu(), module.start, module.end)
+        sent_prompts = None if prompts is None else prompts.detach().cpu().to(dtype)
+        output, route, inputs = module._run_forward(hidden.detach().cpu(), module.start, module.end, sent_prompts)
         ctx.module, ctx.route, ctx.inputs, ctx.device = module, route, inputs, hidden.device
+        ctx.prompts = sent_prompts
+        ctx.prompts_dtype = None if prompts is None else prompts.dtype
         return output.to(device=hidden.device, dtype=dtype)
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        grad = ctx.module._run_backward(grad_output.detach().cpu().contiguous(), ctx.route, ctx.inputs)
-        return grad.to(device=ctx.device, dtype=grad_output.dtype), None
+    def backward(  # type: ignore[override]
+        ctx, grad_output: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, None]:
+        wants_prompts = ctx.prompts is not None and ctx.needs_input_grad[1]
+        grad_prompts = torch.zeros_like(ctx.prompts) if wants_prompts else None
+        grad = ctx.module._run_backward(
+            grad_output.detach().cpu().contiguous(), ctx.route, ctx.inputs, ctx.prompts, grad_prompts
+        )
+        if grad_prompts is not None:
+            grad_prompts = grad_prompts.to(device=ctx.device, dtype=ctx.prompts_dtype)
+        return grad.to(device=ctx.device, dtype=grad_output.dtype), grad_prompts, None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 import hivemind
 import torch
@@ -16,16 +16,18 @@ from hivemind.p2p import P2P, PeerID
 from hivemind.proto import runtime_pb2
 from hivemind.utils.asyncio import aiter_with_timeout, as_aiter
 
-from core.client.routing import make_route, uncovered_blocks
+from core.client.routing import RouteMode, make_route, uncovered_blocks
 from core.config import ClientConfig
 from core.dht.records import compute_spans, get_block_servers
 from core.dht.schema import RemoteSpanInfo, block_key
-from core.errors import BlossomError, MissingBlocksError, RemoteCallError, ServerFullError
+from core.errors import BlossomError, MissingBlocksError, RemoteCallError, ServerFullError, UnknownBlocksError
 from core.server.handler import BlockRequestHandler
+from core.server.network import ping_many
 from core.utils.event_loop import shared_loop
 from core.wire import (
     combine_streamed_tensors,
     deserialize_tensors,
+    pack_metadata,
     raise_if_error,
     serialize_tensors,
     should_stream,
@@ -35,16 +37,19 @@ from core.wire import (
 logger = logging.getLogger(__name__)
 
 MAX_RESPONSE_ELEMENTS = 2**31
+PING_TIMEOUT = 3.0
+UNREACHABLE_COST = 10.0  # seconds charged for a hop to a server that did not answer a ping
 
 
 def is_retriable(error: BaseException) -> bool:
-    """Failures worth trying on another server: lost connections, timeouts, full servers, server faults.
+    """Failures worth trying on another server: lost connections, timeouts, full servers, server faults,
+    servers that no longer hold the blocks (they moved; the client's view of the swarm was stale).
 
     Errors a server returned about the request itself (bad shapes, too long...) are not: another
     server would say the same.
     """
     if isinstance(error, BlossomError):
-        return type(error) in (RemoteCallError, ServerFullError, BlossomError)
+        return type(error) in (RemoteCallError, ServerFullError, UnknownBlocksError, BlossomError)
     return isinstance(error, Exception)
 
 
@@ -60,6 +65,7 @@ class RemoteSequenceManager:
         self._ban_counts: dict[str, int] = {}
         self._lock = threading.Lock()
         self._p2p: P2P | None = None
+        self.pings: dict[str, float] = {}  # peer id -> measured round trip (s), refreshed with the spans
 
     # ---- swarm view -------------------------------------------------------------------------
     def update(self) -> list[RemoteSpanInfo]:
@@ -68,7 +74,23 @@ class RemoteSequenceManager:
         spans = compute_spans(servers)
         with self._lock:
             self._spans, self._updated_at = spans, time.monotonic()
+        self._measure_pings(spans)
         return spans
+
+    def _measure_pings(self, spans: list[RemoteSpanInfo]) -> None:
+        """Round trips to the servers in ``spans`` (in parallel); unreachable ones get a prohibitive cost."""
+        peers = sorted({span.peer_id for span in spans})
+        if not peers:
+            return
+        try:
+            measured = self.loop.run(self._ping(peers), timeout=PING_TIMEOUT + 5)
+        except Exception:
+            logger.debug("Measuring pings failed", exc_info=True)
+            return
+        self.pings = {peer: measured.get(peer, UNREACHABLE_COST) for peer in peers}
+
+    async def _ping(self, peers: list[str]) -> dict[str, float]:
+        return await ping_many(await self.get_p2p(), peers, timeout=PING_TIMEOUT)
 
     def spans(self) -> list[RemoteSpanInfo]:
         """The known spans, refreshed when older than ``update_period``."""
@@ -88,18 +110,23 @@ class RemoteSequenceManager:
         self._banned_until[peer_id] = time.monotonic() + duration
         logger.warning("Avoiding server %s for %.0f s: %s", peer_id, duration, reason)
 
-    def make_route(self, start: int, end: int) -> list[RemoteSpanInfo]:
-        """A chain of servers for blocks ``[start, end)``; waits up to ``connect_timeout`` for missing blocks."""
+    def make_route(self, start: int, end: int, mode: RouteMode = "throughput") -> list[RemoteSpanInfo]:
+        """A chain of servers for blocks ``[start, end)``; waits up to ``connect_timeout`` for missing blocks.
+
+        ``mode="latency"`` for inference sessions (fewest seconds per token, using measured pings),
+        ``"throughput"`` for forward/backward (load spread by throughput); see :mod:`core.client.routing`.
+        """
         deadline = time.monotonic() + self.config.connect_timeout
         spans = self.spans()
         delay = 0.25
         while True:
             try:
-                return make_route(spans, start, end, banned=self.banned(), dht_prefix=self.dht_prefix)
+                return make_route(spans, start, end, banned=self.banned(), dht_prefix=self.dht_prefix, mode=mode,
+                                  pings=self.pings)
             except MissingBlocksError as error:
                 if self.banned() and not uncovered_blocks(spans, start, end):
                     logger.info("Only recently failed servers hold blocks %d..%d; trying them again", start, end - 1)
-                    return make_route(spans, start, end, dht_prefix=self.dht_prefix)
+                    return make_route(spans, start, end, dht_prefix=self.dht_prefix, mode=mode, pings=self.pings)
                 if time.monotonic() >= deadline:
                     usable = [s for s in spans if s.peer_id not in self.banned()]
                     raise MissingBlocksError(uncovered_blocks(usable, start, end), self.dht_prefix,
@@ -121,13 +148,17 @@ class RemoteSequenceManager:
     def span_uid(self, start: int, end: int) -> str:
         return " ".join(block_key(self.dht_prefix, index) for index in range(start, end))
 
-    async def _call(self, span: RemoteSpanInfo, method: str, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    async def _call(
+        self, span: RemoteSpanInfo, method: str, tensors: Sequence[torch.Tensor], metadata: dict[str, Any] | None = None
+    ) -> list[torch.Tensor]:
         stub = await self.get_stub(span.peer_id)
         uid = self.span_uid(span.start, span.end)
         timeout = self.config.request_timeout
+        packed = pack_metadata(metadata) if metadata else b""
         if should_stream(tensors):
             parts = split_tensors_for_streaming(tensors)
-            requests = [runtime_pb2.ExpertRequest(uid=uid, tensors=parts[i : i + 1]) for i in range(len(parts))]
+            requests = [runtime_pb2.ExpertRequest(uid=uid, tensors=parts[i : i + 1], metadata=b"" if i else packed)
+                        for i in range(len(parts))]
             responses = await getattr(stub, f"{method}_stream")(as_aiter(*requests))
             received: list[runtime_pb2.Tensor] = []
             async for response in aiter_with_timeout(responses, timeout):
@@ -135,18 +166,26 @@ class RemoteSequenceManager:
                 received.extend(response.tensors)
             protos = combine_streamed_tensors(received)
         else:
-            request = runtime_pb2.ExpertRequest(uid=uid, tensors=serialize_tensors(tensors))
+            request = runtime_pb2.ExpertRequest(uid=uid, tensors=serialize_tensors(tensors), metadata=packed)
             response = await getattr(stub, method)(request, timeout=timeout)
             raise_if_error(response, span.peer_id)
             protos = list(response.tensors)
-        (output,) = deserialize_tensors(protos, MAX_RESPONSE_ELEMENTS)
-        return output
+        return deserialize_tensors(protos, MAX_RESPONSE_ELEMENTS)
 
     def call(self, span: RemoteSpanInfo, method: str, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         """Synchronously call ``rpc_forward`` / ``rpc_backward`` of one server; connection errors become
         :class:`RemoteCallError`."""
+        outputs = self.call_all(span, method, tensors)
+        if len(outputs) != 1:
+            raise RemoteCallError(f"server {span.peer_id} answered {len(outputs)} tensors to {method}, expected 1")
+        return outputs[0]
+
+    def call_all(
+        self, span: RemoteSpanInfo, method: str, tensors: Sequence[torch.Tensor], metadata: dict[str, Any] | None = None
+    ) -> list[torch.Tensor]:
+        """Like :meth:`call`, with request ``metadata`` (e.g. ``{"prompts": True}``) and every tensor answered."""
         try:
-            return self.loop.run(self._call(span, method, tensors), timeout=self.config.request_timeout + 5)
+            return self.loop.run(self._call(span, method, tensors, metadata), timeout=self.config.request_timeout + 5)
         except BlossomError:
             raise
         except Exception as error:
