@@ -7,6 +7,8 @@ reached by strangers, so the block server registers its streaming RPCs through
 ``P2P.iterate_protobuf_handler``: a marker byte, an 8-byte length, then the payload. It also:
 
 - refuses a frame longer than ``max_message_bytes`` before reading its payload;
+- closes a stream on which no complete message arrives for ``idle_timeout`` seconds (a caller that
+  sends half a frame and then nothing cannot hold the server's resources);
 - turns a truncated frame, an unknown marker or bytes that are not the expected protobuf into an
   :class:`InvalidRequestError` raised inside the handler's request iterator, so the handler answers
   the caller with the reason the same way it answers any other bad request;
@@ -73,8 +75,21 @@ async def _first_done(awaitable: Awaitable, other: asyncio.Task) -> bool:
     return False
 
 
+async def read_frame_within(
+    reader: asyncio.StreamReader, message_type: type[M], max_message_bytes: int, idle_timeout: float
+) -> M | None:
+    """:func:`read_frame`, raising :class:`InvalidRequestError` if it takes over ``idle_timeout`` seconds."""
+    try:
+        return await asyncio.wait_for(read_frame(reader, message_type, max_message_bytes), idle_timeout)
+    except asyncio.TimeoutError:
+        raise InvalidRequestError(
+            f"no complete message arrived for {idle_timeout:.0f} s; this stream is closed (open a new one)"
+        ) from None
+
+
 def make_bounded_stream_handler(
-    p2p: P2P, name: str, handler: StreamHandler, message_type: type[Message], max_message_bytes: int
+    p2p: P2P, name: str, handler: StreamHandler, message_type: type[Message], max_message_bytes: int,
+    idle_timeout: float,
 ) -> Callable[[StreamInfo, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
     """The binary stream handler that feeds parsed, size-checked requests to ``handler``."""
 
@@ -100,7 +115,8 @@ def make_bounded_stream_handler(
             responding = asyncio.create_task(respond())
             try:
                 while not responding.done():
-                    reading = asyncio.ensure_future(read_frame(reader, message_type, max_message_bytes))
+                    reading = asyncio.ensure_future(
+                        read_frame_within(reader, message_type, max_message_bytes, idle_timeout))
                     if not await _first_done(reading, responding):
                         break
                     try:
@@ -126,9 +142,8 @@ def make_bounded_stream_handler(
 
 async def add_bounded_stream_handler(
     p2p: P2P, name: str, handler: StreamHandler, message_type: type[Message], max_message_bytes: int,
-    balanced: bool = False,
+    idle_timeout: float, balanced: bool = False,
 ) -> None:
     """Register ``handler`` (requests stream in, responses stream out) under ``name`` on ``p2p``."""
-    await p2p.add_binary_stream_handler(
-        name, make_bounded_stream_handler(p2p, name, handler, message_type, max_message_bytes), balanced=balanced
-    )
+    handle = make_bounded_stream_handler(p2p, name, handler, message_type, max_message_bytes, idle_timeout)
+    await p2p.add_binary_stream_handler(name, handle, balanced=balanced)

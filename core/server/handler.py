@@ -78,8 +78,10 @@ class BlockRequestHandler(ServicerBase):
             name = self._get_handle_name(namespace, rpc.method_name)
             method = getattr(servicer, rpc.method_name)
             if rpc.stream_input:
+                # the stream's own idle limit leaves the session's (measured after each answer) the first word
                 registrations.append(add_bounded_stream_handler(p2p, name, method, rpc.request_type,
-                                                                self.max_request_bytes, balanced=balanced))
+                                                                self.max_request_bytes, self.session_idle_timeout + 5,
+                                                                balanced=balanced))
             else:  # unary messages are capped by the p2p daemon's message size limit
                 registrations.append(p2p.add_protobuf_handler(name, method, rpc.request_type, balanced=balanced))
         await asyncio.gather(*registrations)
