@@ -1,0 +1,66 @@
+"""Pieces shared by the fuzz and load scripts: a tiny converted model, reference tokens, process memory.
+
+The scripts run against real servers on 127.0.0.1; a tiny seeded model keeps them fast on a CPU
+while exercising exactly the code a large model runs through.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Sequence
+
+import psutil
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def prepare_tiny_model(folder: Path, family: str = "llama", num_layers: int = 4) -> tuple[Path, Path]:
+    """Save a tiny seeded ``family`` model under ``folder`` and convert it; returns (original, converted)."""
+    from core.convert import convert_model
+    from tests.tiny_models import save_model
+
+    original = save_model(family, folder / f"tiny-{family}-original", num_layers=num_layers)
+    converted = folder / f"tiny-{family}"
+    convert_model(str(original), converted, progress=False)
+    return original, converted
+
+
+def reference_tokens(original: Path, prompts: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """Greedy tokens of the original checkpoint run locally by transformers (the tokens to match)."""
+    from transformers import AutoModelForCausalLM
+
+    local = AutoModelForCausalLM.from_pretrained(original).eval()
+    with torch.no_grad():
+        return local.generate(prompts, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
+
+
+def process_rss(pid: int) -> int:
+    """Resident memory of a process and all its descendants (a server and its p2p daemon), in bytes."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for process in processes:
+        try:
+            total += process.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of ``values`` by the nearest-rank method; NaN when empty."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def mib(size: int) -> str:
+    """Bytes as MiB with one decimal."""
+    return f"{size / 2**20:.1f} MiB"
