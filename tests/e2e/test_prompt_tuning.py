@@ -1,51 +1,76 @@
 """Prompt tuning through a real local swarm equals the same prompt tuning done locally with transformers.
 
-One swarm per family on 127.0.0.1 (a DHT peer and two servers holding blocks 0..1 and 2..3), so
-every deep-prompt request is cut into per-server slices. The local reference is the original
+One swarm per family on 127.0.0.1: Llama has servers for blocks 0..1, 2..3 and 0..3 (so deep
+prompts are cut into per-server slices, and the last test kills the third); BLOOM has one server. The local reference is the original
 transformers model with the prompts given through ``inputs_embeds`` and, for ``deep_ptune``,
 forward pre-hooks that add each layer's prompt to the first ``pre_seq_len`` positions of its input.
 """
 from __future__ import annotations
 
 import contextlib
+import signal
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
+
+import hivemind
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedModel
 
 from core import (
+    ClientConfig,
     AutoDistributedModelForCausalLM,
     DistributedBloomForSequenceClassification,
     DistributedLlamaForSequenceClassification,
 )
 from core.errors import InvalidRequestError, PromptsMismatchError
+from core.launcher import ChildProcess, LocalSwarm
 from core.tuning import StepReport, TrainingConfig, load_prompts, read_prompts_metadata, save_prompts, train_prompts
 
 FAMILIES = ["llama", "bloom"]
 PRE_SEQ_LEN = 3
+BAN_SECONDS = 2.0
 SEQ_CLS = {"llama": DistributedLlamaForSequenceClassification, "bloom": DistributedBloomForSequenceClassification}
+
+
+@dataclass
+class Setup:
+    converted: Path
+    dht: hivemind.DHT
+    local: PreTrainedModel  # the original transformers model
+    original: Path
+    swarm: LocalSwarm
 
 
 @pytest.fixture(scope="module")
 def swarms(tiny_checkpoints, swarm_factory, client_dht_factory):
-    started, result = [], {}
+    """Both families' swarms, started side by side (Llama has a spare server for the retry test)."""
+    layouts = {"llama": [(0, 2), (2, 4), (0, 4)], "bloom": [(0, 4)]}
+    with ThreadPoolExecutor(len(layouts)) as pool:
+        futures = {family: pool.submit(swarm_factory, tiny_checkpoints[family][1], spans)
+                   for family, spans in layouts.items()}
     try:
-        for family in FAMILIES:
+        result = {}
+        for family, future in futures.items():
             original, converted = tiny_checkpoints[family]
-            swarm = swarm_factory(converted, [(0, 2), (2, 4)])
-            started.append(swarm)
+            swarm = future.result()
             local = AutoModelForCausalLM.from_pretrained(original).eval()
-            result[family] = (converted, client_dht_factory(swarm.initial_peers), local, original)
+            result[family] = Setup(converted, client_dht_factory(swarm.initial_peers), local, original, swarm)
         yield result
     finally:
-        for swarm in started:
-            swarm.stop()
+        with ThreadPoolExecutor(len(futures)) as pool:
+            for future in futures.values():
+                if future.exception() is None:
+                    pool.submit(future.result().stop)
 
 
 def _model(swarms, family: str, mode: str | None, pre_seq_len: int | None = PRE_SEQ_LEN, seed: int = 0):
-    converted, dht, _, _ = swarms[family]
+    converted, dht = swarms[family].converted, swarms[family].dht
     torch.manual_seed(seed)
     return AutoDistributedModelForCausalLM.from_pretrained(
         str(converted), dht=dht, tuning_mode=mode, pre_seq_len=pre_seq_len if mode else None
@@ -100,7 +125,7 @@ def _shifted_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("mode", ["ptune", "deep_ptune"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_logits_and_gradients_match_local_prompt_tuning(swarms, family, mode):
-    _, _, local, _ = swarms[family]
+    local = swarms[family].local
     model = _model(swarms, family, mode)
     if mode == "deep_ptune":
         _randomize_deep_prompts(model, seed=1)
@@ -147,7 +172,7 @@ def test_the_plain_training_loop_changes_the_prompts_only(swarms):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_sequence_classification_matches_transformers(swarms, family):
-    converted, dht, _, original = swarms[family]
+    converted, dht, original = swarms[family].converted, swarms[family].dht, swarms[family].original
     reference = AutoModelForSequenceClassification.from_pretrained(original, num_labels=3).eval()
     model = SEQ_CLS[family].from_pretrained(str(converted), dht=dht, num_labels=3)
     with torch.no_grad():
@@ -186,7 +211,7 @@ def _local_greedy(local, input_ids, prompts, deep_prompts, new_tokens: int) -> t
 
 @pytest.mark.parametrize("family, mode", [("llama", "deep_ptune"), ("bloom", "deep_ptune"), ("llama", "ptune")])
 def test_saved_prompts_load_and_generate_like_local(swarms, tmp_path, family, mode):
-    _, _, local, _ = swarms[family]
+    local = swarms[family].local
     trained = _model(swarms, family, mode, seed=5)
     if mode == "deep_ptune":
         _randomize_deep_prompts(trained, seed=6)
@@ -228,7 +253,7 @@ def test_prompts_for_another_model_or_length_are_refused(swarms, tmp_path):
 
 
 def test_bad_tuning_arguments_are_refused_before_joining(swarms):
-    converted, dht, _, _ = swarms["llama"]
+    converted, dht = swarms["llama"].converted, swarms["llama"].dht
     with pytest.raises(InvalidRequestError, match="tuning_mode must be one of"):
         AutoDistributedModelForCausalLM.from_pretrained(str(converted), dht=dht, tuning_mode="lora", pre_seq_len=4)
     with pytest.raises(InvalidRequestError, match="needs pre_seq_len"):
@@ -248,7 +273,7 @@ DATASET = [
 
 @pytest.mark.parametrize("mode", ["ptune", "deep_ptune"])
 def test_train_prompts_lowers_the_loss_and_saves(swarms, tmp_path, mode):
-    converted, _, _, _ = swarms["bloom"]
+    converted = swarms["bloom"].converted
     dataset = tmp_path / "data.jsonl"
     dataset.write_text("\n".join(DATASET) + "\n")
     config = TrainingConfig(
@@ -268,7 +293,7 @@ def test_train_prompts_lowers_the_loss_and_saves(swarms, tmp_path, mode):
 
 
 def test_train_prompts_stops_between_steps_and_still_saves(swarms, tmp_path):
-    converted, _, _, _ = swarms["llama"]
+    converted = swarms["llama"].converted
     dataset = tmp_path / "data.txt"
     dataset.write_text("the quick brown fox jumps over the lazy dog\nhello world, hello blossom.\n")
     config = TrainingConfig(
@@ -289,3 +314,69 @@ def test_train_prompts_stops_between_steps_and_still_saves(swarms, tmp_path):
     assert torch.equal(fresh.ptune.prompts, model.ptune.prompts)
     with pytest.raises(InvalidRequestError, match="config asks for tuning_mode='deep_ptune'"):
         train_prompts(TrainingConfig(**{**config.__dict__, "tuning_mode": "deep_ptune"}), model=model)
+
+
+def test_cli_trains_until_ctrl_c_then_saves(swarms, tmp_path):
+    converted = swarms["bloom"].converted
+    dataset = tmp_path / "data.txt"
+    dataset.write_text("the quick brown fox jumps over the lazy dog\n\nhello world, hello blossom.\n")
+    save = tmp_path / "cli.safetensors"
+    peers = swarms["bloom"].swarm.initial_peers
+    process = ChildProcess("train_prompts", [
+        "-m", "core.cli.train_prompts", "--model", str(converted), "--initial_peers", *peers, "--dataset", str(dataset),
+        "--mode", "deep_ptune", "--pre_seq_len", "2", "--steps", "1000", "--batch_size", "2", "--save", str(save),
+        "--log_every", "1",
+    ])
+    try:
+        process.wait_for_line("step 2/1000 loss", timeout=60)
+        process.process.send_signal(signal.SIGINT)
+        assert process.process.wait(60) == 0, process.tail()
+    finally:
+        process.stop()
+    output = "\n".join(process.lines)
+    assert "Stopped after" in output and f"Saved deep_ptune prompts to {save}" in output, output
+    assert read_prompts_metadata(save).pre_seq_len == 2
+
+
+def test_cli_reports_bad_arguments(tmp_path, capsys):
+    from core.cli.train_prompts import main
+
+    assert main(["--model", "m", "--initial_peers", "/ip4/127.0.0.1/tcp/1", "--dataset", "d.txt", "--steps", "0"]) == 2
+    assert "steps must be a positive integer" in capsys.readouterr().err
+
+
+def test_retries_give_each_server_its_own_slice_of_the_prompts(swarms):
+    """Runs last: a server holding all blocks dies between forward and backward and in the middle of a
+    generation session. Its blocks move to the two servers holding 0..1 and 2..3, which must get the
+    right rows of the deep prompts: gradients and tokens still equal the local ones."""
+    setup = swarms["llama"]
+    spare = setup.swarm.servers[2]
+    torch.manual_seed(11)
+    model = AutoDistributedModelForCausalLM.from_pretrained(
+        str(setup.converted), dht=setup.dht, tuning_mode="deep_ptune", pre_seq_len=PRE_SEQ_LEN,
+        client_config=ClientConfig(request_timeout=20, ban_timeout=BAN_SECONDS),
+    )
+    _randomize_deep_prompts(model, seed=12)
+    manager = model.transformer_blocks.manager
+    spans = manager.update()
+    spare_peer = next(span.peer_id for span in spans if (span.start, span.end) == (0, 4))
+    for span in spans:
+        if span.peer_id != spare_peer:
+            manager.ban(span.peer_id, "steering this test's first route to the spare server")
+    banned_at = time.monotonic()
+
+    input_ids = torch.tensor([[5, 17, 42, 9], [8, 30, 31, 12]])
+    outputs = model(input_ids, labels=input_ids)  # the spare server is the only one not banned
+    with model.inference_session(max_length=12):
+        model.generate(input_ids, max_new_tokens=2, eos_token_id=None)
+        time.sleep(max(0.0, banned_at + BAN_SECONDS + 0.5 - time.monotonic()))  # the others are usable again
+        spare.kill()
+        outputs.loss.backward()
+        tokens = model.generate(None, max_new_tokens=4, eos_token_id=None)
+
+    prompts = model.ptune.prompts.detach().clone().requires_grad_(True)
+    deep = model.ptune.deep_prompts.detach().clone().requires_grad_(True)
+    _shifted_loss(_local_logits(setup.local, input_ids, prompts, deep), input_ids).backward()
+    torch.testing.assert_close(model.ptune.prompts.grad, prompts.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(model.ptune.deep_prompts.grad, deep.grad, atol=1e-5, rtol=1e-4)
+    assert torch.equal(tokens, _local_greedy(setup.local, input_ids, prompts.detach(), deep.detach(), new_tokens=6))
