@@ -1,21 +1,51 @@
-"""``python -m app``: start Blossom.
+"""``python -m app`` (or ``blossom``): open Blossom's desktop node manager.
 
-The desktop node manager (Qt window, tray, chat and tuning tabs) is being built; until it lands,
-this starts the working default everywhere: a private swarm on this PC serving the bundled
-SmolLM2 demo model, answering a prompt (and chatting when run in a terminal).
+Without a display (Linux with neither ``DISPLAY`` nor ``WAYLAND_DISPLAY`` set, and no
+``QT_QPA_PLATFORM`` chosen) or with ``--headless``, it says so and runs the terminal demo
+instead: a private swarm on this PC serving the bundled SmolLM2 model, answering a prompt (and
+chatting when run in a terminal).
 """
 from __future__ import annotations
 
+import os
 import sys
+from typing import Mapping
+
+HEADLESS_NOTICE = ("Blossom: no display found ({why}), so the window cannot open. Running the terminal demo "
+                   "instead: a private swarm on this PC serving the bundled SmolLM2 model.")
+
+
+def display_available(environ: Mapping[str, str] = os.environ, platform: str = sys.platform) -> bool:
+    """Whether Qt can show a window: always on Windows and macOS; on Linux/BSD only with a display server
+    (or a platform plugin chosen through ``QT_QPA_PLATFORM``, e.g. ``offscreen``)."""
+    if environ.get("QT_QPA_PLATFORM"):
+        return True
+    if platform.startswith(("linux", "freebsd", "openbsd", "netbsd")):
+        return bool(environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"))
+    return True
+
+
+def run_demo(args: list[str], why: str) -> int:
+    """The terminal demo (``core.cli.demo``), chatting when stdin is a terminal."""
+    from core.cli.demo import main as demo_main
+
+    print(HEADLESS_NOTICE.format(why=why), file=sys.stderr, flush=True)
+    if sys.stdin.isatty() and "--interactive" not in args:
+        args = [*args, "--interactive"]
+    return demo_main(args)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.cli.demo import main as demo_main
-
     args = list(sys.argv[1:] if argv is None else argv)
-    if sys.stdin.isatty() and "--interactive" not in args:
-        args.append("--interactive")
-    return demo_main(args)
+    if "--headless" in args:
+        return run_demo([arg for arg in args if arg != "--headless"], "--headless was given")
+    if not display_available():
+        return run_demo(args, "DISPLAY and WAYLAND_DISPLAY are unset")
+    try:
+        from app.application import run_gui
+    except ImportError as error:
+        return run_demo(args, f"PySide6 is missing ({error}); install it with pip install -e '.[app]'")
+    return run_gui(args)
 
 
 if __name__ == "__main__":

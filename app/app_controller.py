@@ -1,0 +1,248 @@
+"""The app's logic in one QObject: settings, hardware, the model, the recommendation, the worker and the bridges.
+
+Widgets only emit requests and show what this object reports. Slow steps (hardware detection,
+converting the demo model, the worker's start and stop) run off the GUI thread; their outcomes
+arrive as signals.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+from PySide6.QtCore import QObject, QTimer, Signal
+
+from app.bridges.chat import ChatBridge, ChatTarget
+from app.bridges.model import PreparedModel, prepare_model
+from app.bridges.swarm import SwarmBridge
+from app.bridges.tasks import run_in_background
+from app.bridges.tuning import TuningBridge, TuningRequest
+from app.settings import AppSettings, SettingsStore, build_serve_request
+from app.worker.controller import WorkerController
+from app.worker.messages import StatusEvent, WorkerState
+from core.hardware import HardwareReport, Recommendation, detect_hardware, recommend
+from core.utils.paths import blossom_home
+
+logger = logging.getLogger(__name__)
+
+SWARM_STATES = (WorkerState.SERVING, WorkerState.PAUSING, WorkerState.PAUSED, WorkerState.RESUMING)
+
+
+class AppController(QObject):
+    """Owns everything that is not a widget."""
+
+    settings_changed = Signal(object)  # AppSettings
+    hardware_changed = Signal(object)  # HardwareReport
+    model_changed = Signal(object)  # PreparedModel or None
+    model_status_changed = Signal(str)  # "Preparing …", an error, or "" when ready
+    recommendation_changed = Signal(object)  # Recommendation or None
+    swarm_peers_changed = Signal(object)  # tuple[str, ...]
+    serve_problem = Signal(str)  # why serving cannot start
+    quit_ready = Signal()
+
+    def __init__(self, store: SettingsStore, parent: QObject | None = None, log_dir: Path | None = None) -> None:
+        super().__init__(parent)
+        self.store = store
+        self.settings = store.load()
+        self.hardware: HardwareReport | None = None
+        self.model: PreparedModel | None = None
+        self.model_status = ""
+        self.recommendation: Recommendation | None = None
+        self.swarm_peers: tuple[str, ...] = ()
+        self._start_when_ready = False
+        self._quitting = False
+        log_dir = log_dir or blossom_home() / "logs"
+        self.worker = WorkerController(self, log_path=log_dir / "worker.log")
+        self.chat = ChatBridge(self)
+        self.tuning = TuningBridge(self)
+        self.swarm = SwarmBridge(self)
+        self._connect_signals()
+
+    def _connect_signals(self) -> None:
+        self.worker.status_updated.connect(self._on_worker_status)
+        self.worker.exited.connect(self._on_worker_exited)
+
+    # ---- start-up -----------------------------------------------------------------------------
+    def begin(self) -> None:
+        """Detect the hardware and prepare the model; start serving when ready if the settings say so."""
+        self._start_when_ready = self.settings.start_serving_at_launch
+        self.detect_hardware()
+        self.prepare_model()
+        self._refresh_swarm_peers()
+
+    def detect_hardware(self) -> None:
+        run_in_background(detect_hardware, self._on_hardware, self._on_hardware_failed, "blossom-hardware")
+
+    def _on_hardware(self, report: HardwareReport) -> None:
+        self.hardware = report
+        self.hardware_changed.emit(report)
+        self._update_recommendation()
+
+    def _on_hardware_failed(self, reason: str) -> None:
+        logger.warning("Hardware detection failed: %s", reason)
+        self.serve_problem.emit(f"Could not detect this computer's hardware: {reason}")
+
+    def prepare_model(self) -> None:
+        spec = self.settings.model
+        self.model = None
+        self.model_changed.emit(None)
+        self._set_model_status("Preparing the bundled demo model (converted on first run only)…" if not spec
+                               else f"Opening {spec}…")
+        run_in_background(lambda: prepare_model(spec), lambda model: self._on_model(spec, model),
+                          lambda reason: self._on_model_failed(spec, reason), "blossom-model")
+
+    def _on_model(self, spec: str, model: PreparedModel) -> None:
+        if spec != self.settings.model:
+            return  # the setting changed meanwhile; a newer preparation is running
+        self.model = model
+        self._set_model_status("")
+        self.model_changed.emit(model)
+        self._update_recommendation()
+        self._refresh_targets()
+
+    def _on_model_failed(self, spec: str, reason: str) -> None:
+        if spec != self.settings.model:
+            return
+        self._start_when_ready = False
+        self._set_model_status(f"Cannot use this model: {reason}")
+
+    def _set_model_status(self, text: str) -> None:
+        self.model_status = text
+        self.model_status_changed.emit(text)
+
+    def _update_recommendation(self) -> None:
+        if self.hardware is None or self.model is None:
+            return
+        self.recommendation = recommend(self.model.footprint, self.hardware, more_blocks=self.settings.more_blocks)
+        self.recommendation_changed.emit(self.recommendation)
+        if self._start_when_ready:
+            self._start_when_ready = False
+            self.start_serving()
+
+    # ---- settings -----------------------------------------------------------------------------
+    def update_settings(self, settings: AppSettings) -> None:
+        """Store new settings and apply what can be applied now (the model, the recommendation, the swarm)."""
+        old = self.settings
+        self.settings = dataclasses.replace(settings)
+        self.store.save(self.settings)
+        self.settings_changed.emit(self.settings)
+        if settings.model != old.model:
+            self.prepare_model()
+        elif settings.more_blocks != old.more_blocks:
+            self._update_recommendation()
+        self._refresh_swarm_peers()
+        self._refresh_targets()
+
+    def set_prompts_path(self, path: str) -> None:
+        """Use these trained prompts in the chat (empty: none)."""
+        self.update_settings(dataclasses.replace(self.settings, prompts_path=path))
+
+    # ---- serving ------------------------------------------------------------------------------
+    def start_serving(self) -> bool:
+        """Start the worker with the current settings; False (and ``serve_problem``) when that cannot be done."""
+        problems = self.settings.problems()
+        if self.model is None:
+            problems.append(self.model_status or "The model is not ready yet")
+        if problems:
+            self.serve_problem.emit(problems[0])
+            return False
+        if self.worker.running:
+            return False
+        request = build_serve_request(self.settings, self.model.path, self.recommendation)
+        self.worker.start(request)
+        return True
+
+    def pause_serving(self) -> None:
+        self.worker.pause()
+
+    def resume_serving(self) -> None:
+        self.worker.resume()
+
+    def toggle_pause(self) -> None:
+        """Pause when serving, resume when paused, start when stopped."""
+        state = self.worker.state
+        if state == WorkerState.SERVING:
+            self.pause_serving()
+        elif state == WorkerState.PAUSED:
+            self.resume_serving()
+        elif state in (WorkerState.STOPPED, WorkerState.ERROR) and not self.worker.running:
+            self.start_serving()
+
+    def stop_serving(self) -> None:
+        self.worker.stop()
+
+    def restart_serving(self) -> None:
+        """After a crash (or a settings change): stop if needed, then start with the current settings."""
+        if self.worker.running:
+            self._start_when_ready = True
+            self.worker.stop()
+        else:
+            self.start_serving()
+
+    def _on_worker_status(self, status: StatusEvent) -> None:
+        self._refresh_swarm_peers()
+
+    def _on_worker_exited(self) -> None:
+        self._refresh_swarm_peers()
+        if self._quitting:
+            self._finish_quit()
+        elif self._start_when_ready:
+            self._start_when_ready = False
+            self.start_serving()
+
+    # ---- the swarm the chat, tuning and swarm tabs use -----------------------------------------
+    def _refresh_swarm_peers(self) -> None:
+        if self.settings.private_swarm:
+            status = self.worker.status
+            peers = tuple(status.swarm_peers) if status.state in SWARM_STATES and self.worker.running else ()
+        else:
+            peers = tuple(self.settings.initial_peers)
+        if peers != self.swarm_peers:
+            self.swarm_peers = peers
+            self.swarm_peers_changed.emit(peers)
+            self._refresh_targets()
+
+    def _refresh_targets(self) -> None:
+        if self.model is None or not self.swarm_peers:
+            self.chat.set_target(None)
+        else:
+            self.chat.set_target(ChatTarget(self.model.path, self.swarm_peers, self.settings.prompts_path))
+        self.swarm.set_peers(self.swarm_peers)
+
+    # ---- prompt tuning ------------------------------------------------------------------------
+    def start_tuning(self, request: TuningRequest) -> str:
+        """Train prompts for the current model through the current swarm; returns why not ("" when started)."""
+        if self.model is None:
+            return self.model_status or "The model is not ready yet"
+        if not self.swarm_peers:
+            return "No swarm to train with: start serving on the Dashboard, or join a swarm in Settings"
+        if not request.dataset_path:
+            return "Choose a dataset file (.txt or .jsonl)"
+        if not self.tuning.start(request.to_config(self.model.path, self.swarm_peers)):
+            return "" if self.tuning.busy is False else "A training run is already going on"
+        return ""
+
+    def suggested_prompts_path(self, tuning_mode: str) -> str:
+        """Where trained prompts are saved unless the user picks another place."""
+        name = self.model.name if self.model is not None else "model"
+        return str(blossom_home() / "prompts" / f"{name}-{tuning_mode}.safetensors")
+
+    # ---- quitting -----------------------------------------------------------------------------
+    def shutdown(self, kill_after: float = 60.0) -> None:
+        """Stop serving and leave the swarm; ``quit_ready`` is emitted once the worker is gone."""
+        if self._quitting:
+            return
+        self._quitting = True
+        self._start_when_ready = False
+        self.chat.stop()
+        self.tuning.stop()
+        self.swarm.pause()
+        if self.worker.running:
+            self.worker.stop(kill_after=kill_after)
+        else:
+            QTimer.singleShot(0, self._finish_quit)
+
+    def _finish_quit(self) -> None:
+        for bridge in (self.chat, self.tuning, self.swarm):
+            bridge.shutdown(timeout=5.0)
+        self.quit_ready.emit()

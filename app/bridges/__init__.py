@@ -1,0 +1,11 @@
+"""QObjects that run ``core``'s heavy work (torch, hivemind) off the GUI thread and report with signals.
+
+- ``tasks.py``: :class:`BackgroundCall`, one function run in a thread, its result or error as a signal
+- ``model.py``: :func:`prepare_model`, the bundled demo model converted on first use, or a chosen one
+- ``chat.py``: :class:`ChatBridge`, streamed generation through the swarm
+- ``tuning.py``: :class:`TuningBridge`, prompt tuning with step reports, stop and save
+- ``swarm.py``: :class:`SwarmBridge`, the swarm's servers and coverage, refreshed periodically
+
+Widgets import these modules, never torch, transformers or hivemind: heavy imports happen inside
+the threads.
+"""

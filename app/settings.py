@@ -1,0 +1,165 @@
+"""The app's settings, kept across runs with QSettings, and what they mean for the block server.
+
+:class:`AppSettings` is a plain dataclass; :class:`SettingsStore` reads and writes it (any field
+missing or unreadable in storage keeps its default). :func:`build_serve_request` turns settings and
+a hardware recommendation into the :class:`~app.worker.messages.ServeRequest` the worker serves.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QSettings
+
+from app.worker.messages import ServeRequest
+from core.hardware import Recommendation
+
+logger = logging.getLogger(__name__)
+
+ORGANIZATION = "Blossom"
+APPLICATION = "Blossom"
+PRIVATE, JOIN = "private", "join"
+DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
+QUANT_CHOICES = ("none", "int8", "nf4")
+
+
+@dataclass
+class AppSettings:
+    """Everything the user chose.
+
+    ``model``: empty for the bundled SmolLM2 demo, else a converted model folder or Hub repo.
+    ``swarm_mode``: ``"private"`` (a swarm on this PC) or ``"join"`` (``initial_peers``).
+    ``override`` makes ``num_blocks`` / ``torch_dtype`` / ``quant_type`` / ``device`` replace the
+    recommendation; ``more_blocks`` asks the recommendation for int8/nf4 on small cards.
+    """
+
+    model: str = ""
+    swarm_mode: str = PRIVATE
+    initial_peers: list[str] = field(default_factory=list)
+    saved_swarms: dict[str, list[str]] = field(default_factory=dict)
+    public_name: str = ""
+    port: int = 0
+    more_blocks: bool = False
+    override: bool = False
+    num_blocks: int = 0
+    torch_dtype: str = "auto"
+    quant_type: str = "none"
+    device: str = ""
+    start_serving_at_launch: bool = True
+    close_notice_shown: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 160
+    prompts_path: str = ""
+
+    @property
+    def private_swarm(self) -> bool:
+        return self.swarm_mode != JOIN
+
+    def problems(self) -> list[str]:
+        """Reasons these settings cannot be used to serve (empty when fine)."""
+        found = []
+        if self.swarm_mode == JOIN and not self.initial_peers:
+            found.append("Paste the initial peers of the swarm to join (or choose the private swarm on this PC)")
+        bad = [peer for peer in self.initial_peers if not peer.startswith("/") or "/p2p/" not in peer]
+        if self.swarm_mode == JOIN and bad:
+            found.append(f"'{bad[0]}' is not a multiaddress like /ip4/1.2.3.4/tcp/31337/p2p/Qm…")
+        if not 0 <= self.port <= 65535:
+            found.append(f"Port must be 0..65535, got {self.port}")
+        if self.torch_dtype not in DTYPE_CHOICES:
+            found.append(f"Unknown dtype '{self.torch_dtype}'")
+        if self.quant_type not in QUANT_CHOICES:
+            found.append(f"Unknown quantization '{self.quant_type}'")
+        return found
+
+
+def parse_peers(text: str) -> list[str]:
+    """Multiaddresses pasted as lines, spaces or commas."""
+    return [part for part in text.replace(",", " ").split() if part]
+
+
+def _convert(value: Any, default: Any) -> Any:
+    """QSettings (INI files especially) returns strings; bring ``value`` back to ``default``'s type."""
+    if isinstance(default, bool):
+        return value if isinstance(value, bool) else str(value).lower() in ("true", "1", "yes")
+    if isinstance(default, int):
+        return int(value)
+    if isinstance(default, float):
+        return float(value)
+    if isinstance(default, (list, dict)):
+        parsed = json.loads(value) if isinstance(value, str) else value
+        if not isinstance(parsed, type(default)):
+            raise ValueError(f"expected a {type(default).__name__}")
+        return parsed
+    return str(value)
+
+
+class SettingsStore:
+    """Reads and writes :class:`AppSettings` in a QSettings (the platform's place, or an INI file)."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        if path is None:
+            self.qsettings = QSettings(ORGANIZATION, APPLICATION)
+        else:
+            self.qsettings = QSettings(str(path), QSettings.Format.IniFormat)
+
+    def load(self) -> AppSettings:
+        """The stored settings; missing or unreadable values keep their defaults."""
+        settings = AppSettings()
+        for item in dataclasses.fields(AppSettings):
+            if not self.qsettings.contains(item.name):
+                continue
+            default = getattr(settings, item.name)
+            try:
+                setattr(settings, item.name, _convert(self.qsettings.value(item.name), default))
+            except (TypeError, ValueError) as error:
+                logger.warning("Ignoring the stored setting %s (%s)", item.name, error)
+        return settings
+
+    def save(self, settings: AppSettings) -> None:
+        """Write every field now."""
+        for item in dataclasses.fields(AppSettings):
+            value = getattr(settings, item.name)
+            self.qsettings.setValue(item.name, json.dumps(value) if isinstance(value, (list, dict)) else value)
+        self.qsettings.sync()
+
+    @property
+    def location(self) -> str:
+        return self.qsettings.fileName()
+
+
+def build_serve_request(settings: AppSettings, model_path: str, recommendation: Recommendation | None,
+                        identity_path: str | None = None, num_threads: int | None = None) -> ServeRequest:
+    """What the worker should serve: the override when it is on, the recommendation otherwise.
+
+    A private swarm serves every block (it is the only server); joining a swarm serves the
+    recommended (or chosen) number of blocks where the swarm is weakest.
+    """
+    if settings.override or recommendation is None:
+        num_blocks = settings.num_blocks or None
+        dtype, quant, device = settings.torch_dtype, settings.quant_type, settings.device or None
+    else:
+        num_blocks = max(1, recommendation.num_blocks)
+        dtype, quant, device = recommendation.torch_dtype, recommendation.quant_type, recommendation.device
+    cache_tokens = recommendation.cache_tokens if recommendation is not None else None
+    if settings.private_swarm:
+        num_blocks = None
+    return ServeRequest(
+        model_path=model_path,
+        private_swarm=settings.private_swarm,
+        initial_peers=tuple(settings.initial_peers) if not settings.private_swarm else (),
+        host="127.0.0.1" if settings.private_swarm else "0.0.0.0",
+        port=settings.port if not settings.private_swarm else 0,
+        public_name=settings.public_name,
+        num_blocks=num_blocks,
+        torch_dtype=dtype,
+        quant_type=quant,
+        device=device,
+        attn_cache_tokens=cache_tokens,
+        num_threads=num_threads,
+        identity_path=identity_path,
+    )

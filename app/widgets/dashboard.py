@@ -1,0 +1,179 @@
+"""The dashboard tab: what this node is doing, the buttons to change it, its counters, hardware and log."""
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import QGridLayout, QHBoxLayout, QLabel, QPlainTextEdit, QVBoxLayout, QWidget
+
+from app.formatting import format_blocks, format_count, format_duration, format_rate
+from app.icons import render_pixmap
+from app.theme import STATE_TEXT_COLORS
+from app.widgets.common import Card, StatTile, button, wrapped_label
+from app.widgets.hardware_panel import HardwareCard, RecommendationCard
+from app.worker.messages import StatusEvent, WorkerState
+
+STATE_TITLES = {
+    WorkerState.STARTING: "Starting…",
+    WorkerState.SERVING: "Serving",
+    WorkerState.PAUSING: "Pausing…",
+    WorkerState.PAUSED: "Paused",
+    WorkerState.RESUMING: "Resuming…",
+    WorkerState.STOPPING: "Stopping…",
+    WorkerState.STOPPED: "Not serving",
+    WorkerState.ERROR: "The server stopped with an error",
+}
+ICON_FOR_STATE = {
+    WorkerState.STARTING: "starting", WorkerState.RESUMING: "starting", WorkerState.SERVING: "serving",
+    WorkerState.PAUSING: "paused", WorkerState.PAUSED: "paused", WorkerState.STOPPING: "stopped",
+    WorkerState.STOPPED: "stopped", WorkerState.ERROR: "error",
+}
+LOG_LINES = 2000
+
+
+class StatusCard(Card):
+    """The state in big letters, what is served, and the buttons that make sense in this state."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__("", parent)
+        self.icon = QLabel()
+        self.icon.setFixedSize(56, 56)
+        self.title = QLabel(STATE_TITLES[WorkerState.STOPPED])
+        self.title.setObjectName("stateTitle")
+        self.subtitle = wrapped_label("", "muted")
+        self.start_button = button("Start serving", primary=True, tooltip="Serve blocks of the model to the swarm")
+        self.pause_button = button("Pause", tooltip="Stop taking new work and free the memory once open sessions end")
+        self.resume_button = button("Resume", primary=True, tooltip="Serve the same blocks again")
+        self.stop_button = button("Stop", tooltip="Stop serving and leave the swarm")
+        self.restart_button = button("Restart", primary=True, tooltip="Start the server again")
+        text = QVBoxLayout()
+        text.setSpacing(2)
+        text.addWidget(self.title)
+        text.addWidget(self.subtitle)
+        row = QHBoxLayout()
+        row.setSpacing(14)
+        row.addWidget(self.icon, 0, Qt.AlignmentFlag.AlignTop)
+        row.addLayout(text, 1)
+        for widget in (self.start_button, self.pause_button, self.resume_button, self.restart_button,
+                       self.stop_button):
+            row.addWidget(widget, 0, Qt.AlignmentFlag.AlignVCenter)
+        self.body.addLayout(row)
+        self.note = wrapped_label("", "muted")
+        self.note.hide()
+        self.body.addWidget(self.note)
+        self.problem = wrapped_label("", "errorText")
+        self.problem.hide()
+        self.body.addWidget(self.problem)
+        self.show_state(WorkerState.STOPPED, "")
+
+    def show_state(self, state: WorkerState, subtitle: str) -> None:
+        self.icon.setPixmap(render_pixmap(ICON_FOR_STATE[state], 56))
+        self.title.setText(STATE_TITLES[state])
+        self.title.setStyleSheet(f"color: {STATE_TEXT_COLORS.get(state.value, '#202124')};")
+        self.subtitle.setText(subtitle)
+        self.start_button.setVisible(state == WorkerState.STOPPED)
+        self.pause_button.setVisible(state in (WorkerState.SERVING, WorkerState.PAUSING))
+        self.pause_button.setEnabled(state == WorkerState.SERVING)
+        self.resume_button.setVisible(state in (WorkerState.PAUSED, WorkerState.RESUMING))
+        self.resume_button.setEnabled(state == WorkerState.PAUSED)
+        self.restart_button.setVisible(state == WorkerState.ERROR)
+        self.stop_button.setVisible(state not in (WorkerState.STOPPED, WorkerState.ERROR))
+        self.stop_button.setEnabled(state != WorkerState.STOPPING)
+
+    def show_problem(self, text: str) -> None:
+        self.problem.setText(text)
+        self.problem.setVisible(bool(text))
+
+    def show_note(self, text: str) -> None:
+        self.note.setText(text)
+        self.note.setVisible(bool(text))
+
+
+class DashboardTab(QWidget):
+    """Serving controls and status, hardware, recommendation and the worker's log."""
+
+    start_requested = Signal()
+    pause_requested = Signal()
+    resume_requested = Signal()
+    stop_requested = Signal()
+    restart_requested = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("page")
+        self.status = StatusCard()
+        self.tiles = {key: StatTile(caption) for key, caption in (
+            ("blocks", "blocks served"), ("peers", "other servers"), ("requests", "requests served"),
+            ("tokens", "tokens processed"), ("uptime", "uptime"), ("speed", "block-steps/s"))}
+        stats = Card()
+        grid = QGridLayout()
+        grid.setHorizontalSpacing(24)
+        for column, tile in enumerate(self.tiles.values()):
+            grid.addWidget(tile, 0, column)
+        stats.body.addLayout(grid)
+        self.hardware = HardwareCard()
+        self.recommendation = RecommendationCard()
+        self.log = QPlainTextEdit()
+        self.log.setObjectName("log")
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(LOG_LINES)
+        self.log.setPlaceholderText("The server's log appears here.")
+        log_card = Card("Activity")
+        log_card.body.addWidget(self.log)
+        middle = QHBoxLayout()
+        middle.setSpacing(12)
+        middle.addWidget(self.hardware, 2)
+        middle.addWidget(self.recommendation, 3)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(16, 16, 16, 16)
+        layout.setSpacing(12)
+        layout.addWidget(self.status)
+        layout.addWidget(stats)
+        layout.addLayout(middle)
+        layout.addWidget(log_card, 1)
+        self._connect_signals()
+
+    def _connect_signals(self) -> None:
+        self.status.start_button.clicked.connect(self.start_requested)
+        self.status.pause_button.clicked.connect(self.pause_requested)
+        self.status.resume_button.clicked.connect(self.resume_requested)
+        self.status.stop_button.clicked.connect(self.stop_requested)
+        self.status.restart_button.clicked.connect(self.restart_requested)
+
+    def show_status(self, status: StatusEvent, swarm_label: str) -> None:
+        """Update the state, the subtitle and the counters from a worker status."""
+        state = status.state
+        if state in (WorkerState.SERVING, WorkerState.PAUSING) and status.total_blocks:
+            subtitle = (f"Blocks {format_blocks(status.start_block, status.end_block)} of {status.model_name} "
+                        f"({status.num_blocks} of {status.total_blocks}) · {status.torch_dtype}"
+                        f"{'' if status.quant_type == 'none' else ' ' + status.quant_type} on {status.device} · "
+                        f"{swarm_label}")
+            if status.detail and state == WorkerState.PAUSING:
+                subtitle = f"{status.detail} · {subtitle}"
+        else:
+            subtitle = status.detail or (swarm_label if state == WorkerState.STOPPED else "")
+        self.status.show_state(state, subtitle)
+        if state == WorkerState.ERROR:
+            self.status.show_problem("")
+        serving = state == WorkerState.SERVING
+        span = f"{status.num_blocks} / {status.total_blocks}" if status.total_blocks and serving else "0"
+        self.tiles["blocks"].set_value(span, f"blocks {format_blocks(status.start_block, status.end_block)}"
+                                       if status.total_blocks else "")
+        self.tiles["peers"].set_value(str(status.peers) if serving else "–")
+        self.tiles["requests"].set_value(format_count(status.requests))
+        self.tiles["tokens"].set_value(format_count(status.tokens))
+        self.tiles["uptime"].set_value(format_duration(status.uptime) if serving else "–")
+        self.tiles["speed"].set_value(format_rate(status.throughput) if status.throughput else "–",
+                                      f"{status.tokens_per_second:.1f} tokens/s processed recently")
+        self.tiles["speed"].caption.setText(f"block-steps/s · {status.tokens_per_second:.1f} tok/s now"
+                                            if serving else "block-steps/s")
+
+    def show_problem(self, text: str) -> None:
+        """An error the user should act on (empty: none)."""
+        self.status.show_problem(text)
+
+    def show_note(self, text: str) -> None:
+        """Something under way that is not an error, e.g. the demo model being prepared (empty: none)."""
+        self.status.show_note(text)
+
+    def append_log(self, level: str, text: str) -> None:
+        prefix = "" if level in ("INFO", "OUTPUT") else f"{level}: "
+        self.log.appendPlainText(prefix + text)

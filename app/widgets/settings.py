@@ -1,0 +1,211 @@
+"""The settings tab: which model, which swarm (private, pasted peers or a saved swarm), this node's name and port."""
+from __future__ import annotations
+
+import dataclasses
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QInputDialog,
+    QLineEdit,
+    QPlainTextEdit,
+    QRadioButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.bridges.model import DEMO_LABEL
+from app.settings import JOIN, PRIVATE, AppSettings, parse_peers
+from app.widgets.common import button, wrapped_label
+
+
+class SettingsTab(QWidget):
+    """Edits a copy of the settings; ``apply_requested`` hands the edited copy over."""
+
+    apply_requested = Signal(object)  # AppSettings
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("page")
+        self.settings = AppSettings()
+        self.demo_model = QRadioButton(DEMO_LABEL)
+        self.custom_model = QRadioButton("A converted model (folder or Hugging Face repo)")
+        self.model_group = QButtonGroup(self)
+        self.model_group.addButton(self.demo_model)
+        self.model_group.addButton(self.custom_model)
+        self.model_path = QLineEdit()
+        self.model_path.setPlaceholderText("/path/to/converted-model or org/model-blossom")
+        self.browse_model = button("Browse…")
+        self.private_swarm = QRadioButton("A private swarm on this PC (nothing leaves this computer)")
+        self.join_swarm = QRadioButton("Join a swarm")
+        self.swarm_group = QButtonGroup(self)
+        self.swarm_group.addButton(self.private_swarm)
+        self.swarm_group.addButton(self.join_swarm)
+        self.saved_swarms = QComboBox()
+        self.saved_swarms.setMinimumWidth(220)
+        self.save_swarm = button("Save as…")
+        self.delete_swarm = button("Delete")
+        self.peers = QPlainTextEdit()
+        self.peers.setPlaceholderText("Initial peers, one per line, e.g.\n/ip4/203.0.113.5/tcp/31337/p2p/QmXyz…")
+        self.peers.setFixedHeight(90)
+        self.public_name = QLineEdit()
+        self.public_name.setPlaceholderText("Shown to others in the swarm (optional)")
+        self.public_name.setMaxLength(64)
+        self.port = QSpinBox()
+        self.port.setRange(0, 65535)
+        self.port.setSpecialValueText("random")
+        self.port.setFixedWidth(120)
+        self.port.setToolTip("The TCP port to listen on when joining a swarm; forward it on your router to be "
+                             "reachable from the internet")
+        self.start_at_launch = QCheckBox("Start serving when Blossom starts")
+        self.apply_button = button("Apply", primary=True)
+        self.revert_button = button("Revert")
+        self.problem = wrapped_label("", "errorText")
+        self.problem.hide()
+        self.location = wrapped_label("", "muted")
+        self._build_layout()
+        self._connect_signals()
+
+    def _build_layout(self) -> None:
+        model_box = QGroupBox("Model")
+        model_layout = QVBoxLayout(model_box)
+        model_layout.addWidget(self.demo_model)
+        model_layout.addWidget(self.custom_model)
+        path_row = QHBoxLayout()
+        path_row.addWidget(self.model_path, 1)
+        path_row.addWidget(self.browse_model)
+        model_layout.addLayout(path_row)
+
+        swarm_box = QGroupBox("Swarm")
+        swarm_layout = QVBoxLayout(swarm_box)
+        swarm_layout.addWidget(self.private_swarm)
+        swarm_layout.addWidget(self.join_swarm)
+        saved_row = QHBoxLayout()
+        saved_row.addWidget(self.saved_swarms, 1)
+        saved_row.addWidget(self.save_swarm)
+        saved_row.addWidget(self.delete_swarm)
+        swarm_layout.addLayout(saved_row)
+        swarm_layout.addWidget(self.peers)
+
+        node_box = QGroupBox("This node")
+        form = QFormLayout(node_box)
+        form.addRow("Public name", self.public_name)
+        form.addRow("Port", self.port)
+        form.addRow("", self.start_at_launch)
+
+        buttons = QHBoxLayout()
+        buttons.addWidget(wrapped_label("A new model or swarm is used the next time serving starts.", "muted"), 1)
+        buttons.addWidget(self.revert_button)
+        buttons.addWidget(self.apply_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(16, 16, 16, 16)
+        layout.setSpacing(12)
+        layout.addWidget(model_box)
+        layout.addWidget(swarm_box)
+        layout.addWidget(node_box)
+        layout.addWidget(self.problem)
+        layout.addLayout(buttons)
+        layout.addStretch(1)
+        layout.addWidget(self.location)
+
+    def _connect_signals(self) -> None:
+        self.apply_button.clicked.connect(self._apply)
+        self.revert_button.clicked.connect(lambda: self.show_settings(self.settings))
+        self.browse_model.clicked.connect(self._choose_model)
+        self.custom_model.toggled.connect(self._update_enabled)
+        self.join_swarm.toggled.connect(self._update_enabled)
+        self.saved_swarms.activated.connect(self._use_saved_swarm)
+        self.save_swarm.clicked.connect(self._save_swarm)
+        self.delete_swarm.clicked.connect(self._delete_swarm)
+
+    # ---- editing ------------------------------------------------------------------------------
+    def _update_enabled(self, *_: object) -> None:
+        custom = self.custom_model.isChecked()
+        self.model_path.setEnabled(custom)
+        self.browse_model.setEnabled(custom)
+        join = self.join_swarm.isChecked()
+        for widget in (self.saved_swarms, self.save_swarm, self.delete_swarm, self.peers, self.port):
+            widget.setEnabled(join)
+        self.delete_swarm.setEnabled(join and self.saved_swarms.currentIndex() > 0)
+
+    def _choose_model(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Converted model folder", self.model_path.text())
+        if path:
+            self.model_path.setText(path)
+
+    def _use_saved_swarm(self, index: int) -> None:
+        name = self.saved_swarms.itemText(index)
+        if index > 0 and name in self.settings.saved_swarms:
+            self.peers.setPlainText("\n".join(self.settings.saved_swarms[name]))
+        self._update_enabled()
+
+    def _save_swarm(self) -> None:
+        name, ok = QInputDialog.getText(self, "Save swarm", "Name of this swarm:")
+        if ok and name.strip():
+            self.save_current_swarm(name.strip())
+
+    def save_current_swarm(self, name: str) -> None:
+        """Keep the pasted peers under ``name`` (stored at once)."""
+        saved = dict(self.settings.saved_swarms)
+        saved[name] = parse_peers(self.peers.toPlainText())
+        self.settings = dataclasses.replace(self.settings, saved_swarms=saved)
+        self._apply()
+        self.saved_swarms.setCurrentText(name)
+
+    def _delete_swarm(self) -> None:
+        name = self.saved_swarms.currentText()
+        if name in self.settings.saved_swarms:
+            saved = {key: value for key, value in self.settings.saved_swarms.items() if key != name}
+            self.settings = dataclasses.replace(self.settings, saved_swarms=saved)
+            self._apply()
+
+    def edited(self) -> AppSettings:
+        """The settings as shown in the form."""
+        return dataclasses.replace(
+            self.settings,
+            model=self.model_path.text().strip() if self.custom_model.isChecked() else "",
+            swarm_mode=JOIN if self.join_swarm.isChecked() else PRIVATE,
+            initial_peers=parse_peers(self.peers.toPlainText()),
+            public_name=self.public_name.text().strip(),
+            port=self.port.value(),
+            start_serving_at_launch=self.start_at_launch.isChecked(),
+        )
+
+    def _apply(self) -> None:
+        settings = self.edited()
+        problems = settings.problems()
+        if settings.model == "" and self.custom_model.isChecked():
+            problems.insert(0, "Enter the converted model's folder or repo, or choose the bundled demo model")
+        self.problem.setText(problems[0] if problems else "")
+        self.problem.setVisible(bool(problems))
+        if not problems:
+            self.apply_requested.emit(settings)
+
+    # ---- display ------------------------------------------------------------------------------
+    def show_settings(self, settings: AppSettings) -> None:
+        self.settings = dataclasses.replace(settings)
+        (self.custom_model if settings.model else self.demo_model).setChecked(True)
+        self.model_path.setText(settings.model)
+        (self.join_swarm if not settings.private_swarm else self.private_swarm).setChecked(True)
+        self.peers.setPlainText("\n".join(settings.initial_peers))
+        self.public_name.setText(settings.public_name)
+        self.port.setValue(settings.port)
+        self.start_at_launch.setChecked(settings.start_serving_at_launch)
+        current = self.saved_swarms.currentText()
+        self.saved_swarms.clear()
+        self.saved_swarms.addItem("Saved swarms…")
+        self.saved_swarms.addItems(sorted(settings.saved_swarms))
+        if current in settings.saved_swarms:
+            self.saved_swarms.setCurrentText(current)
+        self.problem.hide()
+        self._update_enabled()
+
+    def show_location(self, text: str) -> None:
+        self.location.setText(f"Settings are stored in {text}")

@@ -1,0 +1,281 @@
+"""The block server's life inside the worker process: start, pause, resume, stop, and status snapshots.
+
+:class:`WorkerNode` is driven by one command thread (see :mod:`app.worker.__main__`) and read by a
+status thread; it never touches Qt. Pausing drains the server (its blocks are announced OFFLINE,
+new sessions go elsewhere, open ones may finish), shuts it down and frees its memory while the
+worker and, for a private swarm, its DHT peer stay up; resuming loads the same blocks again.
+"""
+from __future__ import annotations
+
+import collections
+import ctypes
+import gc
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from app.formatting import describe_error
+from app.worker.messages import ErrorEvent, Event, ServeRequest, StatusEvent, WorkerState
+from core.errors import BlossomError
+
+logger = logging.getLogger(__name__)
+
+PRIVATE_HOST = "127.0.0.1"
+RATE_WINDOW = 10.0  # seconds of history for the tokens-per-second figure
+
+
+def release_memory() -> None:
+    """Give freed memory back: collect garbage, empty the CUDA cache, trim the C heap (Linux)."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # torch missing or CUDA unusable: nothing to empty
+        pass
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def resident_memory() -> int:
+    """This process's resident memory in bytes (0 when unknown)."""
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except Exception:
+        return 0
+
+
+class WorkerNode:
+    """One block server (and, for a private swarm, its DHT peer) owned by the worker process.
+
+    ``emit`` sends events to the GUI; it must be thread-safe. ``done`` turns true when the worker
+    should exit (stopped, or failed to start or resume).
+    """
+
+    def __init__(self, emit: Callable[[Event], None]) -> None:
+        self.emit = emit
+        self.state = WorkerState.STOPPED
+        self.detail = ""
+        self.request: ServeRequest | None = None
+        self.server: Any = None  # core.server.server.BlockServer while serving
+        self.bootstrap: Any = None  # core.dht.node.DHTNode of a private swarm
+        self.swarm_peers: tuple[str, ...] = ()
+        self.span: tuple[int, int] | None = None
+        self.total_blocks = 0
+        self.throughput: float | None = None
+        self.status_info: Any = None
+        self.peers = 0
+        self.done = False
+        self._done_requests = 0
+        self._done_tokens = 0
+        self._serving_since = 0.0
+        self._samples: collections.deque[tuple[float, int]] = collections.deque()
+        self._lock = threading.RLock()
+
+    # ---- state --------------------------------------------------------------------------------
+    def _set_state(self, state: WorkerState, detail: str = "") -> None:
+        with self._lock:
+            self.state, self.detail = state, detail
+        logger.info("%s%s", state.value.capitalize(), f": {detail}" if detail else "")
+        self.emit(self.snapshot())
+
+    def _fail(self, error: BaseException, doing: str) -> None:
+        reason = describe_error(error)
+        logger.error("Could not %s: %s", doing, reason, exc_info=not isinstance(error, BlossomError))
+        self._close_server()
+        self._close_bootstrap()
+        self.done = True
+        self._set_state(WorkerState.ERROR, reason)
+        self.emit(ErrorEvent(f"Could not {doing}: {reason}", fatal=True))
+
+    # ---- commands -----------------------------------------------------------------------------
+    def start(self, request: ServeRequest) -> None:
+        """Join (or create) the swarm and serve the requested blocks."""
+        if self.request is not None:
+            self.emit(ErrorEvent("already started; stop the worker first"))
+            return
+        self.request = request
+        self._set_state(WorkerState.STARTING, "Joining the swarm" if not request.private_swarm
+                        else "Starting a private swarm on this PC")
+        try:
+            if request.private_swarm:
+                self._start_bootstrap()
+            else:
+                self.swarm_peers = tuple(request.initial_peers)
+            self._start_server()
+        except Exception as error:
+            self._fail(error, "start serving")
+            return
+        self._set_state(WorkerState.SERVING)
+
+    def pause(self, drain_timeout: float) -> None:
+        """Stop taking new work, let open sessions finish (up to ``drain_timeout`` s), then free the memory."""
+        if self.state != WorkerState.SERVING:
+            self.emit(ErrorEvent(f"cannot pause while {self.state.value}"))
+            return
+        self._set_state(WorkerState.PAUSING, "Finishing open sessions")
+        before = resident_memory()
+        try:
+            self.server.drain(drain_timeout)
+        except Exception:
+            logger.warning("Draining failed; shutting down anyway", exc_info=True)
+        self._close_server()
+        after = resident_memory()
+        freed = f"; released {(before - after) / 2**20:.0f} MiB" if before and after and before > after else ""
+        self._set_state(WorkerState.PAUSED, f"Blocks {self.span[0]}..{self.span[1] - 1} are free for others{freed}")
+
+    def resume(self) -> None:
+        """Serve the same blocks as before the pause."""
+        if self.state != WorkerState.PAUSED:
+            self.emit(ErrorEvent(f"cannot resume while {self.state.value}"))
+            return
+        self._set_state(WorkerState.RESUMING, f"Loading blocks {self.span[0]}..{self.span[1] - 1} again")
+        try:
+            self._start_server()
+        except Exception as error:
+            self._fail(error, "resume serving")
+            return
+        self._set_state(WorkerState.SERVING)
+
+    def stop(self) -> None:
+        """Stop serving and leave the swarm (the worker exits afterwards)."""
+        if self.state not in (WorkerState.STOPPED, WorkerState.ERROR):
+            self._set_state(WorkerState.STOPPING, "Finishing open sessions and leaving the swarm")
+            self._close_server()
+            self._close_bootstrap()
+        self.done = True
+        self._set_state(WorkerState.STOPPED)
+
+    # ---- server -------------------------------------------------------------------------------
+    def _start_bootstrap(self) -> None:
+        from core.dht.node import create_dht
+
+        self.bootstrap = create_dht((), host_maddrs=(f"/ip4/{PRIVATE_HOST}/tcp/0",))
+        self.swarm_peers = tuple(str(addr) for addr in self.bootstrap.dht.get_visible_maddrs())
+        logger.info("Private swarm's DHT peer: %s", self.swarm_peers[0])
+
+    def _server_config(self) -> Any:
+        from core.config import ServerConfig
+
+        req = self.request
+        host = PRIVATE_HOST if req.private_swarm else req.host
+        return ServerConfig(
+            converted_model_name_or_path=req.model_path,
+            num_blocks=None if self.span else req.num_blocks,
+            block_indices=self.span or req.block_indices,
+            initial_peers=self.swarm_peers,
+            host_maddrs=(f"/ip4/{host}/tcp/{req.port if not req.private_swarm else 0}",),
+            identity_path=req.identity_path,
+            throughput=self.throughput if self.throughput is not None else req.throughput,
+            torch_dtype=req.torch_dtype,
+            quant_type=req.quant_type,
+            public_name=req.public_name,
+            device=req.device,
+            attn_cache_tokens=req.attn_cache_tokens,
+            torch_threads=req.num_threads,
+        )
+
+    def _start_server(self) -> None:
+        from core.server.server import BlockServer
+
+        server = BlockServer(self._server_config())
+        with self._lock:
+            self.server = server
+        try:
+            status = server.start()
+        except BaseException:
+            self._close_server()
+            raise
+        with self._lock:
+            self.status_info = status
+            self.span = (status.start_block, status.end_block)
+            self.total_blocks = status.total_blocks
+            self.throughput = status.throughput
+            self._serving_since = time.monotonic()
+            self._samples.clear()
+        logger.info("Serving blocks %d..%d of '%s' (%s on %s), %.1f block-steps/s", status.start_block,
+                    status.end_block - 1, status.dht_prefix, status.torch_dtype, status.device, status.throughput)
+
+    def _close_server(self) -> None:
+        with self._lock:
+            server, self.server = self.server, None
+        if server is None:
+            return
+        stats = server.stats
+        try:
+            server.shutdown()
+        except Exception:
+            logger.warning("The server did not shut down cleanly", exc_info=True)
+        with self._lock:
+            self._done_requests += stats.requests
+            self._done_tokens += stats.tokens
+        del server, stats
+        release_memory()
+
+    def _close_bootstrap(self) -> None:
+        bootstrap, self.bootstrap = self.bootstrap, None
+        if bootstrap is not None:
+            try:
+                bootstrap.dht.shutdown()
+            except Exception:
+                logger.debug("The private swarm's DHT peer did not shut down cleanly", exc_info=True)
+
+    # ---- status -------------------------------------------------------------------------------
+    def refresh_peers(self) -> None:
+        """Count the other servers of this model in the swarm (a DHT look-up; call off the command thread)."""
+        server = self.server
+        if server is None or self.state != WorkerState.SERVING:
+            return
+        try:
+            spans = server.swarm_spans()
+        except Exception:
+            logger.debug("Could not read the swarm's servers", exc_info=True)
+            return
+        own = getattr(self.status_info, "peer_id", "")
+        self.peers = len({span.peer_id for span in spans if span.peer_id != own})
+
+    def snapshot(self) -> StatusEvent:
+        """The current status; safe to call from any thread."""
+        with self._lock:
+            server, info = self.server, self.status_info
+            requests, tokens, sessions = self._done_requests, self._done_tokens, 0
+            if server is not None and self.state == WorkerState.SERVING:
+                requests += server.stats.requests
+                tokens += server.stats.tokens
+                sessions = server.stats.sessions_open
+            now = time.monotonic()
+            uptime = now - self._serving_since if self.state == WorkerState.SERVING else 0.0
+            self._samples.append((now, tokens))
+            while len(self._samples) > 2 and now - self._samples[0][0] > RATE_WINDOW:
+                self._samples.popleft()
+            first_time, first_tokens = self._samples[0]
+            rate = (tokens - first_tokens) / (now - first_time) if now - first_time > 0.5 else 0.0
+            req = self.request
+            span = self.span or (0, 0)
+            return StatusEvent(
+                state=self.state,
+                detail=self.detail,
+                model_name=getattr(info, "dht_prefix", ""),
+                start_block=span[0],
+                end_block=span[1],
+                total_blocks=self.total_blocks,
+                peers=self.peers,
+                requests=requests,
+                tokens=tokens,
+                sessions_open=sessions,
+                uptime=uptime,
+                throughput=self.throughput or 0.0,
+                tokens_per_second=max(rate, 0.0),
+                torch_dtype=getattr(info, "torch_dtype", ""),
+                quant_type=req.quant_type if req else "none",
+                device=getattr(info, "device", ""),
+                peer_id=getattr(info, "peer_id", "") if self.state == WorkerState.SERVING else "",
+                swarm_peers=self.swarm_peers,
+            )
+
