@@ -17,7 +17,7 @@ from pathlib import Path
 import multihash
 from cryptography.hazmat.primitives import serialization
 from hivemind.dht.crypto import RSASignatureValidator
-from hivemind.p2p import P2P, PeerID
+from hivemind.p2p import PeerID
 from hivemind.proto import crypto_pb2
 from hivemind.utils.crypto import RSAPrivateKey, RSAPublicKey
 
@@ -38,9 +38,21 @@ def ensure_identity_file(path: str | None) -> tuple[str, bool]:
     existed = os.path.isfile(path)
     if not existed:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        P2P.generate_identity(path)  # writes the key and makes it owner-read-only
+        write_new_identity(path)
         logger.info("Created a new identity in %s", path)
     return path, existed
+
+
+def write_new_identity(path: str) -> None:
+    """Write a new RSA identity to ``path``, a file that is owner-only (0o600) from its creation.
+
+    hivemind's ``P2P.generate_identity`` creates the file with the umask's permissions and narrows them
+    afterwards, leaving a moment in which other users may open the private key.
+    """
+    key = crypto_pb2.PrivateKey(key_type=crypto_pb2.KeyType.RSA, data=RSAPrivateKey().to_bytes())
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(key.SerializeToString())
 
 
 def load_private_key(identity_path: str) -> RSAPrivateKey:
