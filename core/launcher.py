@@ -36,6 +36,7 @@ class ChildProcess:
         )
         self.lines: list[str] = []
         self._new_lines: queue.Queue[str | None] = queue.Queue()
+        self._output_closed = threading.Event()
         self._log: IO[str] | None = open(log_path, "w") if log_path else None
         threading.Thread(target=self._read, name=f"{name}-output", daemon=True).start()
 
@@ -48,6 +49,7 @@ class ChildProcess:
             if self._log:
                 self._log.write(line + "\n")
                 self._log.flush()
+        self._output_closed.set()
         self._new_lines.put(None)
 
     def wait_for_line(self, marker: str, timeout: float) -> list[str]:
@@ -64,12 +66,15 @@ class ChildProcess:
             if remaining <= 0:
                 raise BlossomError(f"{self.name} did not start within {timeout:.0f} s; its output:\n" + self.tail())
             try:
-                if self._new_lines.get(timeout=min(remaining, 1.0)) is None and self.process.poll() is not None:
-                    raise BlossomError(
-                        f"{self.name} exited with code {self.process.returncode}; its output:\n" + self.tail()
-                    )
+                self._new_lines.get(timeout=min(remaining, 1.0))
             except queue.Empty:
                 pass
+            if self._output_closed.is_set() and len(self.lines) == seen:
+                try:
+                    self.process.wait(5)
+                except subprocess.TimeoutExpired:
+                    continue
+                raise BlossomError(f"{self.name} exited with code {self.process.returncode}; its output:\n" + self.tail())
 
     def tail(self, count: int = 30) -> str:
         return "\n".join(self.lines[-count:])

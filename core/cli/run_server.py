@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds an inference session may send nothing before it is closed and its cache freed")
     parser.add_argument("--shutdown_timeout", type=float, default=30.0,
                         help="on Ctrl-C / SIGTERM, seconds open inference sessions may run on before they are cut")
+    parser.add_argument("--update_period", type=float, default=30.0,
+                        help="seconds between re-announcements in the DHT (records live 2 x this + 5 s)")
     parser.add_argument("--balance_quality", type=float, default=0.75,
                         help="move to weaker blocks when the swarm's weakest block is below this fraction of what "
                              "the move would give it (0 = never move; --block_indices servers never move)")
@@ -102,6 +104,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         alloc_timeout=args.alloc_timeout,
         session_idle_timeout=args.session_idle_timeout,
         shutdown_timeout=args.shutdown_timeout,
+        update_period=args.update_period,
         balance_quality=args.balance_quality,
         mean_balance_check_period=args.mean_balance_check_period,
     )

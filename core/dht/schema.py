@@ -58,6 +58,7 @@ class ServerInfo:
     forward_rps: float = 0.0  # tokens per second through one block in forward passes
     network_rps: float = 0.0  # tokens per second the server's link carries (hidden states)
     next_pings: dict[str, float] = field(default_factory=dict)  # peer id -> round trip (s) to servers after this span
+    claimed_at: float = 0.0  # DHT time when a JOINING server claimed this span (earlier claims win)
 
     def to_record(self) -> dict[str, Any]:
         """A msgpack-friendly dict."""
@@ -86,8 +87,9 @@ class ServerInfo:
                 forward_rps=float(record.get("forward_rps", 0.0)),
                 network_rps=float(record.get("network_rps", 0.0)),
                 next_pings=_parse_pings(record.get("next_pings", {})),
+                claimed_at=float(record.get("claimed_at", 0.0)),
             )
-            speeds = (info.throughput, info.inference_rps, info.forward_rps, info.network_rps)
+            speeds = (info.throughput, info.inference_rps, info.forward_rps, info.network_rps, info.claimed_at)
             if not (0 <= info.start_block < info.end_block) or not all(math.isfinite(v) and v >= 0 for v in speeds):
                 raise ValueError("inconsistent span or throughput")
             return info

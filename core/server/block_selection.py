@@ -33,17 +33,20 @@ def choose_best_start(spans: Sequence[RemoteSpanInfo], total_blocks: int, num_bl
     )
 
 
-def claim_is_contested(spans: Sequence[RemoteSpanInfo], peer_id: str, start: int, end: int) -> bool:
-    """Whether another server joining at the same moment claimed overlapping blocks first.
+def claim_is_contested(
+    spans: Sequence[RemoteSpanInfo], peer_id: str, start: int, end: int, claimed_at: float
+) -> bool:
+    """Whether another joining server claimed overlapping blocks before this one did.
 
     Servers that start together all see the same empty swarm and would pick the same span. Each
-    announces its claim as JOINING, waits a moment and looks again; of two overlapping JOINING claims
-    the one from the smaller peer id stands and the other server chooses again.
+    announces its claim as JOINING (with the time of the claim), waits a moment and looks again; of
+    two overlapping claims the earlier one stands (ties: the smaller peer id) and the other server
+    chooses again.
     """
     return any(
         span.peer_id != peer_id
         and span.server_info.state == ServerState.JOINING
-        and span.peer_id < peer_id
+        and (span.server_info.claimed_at, span.peer_id) < (claimed_at, peer_id)
         and span.start < end
         and start < span.end
         for span in spans

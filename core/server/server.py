@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from hivemind.utils import get_dht_time
 
 from core import __version__
 from core.config import ServerConfig
@@ -80,6 +81,7 @@ class BlockServer:
         self._span = (0, 0)
         self._throughput = Throughput(1.0, 0.0, 0.0, 0.0)
         self._next_pings: dict[str, float] = {}
+        self._claimed_at = 0.0
 
     # ---- start -----------------------------------------------------------------------------
     def start(self) -> ServerStatus:
@@ -144,7 +146,7 @@ class BlockServer:
             quant_type=cfg.quant_type, cache_tokens_left=cache_tokens_left,
             max_length=cfg.max_length, inference_rps=self._throughput.inference_rps,
             forward_rps=self._throughput.forward_rps, network_rps=self._throughput.network_rps,
-            next_pings=dict(self._next_pings),
+            next_pings=dict(self._next_pings), claimed_at=self._claimed_at,
         )
 
     def _load_backend(self, start: int, end: int) -> SpanBackend:
@@ -220,11 +222,11 @@ class BlockServer:
         others = [span for span in self.swarm_spans() if span.peer_id != self.peer_id]
         start = choose_best_start(others, self.total_blocks, num_blocks)
         for _ in range(MAX_CLAIM_ROUNDS):
-            self._span = (start, start + num_blocks)
+            self._span, self._claimed_at = (start, start + num_blocks), get_dht_time()
             self._announcer.announce(ServerState.JOINING)
             time.sleep(random.uniform(*CLAIM_SETTLE_SECONDS))
             spans = self.swarm_spans()
-            if not claim_is_contested(spans, self.peer_id, start, start + num_blocks):
+            if not claim_is_contested(spans, self.peer_id, start, start + num_blocks, self._claimed_at):
                 break
             others = [span for span in spans if span.peer_id != self.peer_id]
             new_start = choose_best_start(others, self.total_blocks, num_blocks)
@@ -252,7 +254,7 @@ class BlockServer:
             logger.info("Moving from blocks %d..%d to %d..%d to strengthen the swarm", old_start, old_end - 1,
                         new_span[0], new_span[1] - 1)
             self._announcer.announce(ServerState.OFFLINE)
-            self._span, self._state = new_span, ServerState.JOINING
+            self._span, self._state, self._claimed_at = new_span, ServerState.JOINING, get_dht_time()
             self._announcer.announce()
             self._handler.begin_draining()
             self._loop.run(self._handler.wait_for_sessions(self.config.shutdown_timeout),
