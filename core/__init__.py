@@ -9,6 +9,8 @@ Public API (imported lazily, so ``import core`` stays light and never needs Qt):
 - ``AutoDistributedConfig``, ``AutoDistributedModelForCausalLM``, ``get_remote_module`` — ``core/models/auto.py``
 - ``RemoteSequential`` (``core/client/remote_sequential.py``), ``convert_model`` (``core/convert``)
 - ``ServerConfig``, ``ClientConfig`` (``core/config.py``); errors in ``core/errors.py``
+- ``client_dht`` (``core/dht/node.py``): a DHT node that reads the swarm's signed records
+- ``get_swarm_status`` (``core/dht/swarm_status.py``): which servers hold which blocks of each model
 """
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ _EXPORTS = {
     "RemoteSequential": "core.client.remote_sequential",
     "convert_model": "core.convert",
     "ServerConfig": "core.config",
+    "client_dht": "core.dht.node",
+    "get_swarm_status": "core.dht.swarm_status",
     "ClientConfig": "core.config",
 }
 

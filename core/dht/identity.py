@@ -32,14 +32,15 @@ def ensure_identity_file(path: str | None) -> tuple[str, bool]:
     With ``path=None`` a throwaway identity is created in a private temporary folder. Returns the
     path and whether the file already existed (an existing identity may be in use by another peer).
     """
-    if path is None:
+    throwaway = path is None
+    if throwaway:
         folder = tempfile.mkdtemp(prefix="blossom-identity-")
         path = os.path.join(folder, "identity.key")
     existed = os.path.isfile(path)
     if not existed:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         write_new_identity(path)
-        logger.info("Created a new identity in %s", path)
+        logger.log(logging.DEBUG if throwaway else logging.INFO, "Created a new identity in %s", path)
     return path, existed
 
 

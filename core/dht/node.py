@@ -57,3 +57,8 @@ def create_dht(
         **kwargs,
     )
     return DHTNode(dht, validator, identity_path)
+
+
+def client_dht(initial_peers: Sequence[str]) -> hivemind.DHT:
+    """A read-only DHT node joined to a swarm: what scripts pass as ``dht=`` to Blossom's client classes."""
+    return create_dht(initial_peers, client_mode=True).dht
