@@ -345,6 +345,31 @@ def test_cli_reports_bad_arguments(tmp_path, capsys):
     assert "steps must be a positive integer" in capsys.readouterr().err
 
 
+def test_servers_refuse_malformed_prompts(swarms):
+    model = _model(swarms, "bloom", None)
+    manager = model.transformer_blocks.manager
+    (span,) = manager.make_route(0, 4)
+    hidden = torch.randn(2, 5, 64)
+    cases = [
+        (torch.zeros(3, 2, 2, 64), "prompts must have shape \\[num_blocks=4, batch=2, pre_seq_len<=5, 64\\]"),
+        (torch.zeros(4, 2, 6, 64), "pre_seq_len<=5"),
+        (torch.zeros(4, 1, 2, 64), "batch=2"),
+        (torch.zeros(4, 2, 2, 64, dtype=torch.int64), "prompts must be float32"),
+        (torch.full((4, 2, 2, 64), float("nan")), "NaN"),
+    ]
+    for prompts, message in cases:
+        with pytest.raises(InvalidRequestError, match=message):
+            manager.call_all(span, "rpc_forward", [hidden, prompts], metadata={"prompts": True})
+    with pytest.raises(InvalidRequestError, match="expected 3 tensor"):
+        manager.call_all(span, "rpc_backward", [hidden, hidden], metadata={"prompts": True})
+    grads = manager.call_all(span, "rpc_backward", [hidden, hidden, torch.zeros(4, 2, 2, 64)], metadata={"prompts": True})
+    assert [list(grad.shape) for grad in grads] == [[2, 5, 64], [4, 2, 2, 64]]
+    with model.transformer_blocks.inference_session(max_length=8) as session:
+        session.step(hidden, prompts=torch.zeros(4, 2, 2, 64))
+        with pytest.raises(InvalidRequestError, match="only be sent with the first step"):
+            session.step(hidden[:, :1], prompts=torch.zeros(4, 2, 1, 64))
+
+
 def test_retries_give_each_server_its_own_slice_of_the_prompts(swarms):
     """Runs last: a server holding all blocks dies between forward and backward and in the middle of a
     generation session. Its blocks move to the two servers holding 0..1 and 2..3, which must get the
