@@ -148,3 +148,41 @@ def test_swarm_status_lists_servers_and_uncovered_blocks(tiny_checkpoints, swarm
 @pytest.mark.parametrize("indices, text", [((0, 1, 2, 5), "0..2, 5"), ((3,), "3"), ((), "")])
 def test_block_ranges_are_described_compactly(indices, text):
     assert swarm_status_cli.describe_ranges(indices) == text
+
+
+def test_forward_and_backward_survive_killed_servers(tiny_checkpoints, swarm_factory, client_dht_factory):
+    original, converted = tiny_checkpoints["llama"]
+    swarm = swarm_factory(converted, [(0, 4), (0, 2), (2, 4), (2, 4)], server_args=["--balance_quality", "0"])
+    processes = {peer_of(process): process for process in swarm.servers}
+    whole_model_server = peer_of(swarm.servers[0])
+    dht = client_dht_factory(swarm.initial_peers)
+    model = AutoDistributedModelForCausalLM.from_pretrained(
+        str(converted), dht=dht, client_config=ClientConfig(request_timeout=15, ban_timeout=60))
+    local = AutoModelForCausalLM.from_pretrained(original).eval()
+    manager = model.transformer_blocks.manager
+    used: list[str] = []
+    original_call = manager.call
+
+    def recording_call(span, method, tensors):
+        used.append(span.peer_id)
+        return original_call(span, method, tensors)
+
+    manager.call = recording_call
+    torch.manual_seed(3)
+    input_ids = torch.randint(3, model.config.vocab_size, (2, 9))
+    embeds = model.get_input_embeddings()(input_ids).detach()
+    remote_embeds, local_embeds = embeds.clone().requires_grad_(True), embeds.clone().requires_grad_(True)
+
+    manager.update()  # the client now believes every server is online
+    processes[whole_model_server].kill()  # dies before the forward pass: its blocks are retried elsewhere
+    remote_loss = model(inputs_embeds=remote_embeds, labels=input_ids).loss
+    second_victim = used[-1]
+    processes[second_victim].kill()  # the last hop of the route dies before the backward pass
+    remote_loss.backward()
+    local_loss = local(inputs_embeds=local_embeds, labels=input_ids).loss
+    local_loss.backward()
+    model.shutdown()
+
+    torch.testing.assert_close(remote_loss, local_loss, atol=1e-4, rtol=0)
+    torch.testing.assert_close(remote_embeds.grad, local_embeds.grad, atol=1e-5, rtol=1e-4)
+    assert used.count(second_victim) >= 1 and used[-1] != second_victim
