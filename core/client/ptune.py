@@ -13,10 +13,9 @@ import torch
 from torch import nn
 
 from core.errors import InvalidRequestError
+from core.tuning.config import TUNING_MODES
 
 logger = logging.getLogger(__name__)
-
-TUNING_MODES = ("ptune", "deep_ptune")
 
 
 def check_tuning_args(tuning_mode: str | None, pre_seq_len: int | None) -> None:

@@ -1,9 +1,10 @@
 """Prompt tuning through a real local swarm equals the same prompt tuning done locally with transformers.
 
 One swarm per family on 127.0.0.1: Llama has servers for blocks 0..1, 2..3 and 0..3 (so deep
-prompts are cut into per-server slices, and the last test kills the third); BLOOM has one server. The local reference is the original
-transformers model with the prompts given through ``inputs_embeds`` and, for ``deep_ptune``,
-forward pre-hooks that add each layer's prompt to the first ``pre_seq_len`` positions of its input.
+prompts are cut into per-server slices, and the last test kills the third); BLOOM has one server.
+The local reference is the original transformers model with the prompts given through
+``inputs_embeds`` and, for ``deep_ptune``, forward pre-hooks that add each layer's prompt to the
+first ``pre_seq_len`` positions of its input.
 """
 from __future__ import annotations
 
@@ -240,8 +241,8 @@ def test_prompts_for_another_model_or_length_are_refused(swarms, tmp_path):
     save_prompts(_model(swarms, "llama", "ptune"), path)
     with pytest.raises(PromptsMismatchError, match="trained for model 'tiny-llama'.*this model is 'tiny-bloom'"):
         load_prompts(_model(swarms, "bloom", "ptune"), path)
-    with pytest.raises(PromptsMismatchError, match="length 3, but this model uses ptune with pre_seq_len=5; create the model with "
-                                                   "tuning_mode='ptune', pre_seq_len=3"):
+    expected = "length 3, but this model uses ptune with pre_seq_len=5; create the model with tuning_mode='ptune', pre_seq_len=3"
+    with pytest.raises(PromptsMismatchError, match=expected):
         load_prompts(_model(swarms, "llama", "ptune", pre_seq_len=5), path)
     with pytest.raises(PromptsMismatchError, match="ptune prompts of length 3, but this model uses deep_ptune"):
         load_prompts(_model(swarms, "llama", "deep_ptune"), path)

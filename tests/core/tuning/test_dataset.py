@@ -68,8 +68,8 @@ def test_loss_only_on_the_completion(tokenizer):
 
 
 def test_long_examples_are_cut_and_useless_ones_dropped(tokenizer):
-    encoded = encode_examples([Example("the quick brown fox jumps over the lazy dog"), Example("a", prompt="over the lazy dog")],
-                              tokenizer, max_seq_len=3)
+    examples = [Example("the quick brown fox jumps over the lazy dog"), Example("a", prompt="over the lazy dog")]
+    encoded = encode_examples(examples, tokenizer, max_seq_len=3)
     assert len(encoded) == 1 and len(encoded[0].input_ids) == 3 == len(encoded[0].labels)
     with pytest.raises(DatasetError, match="no example has a token to learn"):
         encode_examples([Example("x", prompt="the quick brown fox")], tokenizer, max_seq_len=3)
