@@ -4,6 +4,9 @@ Without a display (Linux with neither ``DISPLAY`` nor ``WAYLAND_DISPLAY`` set, a
 ``QT_QPA_PLATFORM`` chosen) or with ``--headless``, it says so and runs the terminal demo
 instead: a private swarm on this PC serving the bundled SmolLM2 model, answering a prompt (and
 chatting when run in a terminal).
+
+``--self-test`` checks this installation without a display (``app.self_test``) and exits 0 when it
+works. ``--minimized`` (used when Blossom starts on login, see ``app.autostart``) starts in the tray.
 """
 from __future__ import annotations
 
@@ -37,10 +40,14 @@ def run_demo(args: list[str], why: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if "--self-test" in args:
+        from app.self_test import main as self_test_main
+
+        return self_test_main([arg for arg in args if arg != "--self-test"])
     if "--headless" in args:
-        return run_demo([arg for arg in args if arg != "--headless"], "--headless was given")
+        return run_demo([arg for arg in args if arg not in ("--headless", "--minimized")], "--headless was given")
     if not display_available():
-        return run_demo(args, "DISPLAY and WAYLAND_DISPLAY are unset")
+        return run_demo([arg for arg in args if arg != "--minimized"], "DISPLAY and WAYLAND_DISPLAY are unset")
     try:
         from app.application import run_gui
     except ImportError as error:

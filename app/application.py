@@ -28,6 +28,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="keep settings in this INI file instead of the platform's usual place")
     parser.add_argument("--no-serve", action="store_true", help="do not start serving at launch this time")
     parser.add_argument("--tab", choices=TAB_NAMES, default="dashboard", help="the tab to open")
+    parser.add_argument("--minimized", action="store_true",
+                        help="start in the tray without opening the window (how Blossom starts on login)")
     parser.add_argument("--verbose", action="store_true")
     return parser.parse_args(argv)
 
@@ -73,7 +75,10 @@ def run_gui(argv: list[str]) -> int:
     window.tabs.setCurrentIndex(TAB_NAMES.index(args.tab))
     handle_termination(window)
     tray.show()
-    window.show()
+    if not args.minimized:
+        window.show()
+    elif not tray.available:
+        window.showMinimized()  # no tray to start in: a minimised window is still reachable
     controller.begin()
     controller.swarm.start()
     logger.info("Blossom started; settings in %s", store.location)

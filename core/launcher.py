@@ -21,6 +21,19 @@ from core.errors import BlossomError
 logger = logging.getLogger(__name__)
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+FROZEN_RUN_MODULE = "--run-module"  # how a frozen bundle's program is told to run a module (installers/)
+
+
+def python_command(args: Sequence[str], executable: str | None = None) -> list[str]:
+    """The command line that runs ``[executable, *args]`` as a child process (``args`` start with ``-m MODULE``).
+
+    Inside a frozen bundle (PyInstaller sets ``sys.frozen``) the executable is Blossom's own program,
+    which has no ``-m``: it runs a module when given ``--run-module MODULE`` instead.
+    """
+    args = list(args)
+    if getattr(sys, "frozen", False) and args[:1] == ["-m"]:
+        args[0] = FROZEN_RUN_MODULE
+    return [executable or sys.executable, *args]
 
 
 class ChildProcess:
@@ -31,7 +44,7 @@ class ChildProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
         self.process = subprocess.Popen(
-            [sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            python_command(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=env, text=True, bufsize=1, start_new_session=True,
         )
         self.lines: list[str] = []

@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.autostart import Autostart, AutostartError, describe
 from app.bridges.model import DEMO_LABEL
 from app.settings import JOIN, PRIVATE, AppSettings, parse_peers
 from app.widgets.common import button, wrapped_label
@@ -31,10 +32,11 @@ class SettingsTab(QWidget):
 
     apply_requested = Signal(object)  # AppSettings
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, parent: QWidget | None = None, autostart: Autostart | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("page")
         self.settings = AppSettings()
+        self.autostart = autostart or Autostart()
         self.demo_model = QRadioButton(DEMO_LABEL)
         self.custom_model = QRadioButton("A converted model (folder or Hugging Face repo)")
         self.model_group = QButtonGroup(self)
@@ -65,6 +67,8 @@ class SettingsTab(QWidget):
         self.port.setToolTip("The TCP port to listen on when joining a swarm; forward it on your router to be "
                              "reachable from the internet")
         self.start_at_launch = QCheckBox("Start serving when Blossom starts")
+        self.start_on_login = QCheckBox("Start Blossom when I log in (in the tray)")
+        self.start_on_login.setToolTip(describe(self.autostart))
         self.apply_button = button("Apply", primary=True)
         self.revert_button = button("Revert")
         self.problem = wrapped_label("", "errorText")
@@ -99,6 +103,7 @@ class SettingsTab(QWidget):
         form.addRow("Public name", self.public_name)
         form.addRow("Port", self.port)
         form.addRow("", self.start_at_launch)
+        form.addRow("", self.start_on_login)
 
         buttons = QHBoxLayout()
         buttons.addWidget(wrapped_label("A new model or swarm is used the next time serving starts.", "muted"), 1)
@@ -124,6 +129,7 @@ class SettingsTab(QWidget):
         self.saved_swarms.activated.connect(self._use_saved_swarm)
         self.save_swarm.clicked.connect(self._save_swarm)
         self.delete_swarm.clicked.connect(self._delete_swarm)
+        self.start_on_login.toggled.connect(self._set_start_on_login)
 
     # ---- editing ------------------------------------------------------------------------------
     def _update_enabled(self, *_: object) -> None:
@@ -166,6 +172,21 @@ class SettingsTab(QWidget):
             self.settings = dataclasses.replace(self.settings, saved_swarms=saved)
             self._apply()
 
+    def _set_start_on_login(self, enabled: bool) -> None:
+        """Applied at once (it is the desktop's setting, not Blossom's): write or remove the login entry."""
+        try:
+            self.autostart.set_enabled(enabled)
+        except AutostartError as error:
+            self.problem.setText(str(error))
+            self.problem.show()
+            self.show_start_on_login()
+
+    def show_start_on_login(self) -> None:
+        """Tick the box when Blossom starts on login now."""
+        self.start_on_login.blockSignals(True)
+        self.start_on_login.setChecked(self.autostart.is_enabled())
+        self.start_on_login.blockSignals(False)
+
     def edited(self) -> AppSettings:
         """The settings as shown in the form."""
         return dataclasses.replace(
@@ -205,6 +226,7 @@ class SettingsTab(QWidget):
         if current in settings.saved_swarms:
             self.saved_swarms.setCurrentText(current)
         self.problem.hide()
+        self.show_start_on_login()
         self._update_enabled()
 
     def show_location(self, text: str) -> None:

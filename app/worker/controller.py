@@ -30,6 +30,7 @@ from app.worker.messages import (
     encode,
 )
 from core.errors import InvalidRequestError
+from core.launcher import python_command
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +94,9 @@ class WorkerController(QObject):
         environment.insert("PYTHONPATH", str(PACKAGE_ROOT) + (":" + pythonpath if pythonpath else ""))
         environment.insert("PYTHONUNBUFFERED", "1")
         process.setProcessEnvironment(environment)
-        process.setProgram(self.python)
-        process.setArguments(["-m", "app.worker"])
+        program, *arguments = python_command(["-m", "app.worker"], self.python)  # a frozen bundle has no -m
+        process.setProgram(program)
+        process.setArguments(arguments)
         process.readyReadStandardOutput.connect(self._read_stdout)
         process.readyReadStandardError.connect(self._read_stderr)
         process.finished.connect(self._on_finished)
