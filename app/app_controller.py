@@ -51,6 +51,7 @@ class AppController(QObject):
         self.swarm_peers: tuple[str, ...] = ()
         self._start_when_ready = False
         self._quitting = False
+        self.closed = False  # shut down for good: the worker is gone and the bridges are closed
         log_dir = log_dir or blossom_home() / "logs"
         self.worker = WorkerController(self, log_path=log_dir / "worker.log")
         self.chat = ChatBridge(self)
@@ -245,4 +246,5 @@ class AppController(QObject):
     def _finish_quit(self) -> None:
         for bridge in (self.chat, self.tuning, self.swarm):
             bridge.shutdown(timeout=5.0)
+        self.closed = True
         self.quit_ready.emit()

@@ -112,6 +112,7 @@ class ChatBridge(QObject):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._closed = False
 
     @property
     def busy(self) -> bool:
@@ -145,10 +146,14 @@ class ChatBridge(QObject):
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop generating and leave the swarm."""
         self._stop.set()
+        self._closed = True
         if self._thread is not None:
             self._thread.join(timeout)
-        with self._lock:
-            self._unload()
+        if self._lock.acquire(timeout=0.1):  # else the thread is still busy and unloads when it ends
+            try:
+                self._unload()
+            finally:
+                self._lock.release()
 
     # ---- background thread --------------------------------------------------------------------
     def _generate(self, target: ChatTarget, messages: list[dict[str, str]], sampling: Sampling) -> None:
@@ -179,6 +184,9 @@ class ChatBridge(QObject):
                 self._unload()  # reconnect on the next message: the swarm may have changed
             self.reply_failed.emit(describe_error(error))
         finally:
+            if self._closed:
+                with self._lock:
+                    self._unload()
             self.busy_changed.emit(False)
 
     def _connected_text(self, target: ChatTarget) -> str:

@@ -83,13 +83,16 @@ class SwarmBridge(QObject):
         return True
 
     def shutdown(self, timeout: float = 15.0) -> None:
-        """Stop refreshing and leave the swarm."""
+        """Stop refreshing and leave the swarm; a look-up still running after ``timeout`` s closes the node itself."""
         self._closed = True
         self.timer.stop()
         if self._thread is not None:
             self._thread.join(timeout)
-        with self._lock:
-            self._close_dht()
+        if self._lock.acquire(timeout=0.1):
+            try:
+                self._close_dht()
+            finally:
+                self._lock.release()
 
     # ---- background thread --------------------------------------------------------------------
     def _fetch(self, peers: tuple[str, ...]) -> None:
@@ -98,7 +101,11 @@ class SwarmBridge(QObject):
                 from core.dht.swarm_status import fetch_swarm_status
 
                 dht = self._connect(peers)
-                models = fetch_swarm_status(dht)
+                try:
+                    models = fetch_swarm_status(dht)
+                finally:
+                    if self._closed:
+                        self._close_dht()
             snapshot = SwarmSnapshot(tuple(models), time.time(), peers)
             self.last = snapshot
             self.updated.emit(snapshot)

@@ -57,6 +57,7 @@ class TuningBridge(QObject):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._closed = False
 
     @property
     def busy(self) -> bool:
@@ -96,10 +97,14 @@ class TuningBridge(QObject):
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop training and leave the swarm."""
         self._stop.set()
+        self._closed = True
         if self._thread is not None:
             self._thread.join(timeout)
-        with self._lock:
-            self._unload()
+        if self._lock.acquire(timeout=0.1):  # else the thread is still busy and unloads when it ends
+            try:
+                self._unload()
+            finally:
+                self._lock.release()
 
     # ---- background threads -------------------------------------------------------------------
     def _train(self, config: TrainingConfig) -> None:
@@ -126,6 +131,9 @@ class TuningBridge(QObject):
             self.status_changed.emit("Failed")
             self.training_failed.emit(describe_error(error))
         finally:
+            if self._closed:
+                with self._lock:
+                    self._unload()
             self.busy_changed.emit(False)
 
     def _on_step(self, report: StepReport) -> None:

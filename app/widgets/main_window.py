@@ -102,7 +102,7 @@ class MainWindow(QMainWindow):
         self.tuning.save_requested.connect(c.tuning.save)
         self.tuning.try_in_chat_requested.connect(self._try_prompts_in_chat)
         c.tuning.busy_changed.connect(self.tuning.show_busy)
-        c.tuning.status_changed.connect(self.tuning.show_status)
+        c.tuning.status_changed.connect(self._on_tuning_status)
         c.tuning.step_reported.connect(self._on_step)
         c.tuning.training_finished.connect(self._on_training_finished)
         c.tuning.training_failed.connect(self.tuning.show_message)
@@ -196,11 +196,17 @@ class MainWindow(QMainWindow):
             self.tuning.begin_run(request.steps)
             self.tuning.suggested_path = self.controller.suggested_prompts_path(request.tuning_mode)
 
+    def _on_tuning_status(self, text: str) -> None:
+        if self.controller.tuning.busy:  # the end of a run is shown by _on_training_finished
+            self.tuning.show_status(text)
+
     def _on_step(self, report: StepReport) -> None:
         self.tuning.show_step(report.step, report.total_steps, report.loss)
 
     def _on_training_finished(self, result: TrainingResult) -> None:
-        self.tuning.show_finished(result.steps_done, result.stopped)
+        total = self.controller.tuning.config.steps if self.controller.tuning.config else result.steps_done
+        self.tuning.show_finished(result.steps_done, total, result.stopped,
+                                  result.losses[-1] if result.losses else None)
 
     def _on_prompts_saved(self, path: str) -> None:
         self.tuning.show_saved(path)

@@ -176,10 +176,11 @@ class TuningTab(QWidget):
     def show_status(self, text: str) -> None:
         self.progress_label.setText(text)
 
-    def show_finished(self, steps_done: int, stopped: bool) -> None:
+    def show_finished(self, steps_done: int, total_steps: int, stopped: bool, last_loss: float | None) -> None:
         self.save_button.setEnabled(steps_done > 0)
-        if stopped:
-            self.progress_label.setText(f"Stopped after {steps_done} steps")
+        loss = f" · final loss {last_loss:.4f}" if last_loss is not None else ""
+        self.progress_label.setText(f"{'Stopped' if stopped else 'Finished'} after {steps_done} of {total_steps} "
+                                    f"steps{loss}")
 
     def show_saved(self, path: str) -> None:
         self.saved_path = path
