@@ -12,8 +12,11 @@ reached by strangers, so the block server registers its streaming RPCs through
 - turns a truncated frame, an unknown marker or bytes that are not the expected protobuf into an
   :class:`InvalidRequestError` raised inside the handler's request iterator, so the handler answers
   the caller with the reason the same way it answers any other bad request;
-- stops reading when the handler has finished, so a caller that keeps sending after the server's
-  final answer cannot park a task on the server (hivemind's reader waits on a full queue forever).
+- stops handing requests over when the handler has finished, so a caller that keeps sending after
+  the server's final answer cannot park a task on the server (hivemind's reader waits on a full
+  queue forever), and then lingers briefly, discarding what the caller still sends until it closes
+  its side: closing a socket with unread data resets the connection, and the caller would lose the
+  final answer still in its buffers.
 """
 from __future__ import annotations
 
@@ -35,6 +38,9 @@ StreamHandler = Callable[[AsyncIterator[M], P2PContext], AsyncIterator[Message]]
 
 MAX_PREFETCH = 5
 """Requests read ahead of the handler; more wait in the connection (back-pressure on the sender)."""
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 16 * 2**20
+"""After the last answer: how long, and how many bytes, to keep reading until the caller closes its side."""
 
 
 async def read_frame(reader: asyncio.StreamReader, message_type: type[M], max_message_bytes: int) -> M | None:
@@ -65,13 +71,32 @@ async def read_frame(reader: asyncio.StreamReader, message_type: type[M], max_me
     return message
 
 
+async def _linger(reader: asyncio.StreamReader) -> None:
+    """Read and drop what the caller still sends until it closes, for at most ``LINGER_SECONDS``."""
+    loop = asyncio.get_running_loop()
+    deadline, discarded = loop.time() + LINGER_SECONDS, 0
+    try:
+        while discarded < LINGER_BYTES and (remaining := deadline - loop.time()) > 0:
+            data = await asyncio.wait_for(reader.read(2**16), remaining)
+            if not data:
+                return
+            discarded += len(data)
+    except (asyncio.TimeoutError, ConnectionError):
+        pass
+
+
 async def _first_done(awaitable: Awaitable, other: asyncio.Task) -> bool:
     """Wait for ``awaitable`` unless ``other`` finishes first (then cancel it); ``True`` if it completed."""
     task = asyncio.ensure_future(awaitable)
-    await asyncio.wait({task, other}, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        await asyncio.wait({task, other}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
     if task.done():
         return True
     task.cancel()
+    await asyncio.gather(task, return_exceptions=True)  # let it let go of the reader before anyone reads again
     return False
 
 
@@ -130,6 +155,12 @@ def make_bounded_stream_handler(
                     if item is None or isinstance(item, InvalidRequestError):
                         await responding  # nothing more is read: let the handler finish its answers
                         break
+                if writer.can_write_eof():
+                    writer.write_eof()  # the caller sees the end of the answers now...
+                await _linger(reader)  # ...and its unread goodbye does not reset the connection
+            except asyncio.CancelledError:
+                # the server is stopping; ending quietly keeps asyncio from logging the cancelled connection
+                logger.debug("Stream %s from %s cut by the server's shutdown", name, stream_info.peer_id)
             except Exception:
                 logger.warning("Stream %s from %s failed", name, stream_info.peer_id, exc_info=True)
             finally:
