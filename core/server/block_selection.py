@@ -36,16 +36,17 @@ def choose_best_start(spans: Sequence[RemoteSpanInfo], total_blocks: int, num_bl
 def claim_is_contested(
     spans: Sequence[RemoteSpanInfo], peer_id: str, start: int, end: int, claimed_at: float
 ) -> bool:
-    """Whether another joining server claimed overlapping blocks before this one did.
+    """Whether another server claimed blocks overlapping ``[start, end)`` before this one did.
 
     Servers that start together all see the same empty swarm and would pick the same span. Each
-    announces its claim as JOINING (with the time of the claim), waits a moment and looks again; of
-    two overlapping claims the earlier one stands (ties: the smaller peer id) and the other server
-    chooses again.
+    announces its claim (with the time of the claim), and looks again after a moment and once more
+    after loading its blocks; of two overlapping claims the earlier one stands (ties: the smaller
+    peer id) and the other server chooses again. When every window is already covered the new
+    choice is the same span, and the server keeps it.
     """
     return any(
         span.peer_id != peer_id
-        and span.server_info.state == ServerState.JOINING
+        and span.server_info.state in (ServerState.JOINING, ServerState.ONLINE)
         and (span.server_info.claimed_at, span.peer_id) < (claimed_at, peer_id)
         and span.start < end
         and start < span.end

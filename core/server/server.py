@@ -114,6 +114,9 @@ class BlockServer:
 
         start, end = self._choose_blocks()
         backend = self._load_backend(start, end)
+        if cfg.block_indices is None and (moved := self._recheck_claim()) is not None:
+            start, end = moved  # a rival's earlier claim became visible while loading
+            backend = self._load_backend(start, end)
         self._measure_speed(backend)
         self._loop = EventLoopThread("blossom-server-loop")
         self._kv_per_token = kv_bytes_per_token(backend.config, end - start, self.dtype)
@@ -237,6 +240,22 @@ class BlockServer:
             start = new_start
         logger.info("Chose blocks %d..%d (%d other servers in the swarm)", start, start + num_blocks - 1, len(others))
         return start, start + num_blocks
+
+    def _recheck_claim(self) -> tuple[int, int] | None:
+        """Look once more (after loading, when slow rivals' claims are visible); the new span if this one lost."""
+        start, end = self._span
+        spans = self.swarm_spans()
+        if not claim_is_contested(spans, self.peer_id, start, end, self._claimed_at):
+            return None
+        others = [span for span in spans if span.peer_id != self.peer_id]
+        new_start = choose_best_start(others, self.total_blocks, end - start)
+        if new_start == start:
+            return None
+        logger.info("Blocks %d..%d were claimed earlier by another server; taking %d..%d instead", start, end - 1,
+                    new_start, new_start + end - start - 1)
+        self._span, self._claimed_at = (new_start, new_start + end - start), get_dht_time()
+        self._announcer.announce(ServerState.JOINING)
+        return self._span
 
     # ---- moving ----------------------------------------------------------------------------
     def move_to(self, start: int) -> None:

@@ -55,9 +55,16 @@ def test_simultaneous_claims_are_settled_by_peer_id():
     assert not claim_is_contested(spans, "A", 0, 4, claimed_at=5.0)
 
 
-def test_online_servers_and_disjoint_claims_do_not_contest():
-    spans = [peer_span("A", 0, 4), peer_span("0", 4, 8, state=ServerState.JOINING)]
+def test_disjoint_later_and_offline_claims_do_not_contest():
+    spans = [peer_span("0", 4, 8, state=ServerState.JOINING, claimed_at=0.5),
+             peer_span("A", 0, 4, state=ServerState.JOINING, claimed_at=2.0),
+             peer_span("C", 0, 4, state=ServerState.OFFLINE, claimed_at=0.1)]
     assert not claim_is_contested(spans, "B", 0, 4, claimed_at=1.0)
+
+
+def test_a_rival_that_already_went_online_still_wins_by_its_earlier_claim():
+    spans = [peer_span("Z", 0, 4, state=ServerState.ONLINE, claimed_at=1.0)]
+    assert claim_is_contested(spans, "B", 2, 6, claimed_at=1.5)
 
 
 def test_servers_starting_together_end_on_different_spans():
