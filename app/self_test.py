@@ -151,8 +151,9 @@ def check_qt(context: SelfTestContext) -> str:
     plugins_dir = Path(QLibraryInfo.path(QLibraryInfo.LibraryPath.PluginsPath)) / "platforms"
     plugins = sorted(path.stem.removeprefix("lib").removeprefix("q") for path in plugins_dir.iterdir()
                      if path.suffix in (".so", ".dll", ".dylib"))
+    platform_name = QApplication.platformName()
     del application
-    return f"offscreen platform {QApplication.platformName() or 'offscreen'}; platform plugins: {', '.join(plugins)}"
+    return f"drew the app icon on Qt's {platform_name} platform; platform plugins here: {', '.join(plugins)}"
 
 
 STEPS: list[tuple[str, Callable[[SelfTestContext], str]]] = [

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import plistlib
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -34,6 +36,8 @@ def test_xdg_entry_is_written_read_and_removed(tmp_path):
     assert entry["Type"] == "Application" and entry["Name"] == ENTRY_NAME
     assert parse_exec(entry["Exec"]) == COMMAND
     assert autostart.is_enabled()
+    if shutil.which("desktop-file-validate"):  # Debian's desktop-file-utils, where installed
+        subprocess.run(["desktop-file-validate", str(autostart.path)], check=True)
     autostart.set_enabled(True)  # again: replaced, still one entry
     assert autostart.is_enabled() and len(list(autostart.path.parent.iterdir())) == 1
     autostart.set_enabled(False)
