@@ -252,7 +252,10 @@ class Fuzzer:
         else:
             frames.append(END_OF_STREAM)
         close_early = ending == 4 or self.rng.random() < 0.2
-        return await self._raw_stream(span, method, frames, close_early)
+        outcome = await self._raw_stream(span, method, frames, close_early)
+        if outcome == "closed-without-answer" and method == "rpc_inference" and frames == [END_OF_STREAM]:
+            return "nothing-asked"  # a session ended before its first step: nothing to answer
+        return outcome
 
     async def overlong_stream(self) -> str:
         span, method = self._span(), self.rng.choice(STREAM_METHODS[:2])
@@ -268,7 +271,11 @@ class Fuzzer:
             await writer.drain()
             if close_early:
                 return "closed-by-fuzzer"
-            outcomes = [outcome async for outcome in _read_answers(reader)]
+            outcomes = []
+            async for outcome in _read_answers(reader):
+                outcomes.append(outcome)
+                if outcome != "ok":
+                    break  # the server has ended this stream with its reason; like a real client, stop here
         finally:
             writer.close()
         errors = [outcome for outcome in outcomes if outcome != "ok"]
@@ -302,10 +309,8 @@ class Fuzzer:
                 except StopAsyncIteration:
                     return "closed-without-answer"
                 if outcome != "ok":
-                    result = outcome
-                    break
-            else:
-                writer.write(END_OF_STREAM)
+                    return outcome  # the server ended the session with its reason; the finally closes our side
+            writer.write(END_OF_STREAM)
             async for outcome in answers:
                 result = outcome if outcome != "ok" else result
             return result

@@ -14,9 +14,11 @@ reached by strangers, so the block server registers its streaming RPCs through
   the caller with the reason the same way it answers any other bad request;
 - stops handing requests over when the handler has finished, so a caller that keeps sending after
   the server's final answer cannot park a task on the server (hivemind's reader waits on a full
-  queue forever), and then lingers briefly, discarding what the caller still sends until it closes
-  its side: closing a socket with unread data resets the connection, and the caller would lose the
-  final answer still in its buffers.
+  queue forever);
+- closes the stream only once the caller is done sending (its end-of-stream frame or its own close),
+  waiting at most ``LINGER_SECONDS`` and dropping what arrives meanwhile. Closing (or half-closing)
+  earlier makes the p2p daemons reset the stream now and then, and the caller loses the final answer
+  still in its buffers.
 """
 from __future__ import annotations
 
@@ -39,8 +41,7 @@ StreamHandler = Callable[[AsyncIterator[M], P2PContext], AsyncIterator[Message]]
 MAX_PREFETCH = 5
 """Requests read ahead of the handler; more wait in the connection (back-pressure on the sender)."""
 LINGER_SECONDS = 2.0
-LINGER_BYTES = 16 * 2**20
-"""After the last answer: how long, and how many bytes, to keep reading until the caller closes its side."""
+"""After the last answer: how long to wait for the caller to finish sending before closing the stream."""
 
 
 async def read_frame(reader: asyncio.StreamReader, message_type: type[M], max_message_bytes: int) -> M | None:
@@ -71,17 +72,16 @@ async def read_frame(reader: asyncio.StreamReader, message_type: type[M], max_me
     return message
 
 
-async def _linger(reader: asyncio.StreamReader) -> None:
-    """Read and drop what the caller still sends until it closes, for at most ``LINGER_SECONDS``."""
-    loop = asyncio.get_running_loop()
-    deadline, discarded = loop.time() + LINGER_SECONDS, 0
+async def _linger(reader: asyncio.StreamReader, message_type: type[Message], max_message_bytes: int) -> None:
+    """Read and drop the caller's messages until its end-of-stream frame or close, at most ``LINGER_SECONDS``."""
     try:
-        while discarded < LINGER_BYTES and (remaining := deadline - loop.time()) > 0:
-            data = await asyncio.wait_for(reader.read(2**16), remaining)
-            if not data:
-                return
-            discarded += len(data)
-    except (asyncio.TimeoutError, ConnectionError):
+        await asyncio.wait_for(_read_until_end(reader, message_type, max_message_bytes), LINGER_SECONDS)
+    except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, InvalidRequestError):
+        pass  # out of time, closed, or garbage: close our side now
+
+
+async def _read_until_end(reader: asyncio.StreamReader, message_type: type[Message], max_message_bytes: int) -> None:
+    while await read_frame(reader, message_type, max_message_bytes) is not None:
         pass
 
 
@@ -152,12 +152,13 @@ def make_bounded_stream_handler(
                         item = error
                     if not await _first_done(inbox.put(item), responding):
                         break
-                    if item is None or isinstance(item, InvalidRequestError):
-                        await responding  # nothing more is read: let the handler finish its answers
+                    if item is None:
+                        await responding  # the caller is done sending: let the handler finish its answers
+                        return
+                    if isinstance(item, InvalidRequestError):
+                        await responding  # nothing more is read: let the handler answer with the reason
                         break
-                if writer.can_write_eof():
-                    writer.write_eof()  # the caller sees the end of the answers now...
-                await _linger(reader)  # ...and its unread goodbye does not reset the connection
+                await _linger(reader, message_type, max_message_bytes)
             except asyncio.CancelledError:
                 # the server is stopping; ending quietly keeps asyncio from logging the cancelled connection
                 logger.debug("Stream %s from %s cut by the server's shutdown", name, stream_info.peer_id)
