@@ -3,19 +3,26 @@
 Nothing received is ever unpickled: tensors are raw buffers with a dtype from an allow-list, and
 metadata is a msgpack map of plain values. Malformed input raises :class:`InvalidRequestError`.
 Errors travel back inside a response's metadata (``{"error": {"code", "message"}}``).
+Streams carry frames as hivemind writes them (marker byte, 8-byte length, payload): clients write and
+read them directly (:func:`write_message`, :func:`read_message`), one frame per request or answer.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+import asyncio
+from typing import Any, Iterable, Sequence, TypeVar
 
 import msgpack
 import torch
+from google.protobuf.message import Message
 from hivemind.compression import deserialize_torch_tensor, serialize_torch_tensor
+from hivemind.p2p import P2P
 from hivemind.proto import runtime_pb2
+from hivemind.proto.p2pd_pb2 import RPCError
 from hivemind.utils.streaming import combine_from_streaming, split_for_streaming
 
-from core.errors import BlossomError, InvalidRequestError, error_from_code
+from core.errors import BlossomError, InvalidRequestError, RemoteCallError, error_from_code
 
+M = TypeVar("M", bound=Message)
 ALLOWED_WIRE_DTYPES = frozenset({"float32", "float16", "bfloat16", "int64", "int32", "bool"})
 MAX_METADATA_BYTES = 64 * 1024
 
@@ -102,6 +109,53 @@ def raise_if_error(response: runtime_pb2.ExpertResponse, peer: str) -> dict[str,
 
 STREAM_CHUNK_BYTES = 2**20
 UNARY_LIMIT_BYTES = 2 * 2**20  # hivemind's unary messages are capped at 4 MiB; stream anything larger
+STREAM_ABOVE_BYTES = 64 * 2**10
+"""Requests larger than this go over a stream: hivemind's unary path costs about twice a stream's round
+trip per byte, and above this size that outweighs opening a stream (benchmarks/README.md)."""
+SMALL_FRAME_BYTES = 64 * 2**10  # frames up to this size are joined into one write (one syscall, one wake-up)
+END_OF_STREAM_FRAME = P2P.ERROR_MARKER + (0).to_bytes(P2P.HEADER_LEN, P2P.BYTEORDER)
+"""What hivemind callers send to end their side of a stream (an empty error frame); servers read it as the end."""
+
+
+async def read_message(reader: asyncio.StreamReader, message_type: type[M], peer: str, max_bytes: int) -> M | None:
+    """Read one stream frame written by :func:`write_message` (or hivemind); ``None`` at the end of the stream.
+
+    A server's answer that is cut off, malformed or over ``max_bytes`` raises :class:`RemoteCallError`
+    (worth retrying elsewhere), as does an error frame from hivemind's own stream handlers.
+    """
+    try:
+        marker = await reader.readexactly(1)
+    except asyncio.IncompleteReadError:
+        return None
+    try:
+        length = int.from_bytes(await reader.readexactly(P2P.HEADER_LEN), P2P.BYTEORDER)
+        if marker not in (P2P.MESSAGE_MARKER, P2P.ERROR_MARKER) or length > max_bytes:
+            raise RemoteCallError(f"server {peer} sent a malformed frame (marker {marker!r}, {length} bytes)")
+        payload = await reader.readexactly(length)
+    except asyncio.IncompleteReadError:
+        raise RemoteCallError(f"server {peer} closed the stream in the middle of an answer") from None
+    if marker == P2P.ERROR_MARKER:
+        if not payload:
+            return None
+        raise RemoteCallError(f"server {peer} failed: {RPCError.FromString(payload).message}")
+    try:
+        return message_type.FromString(payload)
+    except Exception as error:  # protobuf raises DecodeError and others on bytes that are not the message
+        raise RemoteCallError(f"server {peer} sent an answer that is not a valid {message_type.__name__}") from error
+
+
+def write_message(writer: asyncio.StreamWriter, message: Message) -> None:
+    """Queue one stream frame (marker, 8-byte length, payload) as hivemind's stream handlers read it.
+
+    Small frames go out as a single write; large ones as header + payload, never copied into one buffer.
+    """
+    payload = message.SerializeToString()
+    header = P2P.MESSAGE_MARKER + len(payload).to_bytes(P2P.HEADER_LEN, P2P.BYTEORDER)
+    if len(payload) <= SMALL_FRAME_BYTES:
+        writer.write(header + payload)
+    else:
+        writer.write(header)
+        writer.write(payload)
 
 
 def split_tensors_for_streaming(tensors: Iterable[torch.Tensor]) -> list[runtime_pb2.Tensor]:
@@ -128,5 +182,5 @@ def nbytes(tensors: Iterable[torch.Tensor]) -> int:
 
 
 def should_stream(tensors: Sequence[torch.Tensor]) -> bool:
-    """Whether a request carrying ``tensors`` must use the streaming RPC variant."""
-    return nbytes(tensors) > UNARY_LIMIT_BYTES
+    """Whether a request carrying ``tensors`` goes faster (or must go, past the unary limit) as a stream."""
+    return nbytes(tensors) > STREAM_ABOVE_BYTES

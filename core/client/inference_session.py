@@ -8,54 +8,58 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator
 
 import torch
 from hivemind.proto import runtime_pb2
 
-from core.client.sequence_manager import RemoteSequenceManager, is_retriable
+from core.client.sequence_manager import MAX_RESPONSE_BYTES, RemoteSequenceManager, is_retriable
 from core.dht.schema import RemoteSpanInfo
 from core.errors import BlossomError, InvalidRequestError, RemoteCallError, SequenceTooLongError
-from core.wire import deserialize_tensors, pack_metadata, raise_if_error, serialize_tensors
+from core.wire import (
+    END_OF_STREAM_FRAME,
+    deserialize_tensors,
+    pack_metadata,
+    raise_if_error,
+    read_message,
+    serialize_tensors,
+    write_message,
+)
 
 logger = logging.getLogger(__name__)
 
 
 class _ServerSession:
-    """An open inference stream to one server for blocks ``[span.start, span.end)``."""
+    """An open inference stream to one server for blocks ``[span.start, span.end)``.
+
+    The stream is written and read directly (one frame per step each way; see
+    :meth:`RemoteSequenceManager.open_stream`), so a step costs one round trip and no extra tasks.
+    """
 
     def __init__(self, manager: RemoteSequenceManager, span: RemoteSpanInfo, max_length: int) -> None:
         self.manager, self.span, self.max_length = manager, span, max_length
         self.history: list[torch.Tensor] = []  # every input sent, for replay elsewhere
         self.prompts: torch.Tensor | None = None  # deep prompts sent with the first input, replayed with it
-        self._queue: asyncio.Queue[runtime_pb2.ExpertRequest | None] | None = None
-        self._responses: AsyncIterator[runtime_pb2.ExpertResponse] | None = None
-
-    async def _requests(self) -> AsyncIterator[runtime_pb2.ExpertRequest]:
-        assert self._queue is not None
-        while True:
-            request = await self._queue.get()
-            if request is None:
-                return
-            yield request
+        self.uid = manager.span_uid(span.start, span.end)
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
 
     async def step(self, hidden: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
         fields: dict = {}
-        if self._responses is None:
-            self._queue = asyncio.Queue()
-            stub = await self.manager.get_stub(self.span.peer_id)
-            self._responses = (await stub.rpc_inference(self._requests())).__aiter__()
-            fields["max_length"] = self.max_length
         if prompts is not None:
             fields["prompts"] = True  # deep prompts follow the hidden states, added to this step's first positions
         tensors = [hidden] if prompts is None else [hidden, prompts.contiguous()]
-        metadata = pack_metadata(fields) if fields else b""
-        uid = self.manager.span_uid(self.span.start, self.span.end)
-        await self._queue.put(runtime_pb2.ExpertRequest(uid=uid, tensors=serialize_tensors(tensors), metadata=metadata))
-        try:
-            response = await asyncio.wait_for(self._responses.__anext__(), self.manager.config.request_timeout)
-        except StopAsyncIteration:
-            raise RemoteCallError(f"server {self.span.peer_id} closed the session") from None
+        async with asyncio.timeout(self.manager.config.request_timeout):
+            if self._writer is None:
+                self._reader, self._writer = await self.manager.open_stream(self.span.peer_id, "rpc_inference")
+                fields["max_length"] = self.max_length
+            metadata = pack_metadata(fields) if fields else b""
+            write_message(self._writer, runtime_pb2.ExpertRequest(uid=self.uid, tensors=serialize_tensors(tensors),
+                                                                  metadata=metadata))
+            await self._writer.drain()
+            response = await read_message(self._reader, runtime_pb2.ExpertResponse, self.span.peer_id,
+                                          MAX_RESPONSE_BYTES)
+        if response is None:
+            raise RemoteCallError(f"server {self.span.peer_id} closed the session")
         raise_if_error(response, self.span.peer_id)
         (output,) = deserialize_tensors(list(response.tensors), hidden.numel() * 4)
         if prompts is not None and not self.history:
@@ -64,9 +68,13 @@ class _ServerSession:
         return output
 
     async def close(self) -> None:
-        if self._queue is not None:
-            await self._queue.put(None)
-        self._queue = self._responses = None
+        """End the session: say goodbye (the server frees the cache) and close the stream."""
+        writer, self._reader, self._writer = self._writer, None, None
+        if writer is not None:
+            try:
+                writer.write(END_OF_STREAM_FRAME)
+            finally:
+                writer.close()
 
 
 class InferenceSession:
@@ -109,26 +117,42 @@ class InferenceSession:
         if self._sessions is None:
             self._sessions = self._open(self.start, self.end)
         index, failures = 0, 0
-        while index < len(self._sessions):
-            session = self._sessions[index]
+        while True:
+            # every hop of the step in one trip to the event loop; it stops at the first failing hop
+            remaining = len(self._sessions) - index
             try:
-                span = session.span
-                hop_prompts = None if prompts is None else prompts[span.start - self.start : span.end - self.start]
-                hidden = self.manager.loop.run(session.step(hidden, hop_prompts),
-                                               timeout=self.manager.config.request_timeout + 5)
-                index += 1
-            except Exception as error:
-                failures += 1
-                if not is_retriable(error):
-                    raise
-                if failures > self.manager.config.max_retries:
-                    if isinstance(error, BlossomError):
-                        raise  # keep the server's typed reason (e.g. ServerFullError)
-                    raise RemoteCallError(f"blocks {session.span.start}..{session.span.end - 1} failed repeatedly: "
-                                          f"{error}") from error
-                self._replace(index, error)
+                hidden, index, error = self.manager.loop.run(self._run_hops(hidden, prompts, index),
+                                                             timeout=(self.manager.config.request_timeout + 5) * remaining)
+            except Exception as loop_error:  # a safety net: each hop has its own timeout
+                error = loop_error
+            if error is None:
+                break
+            failures += 1
+            if not is_retriable(error):
+                raise error
+            if failures > self.manager.config.max_retries:
+                if isinstance(error, BlossomError):
+                    raise error  # keep the server's typed reason (e.g. ServerFullError)
+                span = self._sessions[index].span
+                raise RemoteCallError(f"blocks {span.start}..{span.end - 1} failed repeatedly: {error}") from error
+            self._replace(index, error)
         self.position += new_tokens
         return hidden.to(device=device, dtype=dtype)
+
+    async def _run_hops(
+        self, hidden: torch.Tensor, prompts: torch.Tensor | None, index: int
+    ) -> tuple[torch.Tensor, int, Exception | None]:
+        """Send ``hidden`` through hops ``index..``; returns the output, the hop reached and its error (if any)."""
+        while index < len(self._sessions):
+            session = self._sessions[index]
+            span = session.span
+            hop_prompts = None if prompts is None else prompts[span.start - self.start : span.end - self.start]
+            try:
+                hidden = await session.step(hidden, hop_prompts)
+            except Exception as error:
+                return hidden, index, error
+            index += 1
+        return hidden, index, None
 
     def _check_prompts(self, prompts: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         if self.position != 0:

@@ -5,6 +5,7 @@ bans of failing servers and the forward/backward RPCs with streaming for large t
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -14,7 +15,6 @@ import hivemind
 import torch
 from hivemind.p2p import P2P, PeerID
 from hivemind.proto import runtime_pb2
-from hivemind.utils.asyncio import aiter_with_timeout, as_aiter
 
 from core.client.routing import RouteMode, make_route, uncovered_blocks
 from core.config import ClientConfig
@@ -25,18 +25,20 @@ from core.server.handler import BlockRequestHandler
 from core.server.network import ping_many
 from core.utils.event_loop import shared_loop
 from core.wire import (
-    combine_streamed_tensors,
+    END_OF_STREAM_FRAME,
     deserialize_tensors,
     pack_metadata,
     raise_if_error,
+    read_message,
     serialize_tensors,
     should_stream,
-    split_tensors_for_streaming,
+    write_message,
 )
 
 logger = logging.getLogger(__name__)
 
 MAX_RESPONSE_ELEMENTS = 2**31
+MAX_RESPONSE_BYTES = 2**31  # protobuf's own limit on one message
 PING_TIMEOUT = 3.0
 UNREACHABLE_COST = 10.0  # seconds charged for a hop to a server that did not answer a ping
 
@@ -148,29 +150,40 @@ class RemoteSequenceManager:
     def span_uid(self, start: int, end: int) -> str:
         return " ".join(block_key(self.dht_prefix, index) for index in range(start, end))
 
+    async def open_stream(self, peer_id: str, method: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A raw stream to ``peer_id``'s streaming RPC ``method``, for frames of :func:`core.wire.write_message`.
+
+        Written and read directly rather than through hivemind's stream helpers: no writer task and
+        queue per call, one write per frame, and the caller closes as soon as it has its answer.
+        """
+        p2p = await self.get_p2p()
+        _, reader, writer = await p2p.call_binary_stream_handler(
+            PeerID.from_base58(peer_id), BlockRequestHandler._get_handle_name(None, method))
+        return reader, writer
+
     async def _call(
         self, span: RemoteSpanInfo, method: str, tensors: Sequence[torch.Tensor], metadata: dict[str, Any] | None = None
     ) -> list[torch.Tensor]:
-        stub = await self.get_stub(span.peer_id)
         uid = self.span_uid(span.start, span.end)
         timeout = self.config.request_timeout
         packed = pack_metadata(metadata) if metadata else b""
-        if should_stream(tensors):
-            parts = split_tensors_for_streaming(tensors)
-            requests = [runtime_pb2.ExpertRequest(uid=uid, tensors=parts[i : i + 1], metadata=b"" if i else packed)
-                        for i in range(len(parts))]
-            responses = await getattr(stub, f"{method}_stream")(as_aiter(*requests))
-            received: list[runtime_pb2.Tensor] = []
-            async for response in aiter_with_timeout(responses, timeout):
-                raise_if_error(response, span.peer_id)
-                received.extend(response.tensors)
-            protos = combine_streamed_tensors(received)
+        request = runtime_pb2.ExpertRequest(uid=uid, tensors=serialize_tensors(tensors), metadata=packed)
+        if should_stream(tensors):  # one request frame, one answer frame (see BlockRequestHandler.rpc_forward_stream)
+            reader, writer = await self.open_stream(span.peer_id, f"{method}_stream")
+            try:
+                write_message(writer, request)
+                writer.write(END_OF_STREAM_FRAME)
+                await writer.drain()
+                async with asyncio.timeout(timeout):
+                    response = await read_message(reader, runtime_pb2.ExpertResponse, span.peer_id, MAX_RESPONSE_BYTES)
+            finally:
+                writer.close()
+            if response is None:
+                raise RemoteCallError(f"server {span.peer_id} closed the stream without answering {method}")
         else:
-            request = runtime_pb2.ExpertRequest(uid=uid, tensors=serialize_tensors(tensors), metadata=packed)
-            response = await getattr(stub, method)(request, timeout=timeout)
-            raise_if_error(response, span.peer_id)
-            protos = list(response.tensors)
-        return deserialize_tensors(protos, MAX_RESPONSE_ELEMENTS)
+            response = await getattr(await self.get_stub(span.peer_id), method)(request, timeout=timeout)
+        raise_if_error(response, span.peer_id)
+        return deserialize_tensors(list(response.tensors), MAX_RESPONSE_ELEMENTS)
 
     def call(self, span: RemoteSpanInfo, method: str, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         """Synchronously call ``rpc_forward`` / ``rpc_backward`` of one server; connection errors become

@@ -29,7 +29,6 @@ from core.wire import (
     deserialize_tensors,
     error_response,
     pack_metadata,
-    split_tensors_for_streaming,
     tensor_response,
     unpack_metadata,
 )
@@ -214,14 +213,15 @@ class BlockRequestHandler(ServicerBase):
     async def rpc_forward_stream(
         self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext
     ) -> AsyncIterator[runtime_pb2.ExpertResponse]:
-        """:meth:`rpc_forward` for messages too large for one unary call."""
+        """:meth:`rpc_forward` over a stream (faster for large tensors): one or more request messages (tensors may
+        be split in parts), then one answer message."""
         async for response in self._answer_stream(requests, self._run_forward, context):
             yield response
 
     async def rpc_backward_stream(
         self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext
     ) -> AsyncIterator[runtime_pb2.ExpertResponse]:
-        """:meth:`rpc_backward` for messages too large for one unary call."""
+        """:meth:`rpc_backward` over a stream (faster for large tensors), as :meth:`rpc_forward_stream`."""
         async for response in self._answer_stream(requests, self._run_backward, context):
             yield response
 
@@ -252,8 +252,8 @@ class BlockRequestHandler(ServicerBase):
                         f"send fewer tokens per request"
                     )
             output = await compute(uid, combine_streamed_tensors(parts), metadata)
-            for part in split_tensors_for_streaming(output if isinstance(output, list) else [output]):
-                yield runtime_pb2.ExpertResponse(tensors=[part])
+            # the whole answer in one message: callers read one frame and close, without waiting for the stream's end
+            yield tensor_response(output if isinstance(output, list) else [output])
         except Exception as error:
             yield self._error(error, context)
 
@@ -344,7 +344,8 @@ class BlockRequestHandler(ServicerBase):
             position += hidden.shape[1]
             self.stats.record_request(batch_size * hidden.shape[1])
             yield tensor_response([output], position=position)
-            request = await asyncio.wait_for(anext(requests, None), self.session_idle_timeout)
+            async with asyncio.timeout(self.session_idle_timeout):  # no extra task per step, unlike wait_for
+                request = await anext(requests, None)
             if request is None:
                 return
 
