@@ -115,7 +115,8 @@ def self_test(bundle: Path, log_path: Path) -> str:
         env.update(BLOSSOM_HOME=home, HOME=home)
         run([str(bundle / "blossom"), "--self-test"], log_path, env=env)
     text = log_path.read_text(errors="replace")
-    return text[text.rindex("Blossom self-test"):]
+    report = text[text.rindex("Blossom self-test"):].splitlines()
+    return "".join(line + "\n" for line in report if line.startswith(("Blossom", "  ", "Self-test")))
 
 
 def make_tarball(bundle: Path, output: Path, top: str) -> Path:
