@@ -108,7 +108,7 @@ async def read_frame_within(
         return await asyncio.wait_for(read_frame(reader, message_type, max_message_bytes), idle_timeout)
     except asyncio.TimeoutError:
         raise InvalidRequestError(
-            f"no complete message arrived for {idle_timeout:.0f} s; this stream is closed (open a new one)"
+            f"no complete message arrived for {idle_timeout:g} s; this stream is closed (open a new one)"
         ) from None
 
 

@@ -3,7 +3,7 @@ SIGTERM with sessions open, and owner-only identity files.
 
 One swarm of the tiny Llama for the module: a DHT peer and two servers on 127.0.0.1 holding blocks
 0..1 ("first") and 2..3 ("second"), each with a KV-cache budget of 48 tokens, a 3 s allocation
-timeout and a 6 s idle timeout. The tests run in file order; the last three take the swarm apart
+timeout, a 6 s idle timeout, and at most 4 sequences and 64 tokens per request. The tests run in file order; the last three take the swarm apart
 (the DHT peer is killed, then each server is stopped with SIGTERM).
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from core.client.remote_sequential import RemoteSequential
 from core.client.sequence_manager import RemoteSequenceManager
 from core.dht.records import get_block_servers
 from core.dht.schema import RemoteSpanInfo, ServerState
-from core.errors import BlossomError, ServerFullError
+from core.errors import BlossomError, InvalidRequestError, ServerFullError
 from core.launcher import ChildProcess, LocalSwarm, parse_addresses
 from core.models.registry import get_family
 from core.wire import pack_metadata, serialize_tensors, unpack_metadata
@@ -39,8 +39,10 @@ CACHE_TOKENS = 48
 ALLOC_TIMEOUT = 3.0
 IDLE_TIMEOUT = 6.0
 START_TIMEOUT = 180.0
+MAX_BATCH, MAX_TOKENS = 4, 64
 COMMON_ARGS = ["--throughput", "10", "--attn_cache_tokens", str(CACHE_TOKENS), "--alloc_timeout", str(ALLOC_TIMEOUT),
-               "--session_idle_timeout", str(IDLE_TIMEOUT)]
+               "--session_idle_timeout", str(IDLE_TIMEOUT), "--max_batch_size", str(MAX_BATCH),
+               "--max_tokens_per_request", str(MAX_TOKENS)]
 FIRST_SHUTDOWN_TIMEOUT = 3.0
 SECOND_SHUTDOWN_TIMEOUT = 60.0
 
@@ -154,6 +156,29 @@ def test_the_server_created_its_identity_file_owner_only(faults):
     assert mode == 0o600, f"the server's identity file is {oct(mode)}"
     peer_id = PeerID.from_identity(faults.server_identity.read_bytes()).to_base58()
     assert peer_id == faults.first_span.peer_id and any(peer_id in line for line in faults.first.lines)
+
+
+# ---- request limits -------------------------------------------------------------------------------
+
+def test_requests_over_the_configured_limits_are_refused(faults):
+    span = faults.first_span
+    with pytest.raises(InvalidRequestError, match=r"batch size 5 is over this server's limit of 4"):
+        faults.manager.call(span, "rpc_forward", [torch.randn(5, 1, HIDDEN)])
+    with pytest.raises(InvalidRequestError, match=r"tensor 0: 5120 elements is over this server's limit of 4096; "
+                                                  r"send smaller batches"):  # 80 tokens of 64 values; 64 tokens allowed
+        faults.manager.call(span, "rpc_forward", [torch.randn(2, 40, HIDDEN)])
+
+    # a stream message larger than the server takes is refused from its header, before its payload is read
+    limit = (2 + span.end - span.start) * MAX_TOKENS * HIDDEN * 4 + 128 * 1024
+    oversized = runtime_pb2.ExpertRequest(uid=f"{faults.prefix}.0", metadata=b"\x80", tensors=[
+        runtime_pb2.Tensor(buffer=bytes(limit), size=[1, limit // (4 * HIDDEN), HIDDEN], dtype="float32")])
+    answers = faults.manager.loop.run(_listen(_stub(faults, span), oversized), timeout=30)
+    assert len(answers) == 1
+    error = _error_of(answers[0][1])
+    assert error["code"] == "invalid_request" and error["message"].startswith(
+        f"a message of {oversized.ByteSize()} bytes is over this server's limit of {limit} bytes")
+    probe = torch.randn(1, 3, HIDDEN)
+    assert faults.manager.call(span, "rpc_forward", [probe]).shape == probe.shape  # and it serves on
 
 
 # ---- the KV-cache budget -------------------------------------------------------------------------

@@ -1,0 +1,66 @@
+"""Stream frames are size-checked from their header and malformed ones become typed errors."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hivemind.p2p import P2P
+from hivemind.proto import runtime_pb2
+
+from core.errors import InvalidRequestError
+from core.server.bounded_streams import read_frame, read_frame_within
+
+LIMIT = 1000
+
+
+def _frame(payload: bytes, marker: bytes = P2P.MESSAGE_MARKER, length: int | None = None) -> bytes:
+    return marker + (len(payload) if length is None else length).to_bytes(P2P.HEADER_LEN, P2P.BYTEORDER) + payload
+
+
+def _read(data: bytes, eof: bool = True) -> runtime_pb2.ExpertRequest | None:
+    async def scenario() -> runtime_pb2.ExpertRequest | None:
+        reader = asyncio.StreamReader()
+        reader.feed_data(data)
+        if eof:
+            reader.feed_eof()
+        return await read_frame(reader, runtime_pb2.ExpertRequest, LIMIT)
+
+    return asyncio.run(scenario())
+
+
+def test_a_valid_frame_and_the_end_of_stream_frame() -> None:
+    request = runtime_pb2.ExpertRequest(uid="model.0", metadata=b"\x80")
+    assert _read(_frame(request.SerializeToString())) == request
+    assert _read(_frame(b"", P2P.ERROR_MARKER)) is None  # what hivemind callers send last
+
+
+def test_an_oversized_frame_is_refused_from_its_header_alone() -> None:
+    # only the header has arrived (no EOF): reading the announced payload would wait forever
+    with pytest.raises(InvalidRequestError, match=r"a message of 1001 bytes is over this server's limit of 1000"):
+        _read(_frame(b"", length=LIMIT + 1), eof=False)
+    with pytest.raises(InvalidRequestError, match=r"a message of 18446744073709551615 bytes"):
+        _read(_frame(b"", length=2**64 - 1), eof=False)
+
+
+def test_malformed_frames_are_typed_errors() -> None:
+    with pytest.raises(InvalidRequestError, match=r"malformed stream frame \(marker byte b'\\x07'\)"):
+        _read(b"\x07" + bytes(8))
+    with pytest.raises(InvalidRequestError, match=r"a 6-byte message is not a valid ExpertRequest"):
+        _read(_frame(b"\xff\xff\xff\xff\xff\xff"))
+
+
+def test_truncated_frames_read_as_a_closed_connection() -> None:
+    with pytest.raises(asyncio.IncompleteReadError):
+        _read(_frame(b"abcdef")[:-2])
+    with pytest.raises(asyncio.IncompleteReadError):
+        _read(P2P.MESSAGE_MARKER + b"\x00\x00")
+
+
+def test_a_stalled_frame_times_out_with_a_typed_error() -> None:
+    async def scenario() -> None:
+        reader = asyncio.StreamReader()
+        reader.feed_data(_frame(b"abcdef")[:-3])  # half a message, then nothing
+        await read_frame_within(reader, runtime_pb2.ExpertRequest, LIMIT, idle_timeout=0.2)
+
+    with pytest.raises(InvalidRequestError, match=r"no complete message arrived for 0.2 s; this stream is closed"):
+        asyncio.run(scenario())
