@@ -9,9 +9,9 @@ reached by strangers, so the block server registers its streaming RPCs through
 - refuses a frame longer than ``max_message_bytes`` before reading its payload;
 - closes a stream on which no complete message arrives for ``idle_timeout`` seconds (a caller that
   sends half a frame and then nothing cannot hold the server's resources);
-- turns a truncated frame, an unknown marker or bytes that are not the expected protobuf into an
-  :class:`InvalidRequestError` raised inside the handler's request iterator, so the handler answers
-  the caller with the reason the same way it answers any other bad request;
+- turns an oversized frame, an unknown marker byte, bytes that are not the expected protobuf or a
+  stalled frame into an :class:`InvalidRequestError` raised inside the handler's request iterator,
+  so the handler answers the caller with the reason, as it answers any other bad request;
 - stops handing requests over when the handler has finished, so a caller that keeps sending after
   the server's final answer cannot park a task on the server (hivemind's reader waits on a full
   queue forever);
