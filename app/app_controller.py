@@ -219,8 +219,9 @@ class AppController(QObject):
             return "No swarm to train with: start serving on the Dashboard, or join a swarm in Settings"
         if not request.dataset_path:
             return "Choose a dataset file (.txt or .jsonl)"
-        if not self.tuning.start(request.to_config(self.model.path, self.swarm_peers)):
-            return "" if self.tuning.busy is False else "A training run is already going on"
+        if self.tuning.busy:
+            return "A training run is already going on"
+        self.tuning.start(request.to_config(self.model.path, self.swarm_peers))  # bad values: training_failed
         return ""
 
     def suggested_prompts_path(self, tuning_mode: str) -> str:
@@ -230,21 +231,25 @@ class AppController(QObject):
 
     # ---- quitting -----------------------------------------------------------------------------
     def shutdown(self, kill_after: float = 60.0) -> None:
-        """Stop serving and leave the swarm; ``quit_ready`` is emitted once the worker is gone."""
+        """Leave the swarm and stop serving; ``quit_ready`` is emitted once the worker is gone.
+
+        The bridges' DHT nodes are closed first (within about a second each) and the worker is told to
+        stop at once, so even if this process is killed right after, the worker stops by itself
+        (its stdin closes) and announces its blocks offline.
+        """
         if self._quitting:
             return
         self._quitting = True
         self._start_when_ready = False
-        self.chat.stop()
-        self.tuning.stop()
         self.swarm.pause()
         if self.worker.running:
             self.worker.stop(kill_after=kill_after)
-        else:
+        for bridge in (self.chat, self.tuning, self.swarm):
+            bridge.shutdown(timeout=1.0)
+        if not self.worker.running:
             QTimer.singleShot(0, self._finish_quit)
 
     def _finish_quit(self) -> None:
-        for bridge in (self.chat, self.tuning, self.swarm):
-            bridge.shutdown(timeout=5.0)
-        self.closed = True
-        self.quit_ready.emit()
+        if not self.closed:
+            self.closed = True
+            self.quit_ready.emit()

@@ -12,6 +12,7 @@ from PySide6.QtWidgets import QApplication
 
 from app.app_controller import AppController
 from app.icons import app_icon
+from app.orphans import exit_children_with_parent
 from app.settings import APPLICATION, ORGANIZATION, SettingsStore
 from app.theme import apply_theme
 from app.widgets.main_window import MainWindow
@@ -65,6 +66,7 @@ def run_gui(argv: list[str]) -> int:
     application.setWindowIcon(app_icon())
     application.setQuitOnLastWindowClosed(False)  # closing the window leaves Blossom serving in the tray
     apply_theme(application)
+    exit_children_with_parent()
     store = SettingsStore(args.settings)
     controller = AppController(store)
     if args.no_serve:

@@ -62,6 +62,8 @@ class SwarmBridge(QObject):
         self.initial_peers = peers
         if peers:
             self.refresh()
+        elif not self.busy:
+            threading.Thread(target=self._close_idle_dht, name="blossom-swarm-close", daemon=True).start()
 
     def start(self) -> None:
         """Refresh now and then periodically."""
@@ -116,6 +118,10 @@ class SwarmBridge(QObject):
             self.failed.emit(describe_error(error))
         finally:
             self.busy_changed.emit(False)
+
+    def _close_idle_dht(self) -> None:
+        with self._lock:
+            self._close_dht()
 
     def _connect(self, peers: tuple[str, ...]) -> Any:
         if self._dht is not None and self._dht_peers == peers:

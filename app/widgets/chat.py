@@ -33,6 +33,9 @@ WELCOME = (
 )
 
 
+NO_PROMPTS = "None trained yet: see the Prompt tuning tab."
+
+
 def render_turn(turn: Turn, streaming: bool) -> str:
     """One message as a bubble (HTML that QTextBrowser understands)."""
     text = html.escape(turn.content).replace("\n", "<br>")
@@ -88,7 +91,7 @@ class ChatTab(QWidget):
         self.max_new_tokens = QSpinBox()
         self.max_new_tokens.setRange(1, 1024)
         self.use_prompts = QCheckBox("Use trained prompts")
-        self.prompts_label = wrapped_label("None trained yet: see the Prompt tuning tab.", "muted")
+        self.prompts_label = wrapped_label(NO_PROMPTS, "muted")
         self.browse_prompts = button("Choose file…")
         self._build_layout()
         self._connect_signals()
@@ -178,7 +181,7 @@ class ChatTab(QWidget):
     def offer_prompts(self, path: str, use: bool) -> None:
         """Make ``path`` the trained prompts file (and tick "use" when asked)."""
         self._prompts_path = path
-        self.prompts_label.setText(path or "None trained yet: see the Prompt tuning tab.")
+        self.prompts_label.setText(path or NO_PROMPTS)
         self.use_prompts.setEnabled(bool(path))
         self.use_prompts.blockSignals(True)
         self.use_prompts.setChecked(bool(path) and use)
@@ -191,12 +194,12 @@ class ChatTab(QWidget):
             widget.blockSignals(True)
             widget.setValue(value)
             widget.blockSignals(False)
-        if settings.prompts_path != (self._prompts_path if self.use_prompts.isChecked() else ""):
-            self._prompts_path = settings.prompts_path or self._prompts_path
-            self.prompts_label.setText(self._prompts_path or "None trained yet: see the Prompt tuning tab.")
-            self.use_prompts.blockSignals(True)
-            self.use_prompts.setChecked(bool(settings.prompts_path))
-            self.use_prompts.blockSignals(False)
+        if settings.prompts_path:
+            self._prompts_path = settings.prompts_path
+        self.prompts_label.setText(self._prompts_path or NO_PROMPTS)
+        self.use_prompts.blockSignals(True)
+        self.use_prompts.setChecked(bool(settings.prompts_path))
+        self.use_prompts.blockSignals(False)
         self.use_prompts.setEnabled(bool(self._prompts_path))
 
     def show_status(self, text: str) -> None:

@@ -80,7 +80,9 @@ class LossPlot(QWidget):
         y_ticks = nice_ticks(low - span * 0.05, high + span * 0.05)
         y_low, y_high = y_ticks[0], y_ticks[-1]
         last_step = max(self.total_steps, self.points[-1][0], 2)
-        x_ticks = [tick for tick in nice_ticks(1, last_step, 6) if 1 <= tick <= last_step] or [1, last_step]
+        x_ticks = sorted({1, *(tick for tick in nice_ticks(1, last_step, 6) if 1 <= tick <= last_step)})
+        if len(x_ticks) > 2 and x_ticks[1] - 1 < (last_step - 1) / 12:
+            x_ticks.pop(1)  # too close to the first step's label
 
         def to_screen(step: float, loss: float) -> QPointF:
             x = rect.left() + (step - 1) / max(last_step - 1, 1) * rect.width()

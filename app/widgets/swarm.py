@@ -23,6 +23,7 @@ from app.theme import ACCENT, BAD, GOOD
 from app.widgets.common import Card, button, wrapped_label
 from app.widgets.coverage import STATE_COLORS, CoverageView, server_label
 
+MAX_PICTURE_HEIGHT = 420  # beyond this the coverage picture scrolls
 COLUMNS = ("Server", "Peer ID", "Blocks", "State", "Throughput", "dtype", "Quantization", "Cache left", "Version")
 LEGEND = " ".join(
     f"<span style='color:{color};'>■</span> {name}&nbsp;&nbsp;" for name, color in (
@@ -60,11 +61,11 @@ class SwarmTab(QWidget):
         self.refresh_button = button("Refresh")
         self.message = wrapped_label("Start serving, or join a swarm in Settings, to see it here.", "muted")
         self.coverage = CoverageView()
-        scroll = QScrollArea()
+        self.scroll = scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QScrollArea.Shape.NoFrame)
         scroll.setWidget(self.coverage)
-        scroll.setMinimumHeight(170)
+        scroll.setMinimumHeight(120)
         self.legend = QLabel(LEGEND)
         self.legend.setObjectName("muted")
         self.table = QTableWidget(0, len(COLUMNS))
@@ -96,8 +97,8 @@ class SwarmTab(QWidget):
         layout.setContentsMargins(16, 16, 16, 16)
         layout.setSpacing(12)
         layout.addLayout(header)
-        layout.addWidget(picture, 3)
-        layout.addWidget(servers, 2)
+        layout.addWidget(picture)
+        layout.addWidget(servers, 1)
         self._connect_signals()
 
     def _connect_signals(self) -> None:
@@ -175,6 +176,7 @@ class SwarmTab(QWidget):
         place = (f" · this PC holds blocks {format_blocks(mine[0].start_block, mine[0].end_block)}" if mine else "")
         self.summary.setText(f"{len(online)} server(s) online · {model.total_blocks} blocks · {state}{place}")
         self.coverage.show_model(model, self.own_peer_id)
+        self.scroll.setMaximumHeight(min(self.coverage.minimumHeight() + 4, MAX_PICTURE_HEIGHT))
         self._fill_table(model)
 
     def _fill_table(self, model: Any) -> None:
