@@ -50,6 +50,7 @@ class AppController(QObject):
         self.recommendation: Recommendation | None = None
         self.swarm_peers: tuple[str, ...] = ()
         self._start_when_ready = False
+        self._model_preparing = False
         self._quitting = False
         self.closed = False  # shut down for good: the worker is gone and the bridges are closed
         log_dir = log_dir or blossom_home() / "logs"
@@ -86,6 +87,7 @@ class AppController(QObject):
     def prepare_model(self) -> None:
         spec = self.settings.model
         self.model = None
+        self._model_preparing = True
         self.model_changed.emit(None)
         self._set_model_status("Preparing the bundled demo model (converted on first run only)…" if not spec
                                else f"Opening {spec}…")
@@ -96,6 +98,7 @@ class AppController(QObject):
         if spec != self.settings.model:
             return  # the setting changed meanwhile; a newer preparation is running
         self.model = model
+        self._model_preparing = False
         self._set_model_status("")
         self.model_changed.emit(model)
         self._update_recommendation()
@@ -105,6 +108,7 @@ class AppController(QObject):
         if spec != self.settings.model:
             return
         self._start_when_ready = False
+        self._model_preparing = False
         self._set_model_status(f"Cannot use this model: {reason}")
 
     def _set_model_status(self, text: str) -> None:
@@ -142,6 +146,9 @@ class AppController(QObject):
     def start_serving(self) -> bool:
         """Start the worker with the current settings; False (and ``serve_problem``) when that cannot be done."""
         problems = self.settings.problems()
+        if self.model is None and not problems and self._model_preparing:
+            self._start_when_ready = True  # starts as soon as the model is ready (first run: converting it)
+            return True
         if self.model is None:
             problems.append(self.model_status or "The model is not ready yet")
         if problems:

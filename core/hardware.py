@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import platform
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 

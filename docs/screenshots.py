@@ -1,6 +1,6 @@
 """Take the README's screenshots of every tab of a real, working Blossom.
 
-    ../shared/tools/xshot docs/screenshots/desktop.png 560 -- python docs/screenshots.py
+    ../shared/tools/xshot docs/screenshots/desktop.png 420 -- python docs/screenshots.py
 
 Starts the app with a throwaway settings file and its defaults (a private swarm on this PC serving
 the bundled SmolLM2 demo model), asks the chat a question, trains prompts for a few steps on
@@ -23,7 +23,6 @@ from PySide6.QtCore import QPoint, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from app.app_controller import AppController  # noqa: E402
-from app.bridges.tuning import TuningRequest  # noqa: E402
 from app.icons import app_icon  # noqa: E402
 from app.orphans import exit_children_with_parent  # noqa: E402
 from app.settings import AppSettings, SettingsStore  # noqa: E402

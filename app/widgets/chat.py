@@ -208,7 +208,6 @@ class ChatTab(QWidget):
     def _on_streaming(self, streaming: bool) -> None:
         self.send_button.setEnabled(not streaming)
         self.stop_button.setEnabled(streaming)
-        self.new_button.setEnabled(True)
 
     def render(self) -> None:
         bar = self.transcript.verticalScrollBar()

@@ -138,7 +138,7 @@ def run(commands: "queue.Queue[Command]", node: WorkerNode) -> int:
         if isinstance(command, StartCommand):
             node.start(command.request)
         elif isinstance(command, PauseCommand):
-            node.pause(command.drain_timeout)
+            node.pause()
         elif isinstance(command, ResumeCommand):
             node.resume()
         elif isinstance(command, StopCommand):

@@ -111,9 +111,9 @@ class WorkerController(QObject):
         if self.last_request is not None and self._process is None:
             self.start(self.last_request)
 
-    def pause(self, drain_timeout: float = 30.0) -> None:
+    def pause(self) -> None:
         """Stop taking new work and free the memory once open sessions end."""
-        self._send(PauseCommand(drain_timeout))
+        self._send(PauseCommand())
 
     def resume(self) -> None:
         """Serve the same blocks again."""

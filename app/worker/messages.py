@@ -42,7 +42,8 @@ class ServeRequest:
 
     ``private_swarm``: start a swarm of this PC's own (a DHT peer on 127.0.0.1 that lives as long as
     the worker) instead of joining ``initial_peers``. ``block_indices`` pins the blocks; otherwise
-    ``num_blocks`` (or all blocks) go where the swarm is weakest.
+    ``num_blocks`` (or all blocks) go where the swarm is weakest. On pause and stop, open inference
+    sessions get up to ``drain_timeout`` seconds to finish.
     """
 
     model_path: str
@@ -60,6 +61,7 @@ class ServeRequest:
     num_threads: int | None = None
     throughput: float | str = "auto"
     identity_path: str | None = None
+    drain_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,7 @@ class StartCommand:
 
 @dataclass(frozen=True)
 class PauseCommand:
-    """Stop taking new work; free the memory once open sessions end (at most ``drain_timeout`` seconds)."""
-
-    drain_timeout: float = 30.0
+    """Stop taking new work; free the memory once open sessions end (at most the request's ``drain_timeout``)."""
 
 
 @dataclass(frozen=True)

@@ -114,18 +114,14 @@ class WorkerNode:
             return
         self._set_state(WorkerState.SERVING)
 
-    def pause(self, drain_timeout: float) -> None:
-        """Stop taking new work, let open sessions finish (up to ``drain_timeout`` s), then free the memory."""
+    def pause(self) -> None:
+        """Stop taking new work, let open sessions finish (up to the request's ``drain_timeout``), free the memory."""
         if self.state != WorkerState.SERVING:
             self.emit(ErrorEvent(f"cannot pause while {self.state.value}"))
             return
         self._set_state(WorkerState.PAUSING, "Finishing open sessions")
         before = resident_memory()
-        try:
-            self.server.drain(drain_timeout)
-        except Exception:
-            logger.warning("Draining failed; shutting down anyway", exc_info=True)
-        self._close_server()
+        self._close_server()  # the server drains first: OFFLINE, no new sessions, open ones may finish
         after = resident_memory()
         freed = f"; released {(before - after) / 2**20:.0f} MiB" if before and after and before > after else ""
         self._set_state(WorkerState.PAUSED, f"Blocks {self.span[0]}..{self.span[1] - 1} are free for others{freed}")
@@ -179,6 +175,7 @@ class WorkerNode:
             device=req.device,
             attn_cache_tokens=req.attn_cache_tokens,
             torch_threads=req.num_threads,
+            shutdown_timeout=req.drain_timeout,
         )
 
     def _start_server(self) -> None:

@@ -21,9 +21,10 @@ from core.errors import InvalidRequestError
 MESSAGES = [
     StartCommand(ServeRequest("/models/m", private_swarm=False, initial_peers=("/ip4/1.2.3.4/tcp/1/p2p/Qm1",),
                               host="0.0.0.0", port=31330, num_blocks=8, block_indices=(4, 12), torch_dtype="bfloat16",
-                              quant_type="nf4", device="cuda:1", attn_cache_tokens=4096, throughput=12.5)),
+                              quant_type="nf4", device="cuda:1", attn_cache_tokens=4096, throughput=12.5,
+                              drain_timeout=5.0)),
     StartCommand(ServeRequest("")),
-    PauseCommand(12.0),
+    PauseCommand(),
     ResumeCommand(),
     StopCommand(),
     StatusEvent(WorkerState.SERVING, "ok", "m", 4, 12, 30, 2, 10, 200, 1, 3.5, 49.7, 8.0, "bfloat16", "nf4", "cuda:1",
@@ -44,7 +45,7 @@ def test_round_trip(message) -> None:
 @pytest.mark.parametrize("line, match", [
     ("not json", "not a worker message"),
     ('{"type": "FormatDisk"}', "not a worker message"),
-    ('{"type": "PauseCommand", "drain_timeout": 1, "extra": 2}', "no field"),
+    ('{"type": "ResumeCommand", "extra": 2}', "no field"),
     ('{"type": "StatusEvent", "state": "dancing"}', "malformed StatusEvent"),
     ('{"type": "StartCommand"}', "malformed StartCommand"),
 ])

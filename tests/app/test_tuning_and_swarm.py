@@ -31,6 +31,15 @@ def test_tuning_run_updates_the_loss_plot_and_its_prompts_work_in_chat(qtbot, ma
     dataset.write_text("\n".join(CORPUS[:3]) + "\n")
     tab, bridge = window.tuning, window.controller.tuning
     tab.dataset.setText(str(dataset))
+    tab.steps.setValue(1000)
+    with qtbot.waitSignal(bridge.training_finished, timeout=120_000) as stopped:
+        qtbot.mouseClick(tab.start_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: len(tab.plot.points) >= 1, timeout=120_000)
+        qtbot.mouseClick(tab.stop_button, Qt.MouseButton.LeftButton)
+    assert stopped.args[0].stopped and 1 <= stopped.args[0].steps_done < 1000
+    assert tab.progress_label.text().startswith(f"Stopped after {stopped.args[0].steps_done} of 1000 steps")
+    assert tab.save_button.isEnabled() and tab.start_button.isEnabled()
+
     tab.steps.setValue(4)
     tab.prompt_length.setValue(3)
     tab.batch_size.setValue(2)
