@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from core.launcher import LocalSwarm
+
 logger = logging.getLogger(__name__)
 
 PROMPT = "What is the capital of France?"
@@ -34,7 +36,7 @@ class SelfTestContext:
     servers: int
     model_path: Path | None = None
     initial_peers: list[str] = field(default_factory=list)
-    swarm: object | None = None
+    swarm: LocalSwarm | None = None
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,6 @@ def start_swarm(context: SelfTestContext) -> str:
 
     from core.cli.demo import split_blocks
     from core.convert import load_manifest
-    from core.launcher import LocalSwarm
     from core.utils.paths import blossom_home
 
     assert context.model_path is not None
@@ -131,7 +132,7 @@ def generate(context: SelfTestContext) -> str:
 def stop_swarm(context: SelfTestContext) -> None:
     """Stop every process the swarm step started (also after a failure)."""
     if context.swarm is not None:
-        context.swarm.stop()  # type: ignore[attr-defined]
+        context.swarm.stop()
         context.swarm = None
 
 
