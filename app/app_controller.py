@@ -34,7 +34,7 @@ class AppController(QObject):
     settings_changed = Signal(object)  # AppSettings
     hardware_changed = Signal(object)  # HardwareReport
     model_changed = Signal(object)  # PreparedModel or None
-    model_status_changed = Signal(str)  # "Preparing …", an error, or "" when ready
+    model_status_changed = Signal(str)  # "Preparing …" while the model is being prepared, "" otherwise
     recommendation_changed = Signal(object)  # Recommendation or None
     swarm_peers_changed = Signal(object)  # tuple[str, ...]
     serve_problem = Signal(str)  # why serving cannot start
@@ -109,7 +109,9 @@ class AppController(QObject):
             return
         self._start_when_ready = False
         self._model_preparing = False
-        self._set_model_status(f"Cannot use this model: {reason}")
+        self._set_model_status("")
+        self.model_status = f"Cannot use this model: {reason}"
+        self.serve_problem.emit(self.model_status)
 
     def _set_model_status(self, text: str) -> None:
         self.model_status = text

@@ -112,11 +112,12 @@ class ChatBridge(QObject):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._busy = False
         self._closed = False
 
     @property
     def busy(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._busy
 
     def set_target(self, target: ChatTarget | None) -> None:
         """Chat with this model through this swarm from the next message on."""
@@ -131,6 +132,7 @@ class ChatBridge(QObject):
                                    "or join a swarm in Settings")
             return False
         self._stop.clear()
+        self._busy = True
         target = self.target
         self._thread = threading.Thread(target=self._generate, args=(target, list(messages), sampling),
                                         name="blossom-chat", daemon=True)
@@ -157,7 +159,8 @@ class ChatBridge(QObject):
 
     # ---- background thread --------------------------------------------------------------------
     def _generate(self, target: ChatTarget, messages: list[dict[str, str]], sampling: Sampling) -> None:
-        streamer = None
+        streamer: SignalStreamer | None = None
+        outcome: tuple[Signal, tuple] | None = None
         try:
             with self._lock:
                 self._ensure_model(target)
@@ -173,21 +176,24 @@ class ChatBridge(QObject):
                                          top_p=sampling.top_p if sample else 1.0, streamer=streamer,
                                          max_length=input_ids.shape[1] + sampling.max_new_tokens)
             self.status_changed.emit(self._connected_text(target))
-            self.reply_finished.emit(streamer.text, False)
+            outcome = (self.reply_finished, (streamer.text, False))
         except GenerationStopped:
             self.status_changed.emit(self._connected_text(target))
-            self.reply_finished.emit(streamer.text if streamer else "", True)
+            outcome = (self.reply_finished, (streamer.text if streamer else "", True))
         except Exception as error:
             logger.warning("Chat generation failed: %s", describe_error(error), exc_info=True)
             self.status_changed.emit("Not connected")
             with self._lock:
                 self._unload()  # reconnect on the next message: the swarm may have changed
-            self.reply_failed.emit(describe_error(error))
+            outcome = (self.reply_failed, (describe_error(error),))
         finally:
             if self._closed:
                 with self._lock:
                     self._unload()
+            self._busy = False  # before the outcome: a reply may be asked for as soon as this one is shown
             self.busy_changed.emit(False)
+            if outcome is not None:
+                outcome[0].emit(*outcome[1])
 
     def _connected_text(self, target: ChatTarget) -> str:
         prompts = " with trained prompts" if target.prompts_path else ""

@@ -5,6 +5,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.errors import InvalidRequestError
 from core.hardware import ModelFootprint
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ def prepare_model(spec: str) -> PreparedModel:
     if folder.exists():
         footprint = ModelFootprint.from_converted_folder(folder)
         return PreparedModel(str(folder), footprint.name, footprint, False)
+    if folder.is_absolute() or spec.startswith((".", "~")):
+        raise InvalidRequestError(f"the folder '{spec}' does not exist; choose a converted model folder, or a "
+                                  f"converted Hugging Face repo such as org/model")
     import json
 
     from core.convert.location import fetch_file

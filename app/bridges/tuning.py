@@ -57,11 +57,12 @@ class TuningBridge(QObject):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._busy = False
         self._closed = False
 
     @property
     def busy(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._busy
 
     @property
     def has_prompts(self) -> bool:
@@ -78,6 +79,7 @@ class TuningBridge(QObject):
             return False
         self.config, self.result = config, None
         self._stop.clear()
+        self._busy = True
         self._thread = threading.Thread(target=self._train, args=(config,), name="blossom-tuning", daemon=True)
         self.busy_changed.emit(True)
         self._thread.start()
@@ -108,6 +110,7 @@ class TuningBridge(QObject):
 
     # ---- background threads -------------------------------------------------------------------
     def _train(self, config: TrainingConfig) -> None:
+        outcome: tuple[Signal, object] | None = None
         try:
             with self._lock:
                 self._unload()
@@ -123,18 +126,21 @@ class TuningBridge(QObject):
             self.result = result
             done = "Stopped" if result.stopped else "Finished"
             self.status_changed.emit(f"{done} after {result.steps_done} of {config.steps} steps")
-            self.training_finished.emit(result)
+            outcome = (self.training_finished, result)
         except Exception as error:
             logger.warning("Prompt tuning failed: %s", describe_error(error), exc_info=True)
             with self._lock:
                 self._unload()
             self.status_changed.emit("Failed")
-            self.training_failed.emit(describe_error(error))
+            outcome = (self.training_failed, describe_error(error))
         finally:
             if self._closed:
                 with self._lock:
                     self._unload()
+            self._busy = False  # before the outcome: a new run may start as soon as this one is shown
             self.busy_changed.emit(False)
+            if outcome is not None:
+                outcome[0].emit(outcome[1])
 
     def _on_step(self, report: StepReport) -> None:
         self.step_reported.emit(report)

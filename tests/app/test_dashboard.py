@@ -127,3 +127,15 @@ def test_dashboard_shows_a_worker_status(qtbot) -> None:
     assert not dashboard.status.pause_button.isHidden() and dashboard.status.start_button.isHidden()
     dashboard.show_status(StatusEvent(WorkerState.PAUSED, detail="Blocks 10..19 are free for others"), "x")
     assert dashboard.status.title.text() == "Paused" and not dashboard.status.resume_button.isHidden()
+
+
+def test_a_model_that_cannot_be_used_is_reported(qtbot, make_window, tmp_path) -> None:
+    window = make_window(model=str(tmp_path / "no-such-model"))
+    problems: list[str] = []
+    window.controller.serve_problem.connect(problems.append)
+    window.controller.begin()
+    qtbot.waitUntil(lambda: bool(problems), timeout=60_000)
+    assert problems[0].startswith("Cannot use this model: the folder") and "does not exist" in problems[0]
+    assert not window.dashboard.status.problem.isHidden()
+    assert window.dashboard.status.problem.text() == problems[0]
+    assert not window.controller.start_serving() and not window.controller.worker.running
