@@ -47,8 +47,16 @@ def make_window(qtbot, settings_store: SettingsStore, blossom_home: Path) -> Ite
         window.controller.worker.kill()
 
 
-@pytest.fixture(scope="session")
-def app_swarm(tiny_checkpoints, swarm_factory):
-    """A local swarm (a DHT peer and one server with all 4 blocks of the tiny Llama), shared by the app's tests."""
+@pytest.fixture(scope="package")
+def app_swarm(tiny_checkpoints, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """A local swarm (a DHT peer and one server with all 4 blocks of the tiny Llama) shared by the app's tests,
+    stopped as soon as they are done."""
+    from core.launcher import LocalSwarm
+
     _, converted = tiny_checkpoints["llama"]
-    return swarm_factory(converted, [(0, 4)])
+    swarm = LocalSwarm(converted, [(0, 4)], log_dir=tmp_path_factory.mktemp("app-swarm-logs"))
+    try:
+        swarm.start()
+        yield swarm
+    finally:
+        swarm.stop()
