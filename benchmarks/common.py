@@ -107,6 +107,25 @@ def prepare_smollm2(dtype: torch.dtype = torch.float32) -> BenchModel:
     return BenchModel("SmolLM2-135M", converted, local, blocks, local.config.vocab_size)
 
 
+def converted_only(name: str, folder: Path) -> tuple[Path, int]:
+    """The converted folder of model ``name`` and its number of blocks, without loading anything locally."""
+    from core.cli.demo import ensure_demo_model
+    from core.convert import convert_model, load_manifest
+    from tests.tiny_models import save_model
+
+    if name == "smollm2":
+        converted = ensure_demo_model()
+    else:
+        original, converted = folder / "tiny-llama-original", folder / "tiny-llama-8x256"
+        try:
+            load_manifest(str(converted))
+        except Exception:
+            if not (original / "config.json").exists():
+                save_model("llama", original, seed=0, num_layers=TINY_BLOCKS, hidden=TINY_HIDDEN)
+            convert_model(str(original), converted, progress=False, overwrite=True)
+    return converted, load_manifest(str(converted)).num_blocks
+
+
 def prepare(name: str, folder: Path, dtype: torch.dtype = torch.float32) -> BenchModel:
     """The model called ``name`` (one of :data:`MODELS`)."""
     return prepare_tiny_llama(folder, dtype) if name == "tiny" else prepare_smollm2(dtype)

@@ -58,7 +58,9 @@ class RemoteSequential(nn.Module):
         self._check(hidden_states)
         if prompts is not None:
             self._check_prompts(prompts, hidden_states)
-        return _RemoteSequentialFunction.apply(hidden_states, prompts, self)
+        wants_grad = torch.is_grad_enabled() and (
+            hidden_states.requires_grad or (prompts is not None and prompts.requires_grad))
+        return _RemoteSequentialFunction.apply(hidden_states, prompts, self, wants_grad)
 
     def _check_prompts(self, prompts: torch.Tensor, hidden_states: torch.Tensor) -> None:
         batch, seq_len, _ = hidden_states.shape
@@ -94,32 +96,47 @@ class RemoteSequential(nn.Module):
         return None if prompts is None else prompts[span.start - self.start : span.end - self.start]
 
     def _call_span(
-        self, span: RemoteSpanInfo, method: str, tensors: list[torch.Tensor], prompts: torch.Tensor | None
-    ) -> list[torch.Tensor]:
-        """One forward/backward call; deep prompts, if any, go along as an extra tensor flagged in the metadata."""
+        self, span: RemoteSpanInfo, method: str, tensors: list[torch.Tensor], prompts: torch.Tensor | None,
+        fields: dict | None = None,
+    ) -> tuple[list[torch.Tensor], dict]:
+        """One forward/backward call; deep prompts, if any, go along as an extra tensor flagged in the metadata.
+        ``fields`` are more request metadata (kept graphs); returns the outputs and the answer's metadata."""
+        metadata = dict(fields or {})
         if prompts is None:
-            return [self.manager.call(span, method, tensors)]
-        outputs = self.manager.call_all(span, method, [*tensors, self._span_prompts(prompts, span).contiguous()],
-                                        metadata={"prompts": True})
+            outputs, answered = self.manager.call_with_metadata(span, method, tensors, metadata or None)
+            if len(outputs) != 1:
+                raise RemoteCallError(f"server {span.peer_id} answered {len(outputs)} tensors to {method}, expected 1")
+            return outputs, answered
+        metadata["prompts"] = True
+        outputs, answered = self.manager.call_with_metadata(
+            span, method, [*tensors, self._span_prompts(prompts, span).contiguous()], metadata)
         if len(outputs) != (2 if method == "rpc_backward" else 1):
             raise RemoteCallError(f"server {span.peer_id} answered {len(outputs)} tensor(s) to {method} with prompts; "
                                   f"it may run an older Blossom without prompt tuning")
-        return outputs
+        return outputs, answered
 
     def _run_forward(
-        self, hidden: torch.Tensor, start: int, end: int, prompts: torch.Tensor | None = None
+        self, hidden: torch.Tensor, start: int, end: int, prompts: torch.Tensor | None = None,
+        graph_ids: list[str | None] | None = None,
     ) -> tuple[torch.Tensor, list, list]:
-        """Outputs of blocks ``[start, end)``, with the route taken and each hop's inputs."""
+        """Outputs of blocks ``[start, end)``, with the route taken and each hop's inputs.
+
+        With a ``graph_ids`` list, each server is asked to keep its forward's graph for the backward
+        (no recompute there); the ids it answers (or ``None``) are appended, one per hop of the route.
+        """
         route: list[RemoteSpanInfo] = []
         inputs: list[torch.Tensor] = []
         position, attempts = start, 0
         while position < end:
             span = self.manager.make_route(position, end)[0]
             try:
-                (output,) = self._call_span(span, "rpc_forward", [hidden], prompts)
+                (output,), answered = self._call_span(span, "rpc_forward", [hidden], prompts,
+                                                      None if graph_ids is None else {"keep_graph": True})
             except Exception as error:
                 attempts = self._handle_failure(span, error, attempts)
                 continue
+            if graph_ids is not None:
+                graph_ids.append(answered.get("graph_id") if isinstance(answered.get("graph_id"), str) else None)
             route.append(span)
             inputs.append(hidden)
             hidden, position, attempts = output, span.end, 0
@@ -132,13 +149,16 @@ class RemoteSequential(nn.Module):
         inputs: list,
         prompts: torch.Tensor | None = None,
         grad_prompts: torch.Tensor | None = None,
+        graph_ids: list[str | None] | None = None,
     ) -> torch.Tensor:
         """Gradient w.r.t. the chain's input, replaying through other servers if a hop fails.
 
-        With ``prompts``, each span's gradient for its rows of the prompts is written into ``grad_prompts``.
+        With ``prompts``, each span's gradient for its rows of the prompts is written into ``grad_prompts``;
+        ``graph_ids`` (one per hop, from the forward) name the graphs the servers kept.
         """
-        for span, hidden in zip(reversed(route), reversed(inputs)):
-            grad = self._backward_range(hidden, grad, span, prompts, grad_prompts)
+        graph_ids = graph_ids or [None] * len(route)
+        for span, hidden, graph_id in zip(reversed(route), reversed(inputs), reversed(graph_ids)):
+            grad = self._backward_range(hidden, grad, span, prompts, grad_prompts, graph_id)
         return grad
 
     def _backward_range(
@@ -148,16 +168,19 @@ class RemoteSequential(nn.Module):
         span: RemoteSpanInfo,
         prompts: torch.Tensor | None,
         grad_prompts: torch.Tensor | None,
+        graph_id: str | None = None,
     ) -> torch.Tensor:
         attempts = 0
         while True:
             try:
-                outputs = self._call_span(span, "rpc_backward", [hidden, grad], prompts)
+                outputs, _ = self._call_span(span, "rpc_backward", [hidden, grad], prompts,
+                                             {"graph_id": graph_id} if graph_id else None)
                 if grad_prompts is not None:
                     grad_prompts[span.start - self.start : span.end - self.start] = outputs[1]
                 return outputs[0]
             except Exception as error:
                 attempts = self._handle_failure(span, error, attempts)
+            graph_id = None  # other servers have no graph of this forward
             # another route for the same blocks: recompute its hops' inputs, then go backward through them
             _, sub_route, sub_inputs = self._run_forward(hidden, span.start, span.end, prompts)
             if len(sub_route) == 1:
@@ -180,12 +203,15 @@ class _RemoteSequentialFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, hidden: torch.Tensor, prompts: torch.Tensor | None, module: RemoteSequential
+        ctx, hidden: torch.Tensor, prompts: torch.Tensor | None, module: RemoteSequential, wants_grad: bool = False
     ) -> torch.Tensor:
         dtype = hidden.dtype
         sent_prompts = None if prompts is None else prompts.detach().cpu().to(dtype)
-        output, route, inputs = module._run_forward(hidden.detach().cpu(), module.start, module.end, sent_prompts)
+        graph_ids = [] if wants_grad else None  # a backward will follow: the servers keep their graphs for it
+        output, route, inputs = module._run_forward(hidden.detach().cpu(), module.start, module.end, sent_prompts,
+                                                    graph_ids)
         ctx.module, ctx.route, ctx.inputs, ctx.device = module, route, inputs, hidden.device
+        ctx.graph_ids = graph_ids
         ctx.prompts = sent_prompts
         ctx.prompts_dtype = None if prompts is None else prompts.dtype
         return output.to(device=hidden.device, dtype=dtype)
@@ -193,12 +219,12 @@ class _RemoteSequentialFunction(torch.autograd.Function):
     @staticmethod
     def backward(  # type: ignore[override]
         ctx, grad_output: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None, None]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, None, None]:
         wants_prompts = ctx.prompts is not None and ctx.needs_input_grad[1]
         grad_prompts = torch.zeros_like(ctx.prompts) if wants_prompts else None
         grad = ctx.module._run_backward(
-            grad_output.detach().cpu().contiguous(), ctx.route, ctx.inputs, ctx.prompts, grad_prompts
+            grad_output.detach().cpu().contiguous(), ctx.route, ctx.inputs, ctx.prompts, grad_prompts, ctx.graph_ids
         )
         if grad_prompts is not None:
             grad_prompts = grad_prompts.to(device=ctx.device, dtype=ctx.prompts_dtype)
-        return grad.to(device=ctx.device, dtype=grad_output.dtype), grad_prompts, None
+        return grad.to(device=ctx.device, dtype=grad_output.dtype), grad_prompts, None, None

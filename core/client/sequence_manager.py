@@ -163,7 +163,7 @@ class RemoteSequenceManager:
 
     async def _call(
         self, span: RemoteSpanInfo, method: str, tensors: Sequence[torch.Tensor], metadata: dict[str, Any] | None = None
-    ) -> list[torch.Tensor]:
+    ) -> tuple[list[torch.Tensor], dict[str, Any]]:
         uid = self.span_uid(span.start, span.end)
         timeout = self.config.request_timeout
         packed = pack_metadata(metadata) if metadata else b""
@@ -182,8 +182,8 @@ class RemoteSequenceManager:
                 raise RemoteCallError(f"server {span.peer_id} closed the stream without answering {method}")
         else:
             response = await getattr(await self.get_stub(span.peer_id), method)(request, timeout=timeout)
-        raise_if_error(response, span.peer_id)
-        return deserialize_tensors(list(response.tensors), MAX_RESPONSE_ELEMENTS)
+        answered = raise_if_error(response, span.peer_id)
+        return deserialize_tensors(list(response.tensors), MAX_RESPONSE_ELEMENTS), answered
 
     def call(self, span: RemoteSpanInfo, method: str, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         """Synchronously call ``rpc_forward`` / ``rpc_backward`` of one server; connection errors become
@@ -197,6 +197,12 @@ class RemoteSequenceManager:
         self, span: RemoteSpanInfo, method: str, tensors: Sequence[torch.Tensor], metadata: dict[str, Any] | None = None
     ) -> list[torch.Tensor]:
         """Like :meth:`call`, with request ``metadata`` (e.g. ``{"prompts": True}``) and every tensor answered."""
+        return self.call_with_metadata(span, method, tensors, metadata)[0]
+
+    def call_with_metadata(
+        self, span: RemoteSpanInfo, method: str, tensors: Sequence[torch.Tensor], metadata: dict[str, Any] | None = None
+    ) -> tuple[list[torch.Tensor], dict[str, Any]]:
+        """Like :meth:`call_all`, also returning the answer's metadata (e.g. ``{"graph_id": ...}``)."""
         try:
             return self.loop.run(self._call(span, method, tensors, metadata), timeout=self.config.request_timeout + 5)
         except BlossomError:

@@ -145,6 +145,50 @@ class SpanBackend:
             grads = torch.autograd.grad(output, inputs, self._to_device(grad_output))
         return [grad.to(device="cpu", dtype=original.dtype) for grad, original in zip(grads, (hidden, prompts))]
 
+    def forward_keeping_graph(
+        self, hidden: torch.Tensor, start: int, end: int, prompts: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, int]:
+        """:meth:`forward` that keeps autograd's graph for :meth:`backward_from_graph` (training without recompute).
+
+        Returns the output on the CPU, the device inputs (requiring grad), the device output and the
+        bytes the graph holds beyond the weights (the activations autograd saved, inputs and output).
+        """
+        inputs = [self._to_device(hidden).detach().requires_grad_(True)]
+        if prompts is not None:
+            inputs.append(self._to_device(prompts).detach().requires_grad_(True))
+        weights = self._weight_storages()
+        saved: dict[int, int] = {}
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() not in weights:
+                saved[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            output = self._run(inputs[0], start, end, inputs[1] if prompts is not None else None)
+        for tensor in (*inputs, output):
+            saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return output.detach().to(device="cpu", dtype=hidden.dtype), inputs, output, sum(saved.values())
+
+    def backward_from_graph(
+        self, inputs: list[torch.Tensor], output: torch.Tensor, grad_output: torch.Tensor, like: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """Gradients w.r.t. ``inputs`` of a graph kept by :meth:`forward_keeping_graph`, as CPU tensors shaped and
+        typed like ``like`` (what the client sent)."""
+        if grad_output.shape != output.shape:
+            raise InvalidRequestError(
+                f"grad_outputs shape {list(grad_output.shape)} must equal the inputs' shape {list(output.shape)}"
+            )
+        grads = torch.autograd.grad(output, inputs, self._to_device(grad_output))
+        return [grad.to(device="cpu", dtype=original.dtype) for grad, original in zip(grads, like)]
+
+    def _weight_storages(self) -> set[int]:
+        """Addresses of the span's parameter and buffer storages (what a kept graph shares, not holds)."""
+        if getattr(self, "_weights", None) is None:
+            self._weights = {t.untyped_storage().data_ptr() for t in (*self.span.parameters(), *self.span.buffers())}
+        return self._weights
+
     @torch.inference_mode()
     def inference_step(
         self,

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, TypeVar
 
 import torch
@@ -21,6 +22,7 @@ from core.dht.schema import block_uid_index
 from core.errors import BlossomError, InvalidRequestError, ServerFullError, UnknownBlocksError
 from core.server.backend import SpanBackend, kv_bytes_per_token
 from core.server.bounded_streams import add_bounded_stream_handler
+from core.server.graph_cache import GraphCache, KeptGraph
 from core.server.memory_cache import KVCacheBudget
 from core.server.stats import ServingStats
 from core.wire import (
@@ -38,6 +40,20 @@ T = TypeVar("T")
 
 MAX_STREAM_MESSAGES = 4096
 MESSAGE_OVERHEAD_BYTES = MAX_METADATA_BYTES + 64 * 1024  # uid, metadata and protobuf framing around the tensors
+
+
+@dataclass
+class Answer:
+    """Tensors to answer with, plus metadata for the caller (e.g. the id of a kept graph)."""
+
+    tensors: list[torch.Tensor]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, output: "Answer | torch.Tensor | list[torch.Tensor]") -> "Answer":
+        if isinstance(output, Answer):
+            return output
+        return cls(output if isinstance(output, list) else [output])
 
 
 class BlockRequestHandler(ServicerBase):
@@ -65,6 +81,7 @@ class BlockRequestHandler(ServicerBase):
         self.max_request_bytes = (2 + backend.end - backend.start) * self._max_elements * 4 + MESSAGE_OVERHEAD_BYTES
         self.draining = False
         self._sessions_ended = asyncio.Event()
+        self.graphs = GraphCache(cache_budget)  # forward graphs kept for the backward that follows
 
     async def add_p2p_handlers(self, p2p: P2P, wrapper: Any = None, *, namespace: str | None = None,
                                balanced: bool = False) -> None:
@@ -155,19 +172,28 @@ class BlockRequestHandler(ServicerBase):
         tensors = self._read_tensors(protos, expected + 1, self._max_elements * (end - start))
         return tensors[:-1], tensors[-1]
 
-    async def _run_forward(self, uid: str, protos: list[runtime_pb2.Tensor], metadata: dict | None = None) -> torch.Tensor:
+    async def _run_forward(
+        self, uid: str, protos: list[runtime_pb2.Tensor], metadata: dict | None = None, owner: str = ""
+    ) -> Answer:
         start, end = self._parse_span(uid)
         (hidden,), prompts = self._read_with_prompts(protos, 1, metadata, start, end)
         backend = self.backend  # the one _parse_span checked, even if the server moves meanwhile
         backend.check_hidden(hidden)
         if prompts is not None:
             backend.check_prompts(prompts, hidden, start, end)
-        output = await self._compute(backend.forward, hidden, start, end, prompts)
+        if (metadata or {}).get("keep_graph"):  # a training forward: keep the graph for its backward
+            output, inputs, device_output, nbytes = await self._compute(
+                backend.forward_keeping_graph, hidden, start, end, prompts)
+            sent = [hidden] if prompts is None else [hidden, prompts]
+            graph_id = await self.graphs.put(KeptGraph(owner, backend, start, end, sent, inputs, device_output, nbytes))
+            answer = Answer([output], {"graph_id": graph_id} if graph_id else {})
+        else:
+            answer = Answer([await self._compute(backend.forward, hidden, start, end, prompts)])
         self.stats.record_request(hidden.shape[0] * hidden.shape[1])
-        return output
+        return answer
 
     async def _run_backward(
-        self, uid: str, protos: list[runtime_pb2.Tensor], metadata: dict | None = None
+        self, uid: str, protos: list[runtime_pb2.Tensor], metadata: dict | None = None, owner: str = ""
     ) -> list[torch.Tensor]:
         start, end = self._parse_span(uid)
         (hidden, grad_output), prompts = self._read_with_prompts(protos, 2, metadata, start, end)
@@ -176,7 +202,12 @@ class BlockRequestHandler(ServicerBase):
         backend.check_hidden(grad_output, "grad_outputs")
         if prompts is not None:
             backend.check_prompts(prompts, hidden, start, end)
-        grads = await self._compute(backend.backward, hidden, grad_output, start, end, prompts)
+        sent = [hidden] if prompts is None else [hidden, prompts]
+        graph = await self.graphs.take((metadata or {}).get("graph_id"), owner)
+        if graph is not None and graph.matches(backend, start, end, sent):  # its forward was this one: no recompute
+            grads = await self._compute(backend.backward_from_graph, graph.inputs, graph.output, grad_output, sent)
+        else:
+            grads = await self._compute(backend.backward, hidden, grad_output, start, end, prompts)
         self.stats.record_request(hidden.shape[0] * hidden.shape[1])
         return grads
 
@@ -197,18 +228,16 @@ class BlockRequestHandler(ServicerBase):
         With metadata ``{"prompts": true}`` a last tensor ``[num_blocks, batch, pre_seq_len, hidden]`` follows;
         each block gets its row added to its input's first ``pre_seq_len`` positions (deep prompt tuning).
         """
-        return await self._answer(
-            lambda: self._run_forward(request.uid, list(request.tensors), unpack_metadata(request.metadata)), context
-        )
+        return await self._answer(lambda: self._run_forward(
+            request.uid, list(request.tensors), unpack_metadata(request.metadata), str(context.remote_id)), context)
 
     async def rpc_backward(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
         """Gradient w.r.t. the inputs: tensors ``[hidden, grad_outputs]`` -> ``[grad_inputs]``.
 
         With metadata ``{"prompts": true}``: ``[hidden, grad_outputs, prompts]`` -> ``[grad_inputs, grad_prompts]``.
         """
-        return await self._answer(
-            lambda: self._run_backward(request.uid, list(request.tensors), unpack_metadata(request.metadata)), context
-        )
+        return await self._answer(lambda: self._run_backward(
+            request.uid, list(request.tensors), unpack_metadata(request.metadata), str(context.remote_id)), context)
 
     async def rpc_forward_stream(
         self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext
@@ -227,8 +256,8 @@ class BlockRequestHandler(ServicerBase):
 
     async def _answer(self, compute: Callable, context: P2PContext) -> runtime_pb2.ExpertResponse:
         try:
-            output = await compute()
-            return tensor_response(output if isinstance(output, list) else [output])
+            answer = Answer.of(await compute())
+            return tensor_response(answer.tensors, **answer.metadata)
         except Exception as error:
             return self._error(error, context)
 
@@ -251,9 +280,9 @@ class BlockRequestHandler(ServicerBase):
                         f"the streamed tensors exceed this server's limit of {self.max_request_bytes} bytes; "
                         f"send fewer tokens per request"
                     )
-            output = await compute(uid, combine_streamed_tensors(parts), metadata)
+            answer = Answer.of(await compute(uid, combine_streamed_tensors(parts), metadata, str(context.remote_id)))
             # the whole answer in one message: callers read one frame and close, without waiting for the stream's end
-            yield tensor_response(output if isinstance(output, list) else [output])
+            yield tensor_response(answer.tensors, **answer.metadata)
         except Exception as error:
             yield self._error(error, context)
 
@@ -290,6 +319,7 @@ class BlockRequestHandler(ServicerBase):
             self.backend.check_hidden(hidden)
             batch_size = hidden.shape[0]
             cache_bytes = batch_size * max_length * kv_bytes_per_token(self.backend.config, end - start, self.backend.dtype)
+            await self.graphs.make_room(cache_bytes)  # inference before training: kept graphs give way
             async with self.cache_budget.reserve(cache_bytes, self.alloc_timeout):
                 self._refuse_if_draining()  # it may have started draining while this session waited for room
                 logger.debug("Session %s opened by %s: blocks %d..%d, max_length %d", session_id,

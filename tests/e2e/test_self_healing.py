@@ -161,13 +161,13 @@ def test_forward_and_backward_survive_killed_servers(tiny_checkpoints, swarm_fac
     local = AutoModelForCausalLM.from_pretrained(original).eval()
     manager = model.transformer_blocks.manager
     used: list[str] = []
-    original_call = manager.call
+    original_call = manager.call_with_metadata  # every forward/backward call goes through it
 
-    def recording_call(span, method, tensors):
+    def recording_call(span, method, tensors, metadata=None):
         used.append(span.peer_id)
-        return original_call(span, method, tensors)
+        return original_call(span, method, tensors, metadata)
 
-    manager.call = recording_call
+    manager.call_with_metadata = recording_call
     torch.manual_seed(3)
     input_ids = torch.randint(3, model.config.vocab_size, (2, 9))
     embeds = model.get_input_embeddings()(input_ids).detach()
