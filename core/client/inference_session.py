@@ -120,9 +120,9 @@ class InferenceSession:
         while True:
             # every hop of the step in one trip to the event loop; it stops at the first failing hop
             remaining = len(self._sessions) - index
+            timeout = (self.manager.config.request_timeout + 5) * remaining
             try:
-                hidden, index, error = self.manager.loop.run(self._run_hops(hidden, prompts, index),
-                                                             timeout=(self.manager.config.request_timeout + 5) * remaining)
+                hidden, index, error = self.manager.loop.run(self._run_hops(hidden, prompts, index), timeout=timeout)
             except Exception as loop_error:  # a safety net: each hop has its own timeout
                 error = loop_error
             if error is None:
