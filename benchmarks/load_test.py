@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.tiny_swarm import mib, percentile, prepare_tiny_model, process_rss, reference_tokens
+from benchmarks.tiny_swarm import cache_free_bytes, mib, percentile, prepare_tiny_model, process_rss, reference_tokens
 from core.launcher import LocalSwarm
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,6 @@ class MemorySampler(threading.Thread):
 
 def _kv_budgets(dht, converted: Path) -> tuple[list[int], list[str]]:
     """Each server's whole KV budget (free bytes while idle) and its span, ordered by first block."""
-    from benchmarks.fuzz_server import _cache_free
     from core import AutoDistributedConfig, ClientConfig
     from core.client.sequence_manager import RemoteSequenceManager
     from core.utils.event_loop import shared_loop
@@ -138,7 +137,7 @@ def _kv_budgets(dht, converted: Path) -> tuple[list[int], list[str]]:
     manager = RemoteSequenceManager(dht, config.dht_prefix, config.num_hidden_layers, ClientConfig())
     spans = manager.make_route(0, config.num_hidden_layers)
     p2p = shared_loop().run(manager.get_p2p())
-    return _cache_free(p2p, spans), [f"{span.start}..{span.end - 1}" for span in spans]
+    return cache_free_bytes(p2p, spans), [f"{span.start}..{span.end - 1}" for span in spans]
 
 
 def run_load(swarm: LocalSwarm, original: Path, converted: Path, clients: int = 16, new_tokens: int = 32,

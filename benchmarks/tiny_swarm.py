@@ -8,10 +8,15 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import psutil
 import torch
+
+if TYPE_CHECKING:
+    from hivemind.p2p import P2P
+
+    from core.dht.schema import RemoteSpanInfo
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +39,23 @@ def reference_tokens(original: Path, prompts: torch.Tensor, new_tokens: int) -> 
     local = AutoModelForCausalLM.from_pretrained(original).eval()
     with torch.no_grad():
         return local.generate(prompts, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
+
+
+def cache_free_bytes(p2p: "P2P", spans: Sequence["RemoteSpanInfo"], timeout: float = 30.0) -> list[int]:
+    """Free KV-cache bytes each server of ``spans`` reports through its ``rpc_info``."""
+    from hivemind.p2p import PeerID
+    from hivemind.proto import runtime_pb2
+
+    from core.server.handler import BlockRequestHandler
+    from core.utils.event_loop import shared_loop
+    from core.wire import unpack_metadata
+
+    async def ask(span: "RemoteSpanInfo") -> int:
+        stub = BlockRequestHandler.get_stub(p2p, PeerID.from_base58(span.peer_id))
+        response = await stub.rpc_info(runtime_pb2.ExpertRequest(), timeout=timeout)
+        return int(unpack_metadata(response.metadata)["cache_bytes_left"])
+
+    return [shared_loop().run(ask(span), timeout=timeout + 5) for span in spans]
 
 
 def process_rss(pid: int) -> int:

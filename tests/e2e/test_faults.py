@@ -3,8 +3,9 @@ SIGTERM with sessions open, and owner-only identity files.
 
 One swarm of the tiny Llama for the module: a DHT peer and two servers on 127.0.0.1 holding blocks
 0..1 ("first") and 2..3 ("second"), each with a KV-cache budget of 48 tokens, a 3 s allocation
-timeout, a 6 s idle timeout, and at most 4 sequences and 64 tokens per request. The tests run in file order; the last three take the swarm apart
-(the DHT peer is killed, then each server is stopped with SIGTERM).
+timeout, a 6 s idle timeout, and at most 4 sequences and 64 tokens per request. The tests run in
+file order; the last three take the swarm apart (the DHT peer is killed, then each server is
+stopped with SIGTERM).
 """
 from __future__ import annotations
 
