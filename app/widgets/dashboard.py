@@ -102,7 +102,7 @@ class DashboardTab(QWidget):
         self.status = StatusCard()
         self.tiles = {key: StatTile(caption) for key, caption in (
             ("blocks", "blocks served"), ("peers", "other servers"), ("requests", "requests served"),
-            ("tokens", "tokens processed"), ("uptime", "uptime"), ("speed", "block-steps/s"))}
+            ("tokens", "tokens processed"), ("uptime", "uptime"), ("speed", "tok/s per block"))}
         stats = Card()
         grid = QGridLayout()
         grid.setHorizontalSpacing(24)
@@ -163,8 +163,8 @@ class DashboardTab(QWidget):
         self.tiles["uptime"].set_value(format_duration(status.uptime) if serving else "–")
         self.tiles["speed"].set_value(format_rate(status.throughput) if status.throughput else "–",
                                       f"{status.tokens_per_second:.1f} tokens/s processed recently")
-        self.tiles["speed"].caption.setText(f"block-steps/s · {status.tokens_per_second:.1f} tok/s now"
-                                            if serving else "block-steps/s")
+        self.tiles["speed"].caption.setText(f"tok/s per block · {status.tokens_per_second:.1f} tok/s now"
+                                            if serving else "tok/s per block")
 
     def show_problem(self, text: str) -> None:
         """An error the user should act on (empty: none)."""

@@ -183,7 +183,7 @@ class SwarmTab(QWidget):
         self.table.setRowCount(len(model.servers))
         for index, row in enumerate(model.servers):
             values = (server_label(row, self.own_peer_id), row.peer_id, format_blocks(row.start_block, row.end_block),
-                      row.state, f"{format_rate(row.throughput)} block-steps/s", row.torch_dtype, row.quant_type,
+                      row.state, f"{format_rate(row.throughput)} tok/s/block", row.torch_dtype, row.quant_type,
                       format_count(row.cache_tokens_left) + " tokens", row.version)
             for column, value in enumerate(values):
                 item = QTableWidgetItem(value)
