@@ -80,8 +80,9 @@ def test_tuning_run_updates_the_loss_plot_and_its_prompts_work_in_chat(qtbot, ma
 @pytest.mark.slow
 def test_swarm_tab_lists_the_real_servers(qtbot, make_window, app_swarm, tiny_checkpoints) -> None:
     window = joined_window(make_window, app_swarm, tiny_checkpoints, qtbot)
+    window.controller.swarm.start()  # as the app does: refresh now and every 15 s (a failed look-up is retried)
     tab = window.swarm
-    qtbot.waitUntil(lambda: tab.table.rowCount() >= 1, timeout=60_000)
+    qtbot.waitUntil(lambda: tab.table.rowCount() >= 1, timeout=120_000)
     model = tab.selected_model()
     assert model.dht_prefix == "tiny-llama" and model.total_blocks == 4 and model.uncovered == ()
     peer_ids = {tab.table.item(row, 1).text() for row in range(tab.table.rowCount())}
@@ -89,7 +90,7 @@ def test_swarm_tab_lists_the_real_servers(qtbot, make_window, app_swarm, tiny_ch
     assert any(peer in line for peer in peer_ids for line in server_address)
     assert tab.table.item(0, 2).text() == "0–3" and tab.table.item(0, 3).text() == "online"
     assert "every block is served" in tab.summary.text()
-    assert tab.updated.text().startswith("Updated")
+    qtbot.waitUntil(lambda: tab.updated.text().startswith("Updated"), timeout=60_000)
     with qtbot.waitSignal(window.controller.swarm.updated, timeout=60_000):
         qtbot.mouseClick(tab.refresh_button, Qt.MouseButton.LeftButton)
 
