@@ -29,9 +29,10 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tupl
     return result
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def swarm_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    """Start LocalSwarms that are all stopped at the end of the session, even on failure."""
+    """Start LocalSwarms that are all stopped when the test module ends, even on failure (so server
+    processes do not pile up in memory over the whole session)."""
     from core.launcher import LocalSwarm
 
     started: list[LocalSwarm] = []
