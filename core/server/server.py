@@ -291,16 +291,17 @@ class BlockServer:
 
     # ---- stop ------------------------------------------------------------------------------
     def drain(self, timeout: float) -> bool:
-        """Stop announcing (the span is marked OFFLINE first), refuse new inference sessions with a retriable
-        "server full" error so clients route elsewhere, and wait up to ``timeout`` seconds for open sessions
-        to finish. Returns whether they all did; forward and backward requests are served meanwhile."""
+        """Refuse new inference sessions with a retriable "server full" error so clients route elsewhere, mark
+        the span OFFLINE and stop announcing, and wait up to ``timeout`` seconds for open sessions to finish.
+        Returns whether they all did; forward and backward requests are served meanwhile."""
         if self._rebalancer is not None:
-            self._rebalancer.stop()
+            self._rebalancer.stop()  # first: a move in progress would end by taking sessions again
+        if self._handler is not None:
+            self._handler.begin_draining()  # before the OFFLINE record: whoever reads it is refused already
         if self._announcer is not None:
             self._announcer.stop()
         if self._handler is None or self._loop is None:
             return True
-        self._handler.begin_draining()
         open_sessions = self.stats.sessions_open
         if open_sessions == 0:
             return True
