@@ -6,7 +6,9 @@ Swarm: ``from_pretrained(..., tuning_mode="ptune", pre_seq_len=8)``, loss from `
 ``loss.backward()``, ``AdamW.step()`` on the prompts. Local: the same transformers model with every
 weight frozen, the same initial prompts prepended through ``inputs_embeds``, the same loss over
 the user's tokens and the same optimizer. Both sides start from equal prompts and take the same
-steps, so their losses must stay equal (checked). Target: swarm step time <= 1.25 x local.
+steps, so their losses must stay equal (checked). Each server keeps its forward's autograd graph
+for the backward when the graph fits its KV-cache budget (``--attn_cache_tokens``), else it runs
+the forward again inside the backward. Target: swarm step time <= 1.25 x local.
 """
 from __future__ import annotations
 
@@ -61,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--attn_cache_tokens", type=int, default=None,
+                        help="servers' KV budget in tokens (kept forward graphs are charged to it; default: the "
+                             "server's default)")
     args = parser.parse_args(argv)
     setup(args)
     dtype = torch_dtype(args.dtype)
@@ -71,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             model.local.to(args.device)
             generator = torch.Generator().manual_seed(4)
             input_ids = torch.randint(3, model.vocab_size, (args.batch, args.seq), generator=generator)
-            with local_swarm(model, args) as swarm, \
+            budget = [] if args.attn_cache_tokens is None else ["--attn_cache_tokens", str(args.attn_cache_tokens)]
+            with local_swarm(model, args, extra_server_args=budget) as swarm, \
                     swarm_client(model, swarm, dtype, tuning_mode="ptune", pre_seq_len=PRE_SEQ_LEN) as client:
                 swarm_side = SwarmPromptTuning(client)
                 local_side = LocalPromptTuning(model.local, client.ptune.prompts.to(args.device))

@@ -145,7 +145,7 @@ def local_swarm(model: BenchModel, args: argparse.Namespace, spans: Sequence[tup
 
     server_args = ["--throughput", "100", "--device", args.device, "--torch_dtype", args.dtype, *extra_server_args]
     with LocalSwarm(model.converted, spans or halves(model.num_blocks), server_args=server_args,
-                    num_threads=args.threads) as swarm:
+                    num_threads=args.threads, start_timeout=600) as swarm:  # a busy machine starts servers slowly
         yield swarm
 
 

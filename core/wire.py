@@ -128,12 +128,24 @@ async def read_message(reader: asyncio.StreamReader, message_type: type[M], peer
     except asyncio.IncompleteReadError:
         return None
     try:
-        length = int.from_bytes(await reader.readexactly(P2P.HEADER_LEN), P2P.BYTEORDER)
-        if marker not in (P2P.MESSAGE_MARKER, P2P.ERROR_MARKER) or length > max_bytes:
-            raise RemoteCallError(f"server {peer} sent a malformed frame (marker {marker!r}, {length} bytes)")
+        length = check_frame_header(marker, await reader.readexactly(P2P.HEADER_LEN), peer, max_bytes)
         payload = await reader.readexactly(length)
     except asyncio.IncompleteReadError:
         raise RemoteCallError(f"server {peer} closed the stream in the middle of an answer") from None
+    return decode_frame(marker, payload, message_type, peer)
+
+
+def check_frame_header(marker: bytes, length_bytes: bytes, peer: str, max_bytes: int) -> int:
+    """The payload length a frame header announces, or :class:`RemoteCallError` if the header is bad."""
+    length = int.from_bytes(length_bytes, P2P.BYTEORDER)
+    if marker not in (P2P.MESSAGE_MARKER, P2P.ERROR_MARKER) or length > max_bytes:
+        raise RemoteCallError(f"server {peer} sent a malformed frame (marker {bytes(marker)!r}, {length} bytes)")
+    return length
+
+
+def decode_frame(marker: bytes, payload: bytes, message_type: type[M], peer: str) -> M | None:
+    """A frame's message; ``None`` for an end-of-stream frame; :class:`RemoteCallError` for an error frame
+    or a payload that is not a ``message_type``."""
     if marker == P2P.ERROR_MARKER:
         if not payload:
             return None

@@ -12,18 +12,11 @@ import logging
 import torch
 from hivemind.proto import runtime_pb2
 
+from core.client.blocking_stream import BlockingStream
 from core.client.sequence_manager import MAX_RESPONSE_BYTES, RemoteSequenceManager, is_retriable
 from core.dht.schema import RemoteSpanInfo
 from core.errors import BlossomError, InvalidRequestError, RemoteCallError, SequenceTooLongError
-from core.wire import (
-    END_OF_STREAM_FRAME,
-    deserialize_tensors,
-    pack_metadata,
-    raise_if_error,
-    read_message,
-    serialize_tensors,
-    write_message,
-)
+from core.wire import deserialize_tensors, pack_metadata, raise_if_error, serialize_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +24,8 @@ logger = logging.getLogger(__name__)
 class _ServerSession:
     """An open inference stream to one server for blocks ``[span.start, span.end)``.
 
-    The stream is written and read directly (one frame per step each way; see
-    :meth:`RemoteSequenceManager.open_stream`), so a step costs one round trip and no extra tasks.
+    The stream is opened once on the event loop, then written and read from the caller's thread
+    with blocking socket calls (:class:`BlockingStream`): a step costs one round trip, nothing more.
     """
 
     def __init__(self, manager: RemoteSequenceManager, span: RemoteSpanInfo, max_length: int) -> None:
@@ -40,24 +33,25 @@ class _ServerSession:
         self.history: list[torch.Tensor] = []  # every input sent, for replay elsewhere
         self.prompts: torch.Tensor | None = None  # deep prompts sent with the first input, replayed with it
         self.uid = manager.span_uid(span.start, span.end)
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._stream: BlockingStream | None = None
 
-    async def step(self, hidden: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
+    async def _open(self) -> BlockingStream:
+        reader, writer = await self.manager.open_stream(self.span.peer_id, "rpc_inference")
+        return await BlockingStream.detach(reader, writer, self.span.peer_id, self.manager.config.request_timeout)
+
+    def step(self, hidden: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
         fields: dict = {}
+        if self._stream is None:
+            timeout = self.manager.config.request_timeout
+            self._stream = self.manager.loop.run(asyncio.wait_for(self._open(), timeout), timeout=timeout + 5)
+            fields["max_length"] = self.max_length
         if prompts is not None:
             fields["prompts"] = True  # deep prompts follow the hidden states, added to this step's first positions
         tensors = [hidden] if prompts is None else [hidden, prompts.contiguous()]
-        async with asyncio.timeout(self.manager.config.request_timeout):
-            if self._writer is None:
-                self._reader, self._writer = await self.manager.open_stream(self.span.peer_id, "rpc_inference")
-                fields["max_length"] = self.max_length
-            metadata = pack_metadata(fields) if fields else b""
-            write_message(self._writer, runtime_pb2.ExpertRequest(uid=self.uid, tensors=serialize_tensors(tensors),
-                                                                  metadata=metadata))
-            await self._writer.drain()
-            response = await read_message(self._reader, runtime_pb2.ExpertResponse, self.span.peer_id,
-                                          MAX_RESPONSE_BYTES)
+        metadata = pack_metadata(fields) if fields else b""
+        request = runtime_pb2.ExpertRequest(uid=self.uid, tensors=serialize_tensors(tensors), metadata=metadata)
+        self._stream.write(request)
+        response = self._stream.read(runtime_pb2.ExpertResponse, MAX_RESPONSE_BYTES)
         if response is None:
             raise RemoteCallError(f"server {self.span.peer_id} closed the session")
         raise_if_error(response, self.span.peer_id)
@@ -67,14 +61,11 @@ class _ServerSession:
         self.history.append(hidden)
         return output
 
-    async def close(self) -> None:
+    def close(self) -> None:
         """End the session: say goodbye (the server frees the cache) and close the stream."""
-        writer, self._reader, self._writer = self._writer, None, None
-        if writer is not None:
-            try:
-                writer.write(END_OF_STREAM_FRAME)
-            finally:
-                writer.close()
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.close()
 
 
 class InferenceSession:
@@ -118,13 +109,7 @@ class InferenceSession:
             self._sessions = self._open(self.start, self.end)
         index, failures = 0, 0
         while True:
-            # every hop of the step in one trip to the event loop; it stops at the first failing hop
-            remaining = len(self._sessions) - index
-            timeout = (self.manager.config.request_timeout + 5) * remaining
-            try:
-                hidden, index, error = self.manager.loop.run(self._run_hops(hidden, prompts, index), timeout=timeout)
-            except Exception as loop_error:  # a safety net: each hop has its own timeout
-                error = loop_error
+            hidden, index, error = self._run_hops(hidden, prompts, index)
             if error is None:
                 break
             failures += 1
@@ -139,7 +124,7 @@ class InferenceSession:
         self.position += new_tokens
         return hidden.to(device=device, dtype=dtype)
 
-    async def _run_hops(
+    def _run_hops(
         self, hidden: torch.Tensor, prompts: torch.Tensor | None, index: int
     ) -> tuple[torch.Tensor, int, Exception | None]:
         """Send ``hidden`` through hops ``index..``; returns the output, the hop reached and its error (if any)."""
@@ -148,7 +133,7 @@ class InferenceSession:
             span = session.span
             hop_prompts = None if prompts is None else prompts[span.start - self.start : span.end - self.start]
             try:
-                hidden = await session.step(hidden, hop_prompts)
+                hidden = session.step(hidden, hop_prompts)
             except Exception as error:
                 return hidden, index, error
             index += 1
@@ -177,7 +162,7 @@ class InferenceSession:
         """Swap the failed hop for other servers and replay its history into them."""
         failed = self._sessions[index]
         self.manager.ban(failed.span.peer_id, error)
-        self.manager.loop.run(failed.close())
+        failed.close()
         replay_input = torch.cat(failed.history, dim=1) if failed.history else None
         for _ in range(self.manager.config.max_retries + 1):
             replacements = self._open(failed.span.start, failed.span.end)
@@ -187,14 +172,13 @@ class InferenceSession:
                     if replay is not None:
                         prompts = None if failed.prompts is None else failed.prompts[
                             replacement.span.start - failed.span.start : replacement.span.end - failed.span.start]
-                        replay = self.manager.loop.run(replacement.step(replay, prompts),
-                                                       timeout=self.manager.config.request_timeout + 5)
+                        replay = replacement.step(replay, prompts)
             except Exception as replay_error:
                 if not is_retriable(replay_error):
                     raise
                 self.manager.ban(replacement.span.peer_id, replay_error)
                 for session in replacements:
-                    self.manager.loop.run(session.close())
+                    session.close()
                 continue
             logger.info("Blocks %d..%d moved to %d other server(s); %d tokens replayed", failed.span.start,
                         failed.span.end - 1, len(replacements), self.position)
@@ -209,7 +193,7 @@ class InferenceSession:
         self._closed = True
         for session in self._sessions or []:
             try:
-                self.manager.loop.run(session.close(), timeout=5)
+                session.close()
             except Exception:
                 logger.debug("Error closing a server session", exc_info=True)
 
