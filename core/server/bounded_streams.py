@@ -6,7 +6,8 @@ reached by strangers, so the block server registers its streaming RPCs through
 :func:`add_bounded_stream_handler` instead. It speaks the same frame format as hivemind's
 ``P2P.iterate_protobuf_handler``: a marker byte, an 8-byte length, then the payload. It also:
 
-- refuses a frame longer than ``max_message_bytes`` before reading its payload;
+- refuses a frame longer than ``max_message_bytes`` before reading its payload, then discards that
+  payload as it arrives (never holding it), so the stream stays in step and the caller gets the answer;
 - closes a stream on which no complete message arrives for ``idle_timeout`` seconds (a caller that
   sends half a frame and then nothing cannot hold the server's resources);
 - turns an oversized frame, an unknown marker byte, bytes that are not the expected protobuf or a
@@ -36,6 +37,14 @@ from core.errors import InvalidRequestError
 logger = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
+
+
+class OversizedFrameError(InvalidRequestError):
+    """A frame whose header announces more bytes than the server takes; its payload is still unread."""
+
+    def __init__(self, message: str, length: int):
+        super().__init__(message)
+        self.length = length
 StreamHandler = Callable[[AsyncIterator[M], P2PContext], AsyncIterator[Message]]
 
 MAX_PREFETCH = 5
@@ -55,9 +64,10 @@ async def read_frame(reader: asyncio.StreamReader, message_type: type[M], max_me
         raise InvalidRequestError(f"malformed stream frame (marker byte {marker!r}); the connection is out of step")
     length = int.from_bytes(await reader.readexactly(P2P.HEADER_LEN), P2P.BYTEORDER)
     if length > max_message_bytes:
-        raise InvalidRequestError(
+        raise OversizedFrameError(
             f"a message of {length} bytes is over this server's limit of {max_message_bytes} bytes; "
-            f"send fewer tokens per step or split the request into a stream of smaller parts"
+            f"send fewer tokens per step or split the request into a stream of smaller parts",
+            length,
         )
     payload = await reader.readexactly(length)
     if marker == P2P.ERROR_MARKER:
@@ -72,15 +82,26 @@ async def read_frame(reader: asyncio.StreamReader, message_type: type[M], max_me
     return message
 
 
-async def _linger(reader: asyncio.StreamReader, message_type: type[Message], max_message_bytes: int) -> None:
-    """Read and drop the caller's messages until its end-of-stream frame or close, at most ``LINGER_SECONDS``."""
+async def _linger(
+    reader: asyncio.StreamReader, message_type: type[Message], max_message_bytes: int, unread_payload: int = 0
+) -> None:
+    """Drop ``unread_payload`` bytes (the rest of a refused oversized frame), then read and drop the caller's
+    messages until its end-of-stream frame or close; all within ``LINGER_SECONDS``."""
     try:
-        await asyncio.wait_for(_read_until_end(reader, message_type, max_message_bytes), LINGER_SECONDS)
+        await asyncio.wait_for(
+            _read_until_end(reader, message_type, max_message_bytes, unread_payload), LINGER_SECONDS)
     except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, InvalidRequestError):
         pass  # out of time, closed, or garbage: close our side now
 
 
-async def _read_until_end(reader: asyncio.StreamReader, message_type: type[Message], max_message_bytes: int) -> None:
+async def _read_until_end(
+    reader: asyncio.StreamReader, message_type: type[Message], max_message_bytes: int, unread_payload: int
+) -> None:
+    while unread_payload > 0:  # discarded as it comes, never held: the caller may claim any length
+        chunk = await reader.read(min(unread_payload, 1 << 16))
+        if not chunk:
+            return
+        unread_payload -= len(chunk)
     while await read_frame(reader, message_type, max_message_bytes) is not None:
         pass
 
@@ -138,6 +159,7 @@ def make_bounded_stream_handler(
 
         with closing(writer):
             responding = asyncio.create_task(respond())
+            unread_payload = 0
             try:
                 while not responding.done():
                     reading = asyncio.ensure_future(
@@ -157,8 +179,10 @@ def make_bounded_stream_handler(
                         return
                     if isinstance(item, InvalidRequestError):
                         await responding  # nothing more is read: let the handler answer with the reason
+                        if isinstance(item, OversizedFrameError):
+                            unread_payload = item.length  # skipped so the caller's goodbye can still be read
                         break
-                await _linger(reader, message_type, max_message_bytes)
+                await _linger(reader, message_type, max_message_bytes, unread_payload)
             except asyncio.CancelledError:
                 # the server is stopping; ending quietly keeps asyncio from logging the cancelled connection
                 logger.debug("Stream %s from %s cut by the server's shutdown", name, stream_info.peer_id)

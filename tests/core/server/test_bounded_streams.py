@@ -8,7 +8,7 @@ from hivemind.p2p import P2P
 from hivemind.proto import runtime_pb2
 
 from core.errors import InvalidRequestError
-from core.server.bounded_streams import read_frame, read_frame_within
+from core.server.bounded_streams import LINGER_SECONDS, make_bounded_stream_handler, read_frame, read_frame_within
 
 LIMIT = 1000
 
@@ -64,3 +64,48 @@ def test_a_stalled_frame_times_out_with_a_typed_error() -> None:
 
     with pytest.raises(InvalidRequestError, match=r"no complete message arrived for 0.2 s; this stream is closed"):
         asyncio.run(scenario())
+
+
+class _Writer:
+    """Collects what the handler writes, like the StreamWriter of a p2p stream."""
+
+    def __init__(self) -> None:
+        self.data, self.closed = bytearray(), False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    async def drain(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_after_an_oversized_frame_its_payload_is_skipped_and_the_goodbye_read() -> None:
+    """The caller still writing its oversized payload must not see the stream cut (the p2p daemons would
+    reset it and the answer would be lost): the server answers, drops the payload, reads the goodbye, closes."""
+
+    async def handler(requests, context):
+        try:
+            async for _ in requests:
+                pass
+        except InvalidRequestError as error:
+            yield runtime_pb2.ExpertResponse(metadata=str(error).encode())
+
+    async def scenario() -> tuple[_Writer, float, bytes]:
+        p2p = type("FakeP2P", (), {"peer_id": "server"})()
+        handle = make_bounded_stream_handler(p2p, "rpc", handler, runtime_pb2.ExpertRequest, LIMIT, idle_timeout=5)
+        reader, writer = asyncio.StreamReader(), _Writer()
+        reader.feed_data(_frame(bytes(50 * LIMIT)) + _frame(b"", P2P.ERROR_MARKER))  # no EOF: the caller waits
+        started = asyncio.get_running_loop().time()
+        await handle(type("Info", (), {"peer_id": "caller"})(), reader, writer)
+        took = asyncio.get_running_loop().time() - started
+        reader.feed_eof()
+        return writer, took, await reader.read()
+
+    writer, took, unread = asyncio.run(scenario())
+    assert b"a message of 50000 bytes is over this server's limit of 1000 bytes" in writer.data
+    assert writer.closed
+    assert unread == b""  # payload and goodbye were both consumed, so the stream was in step when it closed
+    assert took < LINGER_SECONDS  # ended by the goodbye frame, not by running out of patience
