@@ -225,8 +225,7 @@ class BlockServer:
         others = [span for span in self.swarm_spans() if span.peer_id != self.peer_id]
         start = choose_best_start(others, self.total_blocks, num_blocks)
         for _ in range(MAX_CLAIM_ROUNDS):
-            self._span, self._claimed_at = (start, start + num_blocks), get_dht_time()
-            self._announcer.announce(ServerState.JOINING)
+            self._claim(start, start + num_blocks)
             time.sleep(random.uniform(*CLAIM_SETTLE_SECONDS))
             spans = self.swarm_spans()
             if not claim_is_contested(spans, self.peer_id, start, start + num_blocks, self._claimed_at):
@@ -253,9 +252,16 @@ class BlockServer:
             return None
         logger.info("Blocks %d..%d were claimed earlier by another server; taking %d..%d instead", start, end - 1,
                     new_start, new_start + end - start - 1)
-        self._span, self._claimed_at = (new_start, new_start + end - start), get_dht_time()
-        self._announcer.announce(ServerState.JOINING)
+        self._claim(new_start, new_start + end - start)
         return self._span
+
+    def _claim(self, start: int, end: int) -> None:
+        """Announce ``[start, end)`` as JOINING now, withdrawing (OFFLINE) a different span claimed before, so
+        the swarm never sees this server on both."""
+        if self._claimed_at and self._span != (start, end):
+            self._announcer.announce(ServerState.OFFLINE)
+        self._span, self._claimed_at = (start, end), get_dht_time()
+        self._announcer.announce(ServerState.JOINING)
 
     # ---- moving ----------------------------------------------------------------------------
     def move_to(self, start: int) -> None:
@@ -272,9 +278,8 @@ class BlockServer:
             new_span = (start, start + (old_end - old_start))
             logger.info("Moving from blocks %d..%d to %d..%d to strengthen the swarm", old_start, old_end - 1,
                         new_span[0], new_span[1] - 1)
-            self._announcer.announce(ServerState.OFFLINE)
-            self._span, self._state, self._claimed_at = new_span, ServerState.JOINING, get_dht_time()
-            self._announcer.announce()
+            self._state = ServerState.JOINING
+            self._claim(*new_span)
             self._handler.begin_draining()
             self._loop.run(self._handler.wait_for_sessions(self.config.shutdown_timeout),
                            timeout=self.config.shutdown_timeout + 5)
