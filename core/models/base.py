@@ -243,6 +243,8 @@ class DistributedModelForCausalLM(DistributedModelBase):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._active_sessions: list[GenerationSession] = []
+        if getattr(self.config, "tie_word_embeddings", False):
+            self.lm_head.weight = self.get_input_embeddings().weight  # as transformers does: one tensor, not two
 
     def _build_head(self, config: PretrainedConfig) -> None:
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
