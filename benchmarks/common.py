@@ -49,6 +49,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="device of the servers and the local model (cpu, cuda)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="compute dtype of servers and local model")
+    parser.add_argument("--transport", choices=["p2p", "direct"], default="p2p",
+                        help="client-server link: p2p streams (the default server) or direct TCP (--direct_port)")
     parser.add_argument("--workdir", type=Path, default=None, help="where to build the tiny model (default: a temp dir)")
     parser.add_argument("--verbose", action="store_true")
     return parser
@@ -144,6 +146,8 @@ def local_swarm(model: BenchModel, args: argparse.Namespace, spans: Sequence[tup
     from core.launcher import LocalSwarm
 
     server_args = ["--throughput", "100", "--device", args.device, "--torch_dtype", args.dtype, *extra_server_args]
+    if args.transport == "direct":
+        server_args += ["--direct_port", "0"]
     with LocalSwarm(model.converted, spans or halves(model.num_blocks), server_args=server_args,
                     num_threads=args.threads, start_timeout=600) as swarm:  # a busy machine starts servers slowly
         yield swarm
@@ -210,7 +214,8 @@ def machine_line(args: argparse.Namespace) -> str:
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     return (f"{cpu_model()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM; "
             f"torch {torch.__version__}, transformers {transformers.__version__}, hivemind {hivemind.__version__}; "
-            f"threads {args.threads}, device {args.device}, dtype {args.dtype}; load average {load}")
+            f"threads {args.threads}, device {args.device}, dtype {args.dtype}, "
+            f"transport {getattr(args, 'transport', 'p2p')}; load average {load}")
 
 
 def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]], args: argparse.Namespace,

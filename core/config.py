@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.direct_protocol import DIRECT_POLICIES
+
 QUANT_TYPES = ("none", "int8", "nf4")
 TORCH_DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -42,6 +44,9 @@ class ServerConfig:
     would give it (0 disables rebalancing; fixed ``block_indices`` never move)."""
     mean_balance_check_period: float = 60.0
     """Average seconds between rebalancing checks (randomised so servers do not all move at once)."""
+    direct_port: int | None = None
+    """Also take inference sessions on this plain TCP port (0: any free one) and announce it, so clients on a
+    trusted network skip the p2p daemons (about 1 ms per step); unencrypted, so off by default."""
 
     def __post_init__(self) -> None:
         if self.quant_type not in QUANT_TYPES:
@@ -83,3 +88,9 @@ class ClientConfig:
     max_retries: int = 3
     ban_timeout: float = 15.0
     update_period: float = 30.0
+    direct_connections: str = "private"
+    """Use servers' direct TCP ports: "private" (only loopback and private-network addresses), "always", "never"."""
+
+    def __post_init__(self) -> None:
+        if self.direct_connections not in DIRECT_POLICIES:
+            raise ValueError(f"direct_connections must be one of {DIRECT_POLICIES}, got '{self.direct_connections}'")

@@ -1,4 +1,4 @@
-"""A p2p stream used from the caller's thread with plain blocking socket calls, no event loop per message.
+"""A p2p stream (or a direct TCP connection) used from the caller's thread with plain blocking socket calls.
 
 hivemind opens every stream as its own unix-socket connection to the local p2p daemon. Once open,
 :class:`BlockingStream` takes that socket away from asyncio, so an inference step writes its frame
@@ -16,6 +16,7 @@ import socket
 from google.protobuf.message import Message
 from hivemind.p2p import P2P
 
+from core.direct_protocol import HELLO, MAX_GREETING_BYTES, server_greeting
 from core.errors import RemoteCallError
 from core.wire import END_OF_STREAM_FRAME, SMALL_FRAME_BYTES, M, check_frame_header, decode_frame
 
@@ -39,6 +40,29 @@ class BlockingStream:
         pending = bytes(getattr(reader, "_buffer", b""))  # empty right after opening: the server has not answered
         sock = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
         transport.close()  # closes asyncio's descriptor; the duplicate keeps the connection open
+        return cls(sock, peer, timeout, pending)
+
+    @classmethod
+    def connect(cls, address: tuple[str, int], peer: str, connect_timeout: float, timeout: float) -> "BlockingStream":
+        """A direct TCP connection to a server's ``--direct_port`` (see :mod:`core.direct_protocol`), checked to
+        be ``peer``'s; raises ``OSError`` or :class:`RemoteCallError` if it is not there or not that server."""
+        sock = socket.create_connection(address, timeout=connect_timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(HELLO)
+            received = bytearray()
+            while b"\n" not in received and len(received) < MAX_GREETING_BYTES:
+                chunk = sock.recv(MAX_GREETING_BYTES - len(received))
+                if not chunk:
+                    break
+                received += chunk
+            greeting, newline, pending = bytes(received).partition(b"\n")
+            if greeting + newline != server_greeting(peer):
+                raise RemoteCallError(f"{address[0]}:{address[1]} is not server {peer}'s direct port "
+                                      f"(it answered {greeting[:64]!r})")
+        except BaseException:
+            sock.close()
+            raise
         return cls(sock, peer, timeout, pending)
 
     def write(self, message: Message) -> None:

@@ -15,6 +15,7 @@ from hivemind.proto import runtime_pb2
 from core.client.blocking_stream import BlockingStream
 from core.client.sequence_manager import MAX_RESPONSE_BYTES, RemoteSequenceManager, is_retriable
 from core.dht.schema import RemoteSpanInfo
+from core.direct_protocol import may_connect_directly, parse_direct_address
 from core.errors import BlossomError, InvalidRequestError, RemoteCallError, SequenceTooLongError
 from core.wire import deserialize_tensors, pack_metadata, raise_if_error, serialize_tensors
 
@@ -35,6 +36,21 @@ class _ServerSession:
         self.uid = manager.span_uid(span.start, span.end)
         self._stream: BlockingStream | None = None
 
+    def _open_direct(self) -> BlockingStream | None:
+        """A direct TCP connection when the server offers one and the client's policy allows it, else ``None``."""
+        address = parse_direct_address(self.span.server_info.direct_address)
+        config = self.manager.config
+        if address is None or self.span.peer_id in self.manager.direct_failures \
+                or not may_connect_directly(address[0], config.direct_connections):
+            return None
+        try:
+            return BlockingStream.connect(address, self.span.peer_id, min(config.connect_timeout, 5.0),
+                                          config.request_timeout)
+        except (OSError, RemoteCallError) as error:
+            logger.info("No direct connection to %s at %s:%d (%s); using p2p", self.span.peer_id, *address, error)
+            self.manager.direct_failures.add(self.span.peer_id)
+            return None
+
     async def _open(self) -> BlockingStream:
         reader, writer = await self.manager.open_stream(self.span.peer_id, "rpc_inference")
         return await BlockingStream.detach(reader, writer, self.span.peer_id, self.manager.config.request_timeout)
@@ -43,7 +59,8 @@ class _ServerSession:
         fields: dict = {}
         if self._stream is None:
             timeout = self.manager.config.request_timeout
-            self._stream = self.manager.loop.run(asyncio.wait_for(self._open(), timeout), timeout=timeout + 5)
+            self._stream = self._open_direct() or self.manager.loop.run(asyncio.wait_for(self._open(), timeout),
+                                                                        timeout=timeout + 5)
             fields["max_length"] = self.max_length
         if prompts is not None:
             fields["prompts"] = True  # deep prompts follow the hidden states, added to this step's first positions

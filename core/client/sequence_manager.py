@@ -68,6 +68,7 @@ class RemoteSequenceManager:
         self._lock = threading.Lock()
         self._p2p: P2P | None = None
         self.pings: dict[str, float] = {}  # peer id -> measured round trip (s), refreshed with the spans
+        self.direct_failures: set[str] = set()  # servers whose direct port did not answer: p2p from then on
 
     # ---- swarm view -------------------------------------------------------------------------
     def update(self) -> list[RemoteSpanInfo]:

@@ -59,6 +59,7 @@ class ServerInfo:
     network_rps: float = 0.0  # tokens per second the server's link carries (hidden states)
     next_pings: dict[str, float] = field(default_factory=dict)  # peer id -> round trip (s) to servers after this span
     claimed_at: float = 0.0  # DHT time when a JOINING server claimed this span (earlier claims win)
+    direct_address: str = ""  # "host:port" taking inference sessions over plain TCP (core.server.direct), if any
 
     def to_record(self) -> dict[str, Any]:
         """A msgpack-friendly dict."""
@@ -88,6 +89,7 @@ class ServerInfo:
                 network_rps=float(record.get("network_rps", 0.0)),
                 next_pings=_parse_pings(record.get("next_pings", {})),
                 claimed_at=float(record.get("claimed_at", 0.0)),
+                direct_address=str(record.get("direct_address", ""))[:64],
             )
             speeds = (info.throughput, info.inference_rps, info.forward_rps, info.network_rps, info.claimed_at)
             if not (0 <= info.start_block < info.end_block) or not all(math.isfinite(v) and v >= 0 for v in speeds):

@@ -2,9 +2,10 @@
 
 hivemind's own stream transport reads whatever length a frame header announces before looking at
 it, and drops the connection without a word when the bytes are not a valid protobuf. Servers are
-reached by strangers, so the block server registers its streaming RPCs through
-:func:`add_bounded_stream_handler` instead. It speaks the same frame format as hivemind's
-``P2P.iterate_protobuf_handler``: a marker byte, an 8-byte length, then the payload. It also:
+reached by strangers, so the block server serves its streaming RPCs (on p2p streams and on direct
+connections alike) through :func:`make_bounded_stream_handler` instead. It speaks the same frame
+format as hivemind's ``P2P.iterate_protobuf_handler``: a marker byte, an 8-byte length, then the
+payload. It also:
 
 - refuses a frame longer than ``max_message_bytes`` before reading its payload, then discards that
   payload as it arrives (never holding it), so the stream stays in step and the caller gets the answer;
@@ -195,11 +196,3 @@ def make_bounded_stream_handler(
 
     return handle
 
-
-async def add_bounded_stream_handler(
-    p2p: P2P, name: str, handler: StreamHandler, message_type: type[Message], max_message_bytes: int,
-    idle_timeout: float, balanced: bool = False,
-) -> None:
-    """Register ``handler`` (requests stream in, responses stream out) under ``name`` on ``p2p``."""
-    handle = make_bounded_stream_handler(p2p, name, handler, message_type, max_message_bytes, idle_timeout)
-    await p2p.add_binary_stream_handler(name, handle, balanced=balanced)

@@ -10,7 +10,7 @@ import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import torch
 from hivemind.p2p import P2P, P2PContext, ServicerBase
@@ -21,7 +21,7 @@ from core import __version__
 from core.dht.schema import block_uid_index
 from core.errors import BlossomError, InvalidRequestError, ServerFullError, UnknownBlocksError
 from core.server.backend import SpanBackend, kv_bytes_per_token
-from core.server.bounded_streams import add_bounded_stream_handler
+from core.server.bounded_streams import make_bounded_stream_handler
 from core.server.graph_cache import GraphCache, KeptGraph
 from core.server.memory_cache import KVCacheBudget
 from core.server.stats import ServingStats
@@ -82,6 +82,7 @@ class BlockRequestHandler(ServicerBase):
         self.draining = False
         self._sessions_ended = asyncio.Event()
         self.graphs = GraphCache(cache_budget)  # forward graphs kept for the backward that follows
+        self.stream_handles: dict[str, Callable[..., Awaitable[None]]] = {}  # rpc name -> its registered stream handle
 
     async def add_p2p_handlers(self, p2p: P2P, wrapper: Any = None, *, namespace: str | None = None,
                                balanced: bool = False) -> None:
@@ -95,9 +96,10 @@ class BlockRequestHandler(ServicerBase):
             method = getattr(servicer, rpc.method_name)
             if rpc.stream_input:
                 # the stream's own idle limit leaves the session's (measured after each answer) the first word
-                registrations.append(add_bounded_stream_handler(p2p, name, method, rpc.request_type,
-                                                                self.max_request_bytes, self.session_idle_timeout + 5,
-                                                                balanced=balanced))
+                handle = make_bounded_stream_handler(p2p, name, method, rpc.request_type, self.max_request_bytes,
+                                                     self.session_idle_timeout + 5)
+                self.stream_handles[rpc.method_name] = handle  # also served on direct connections
+                registrations.append(p2p.add_binary_stream_handler(name, handle, balanced=balanced))
             else:  # unary messages are capped by the p2p daemon's message size limit
                 registrations.append(p2p.add_protobuf_handler(name, method, rpc.request_type, balanced=balanced))
         await asyncio.gather(*registrations)

@@ -24,6 +24,7 @@ from core.models.registry import family_for_config, get_family
 from core.server.announcer import Announcer
 from core.server.backend import SpanBackend, SpanLimits, kv_bytes_per_token
 from core.server.block_selection import choose_best_start, claim_is_contested
+from core.server.direct import DirectListener, direct_hosts
 from core.server.handler import BlockRequestHandler
 from core.server.memory_cache import KVCacheBudget
 from core.server.network import measure_upload, ping_many
@@ -82,6 +83,8 @@ class BlockServer:
         self._throughput = Throughput(1.0, 0.0, 0.0, 0.0)
         self._next_pings: dict[str, float] = {}
         self._claimed_at = 0.0
+        self._direct: DirectListener | None = None
+        self._direct_address = ""
 
     # ---- start -----------------------------------------------------------------------------
     def start(self) -> ServerStatus:
@@ -149,7 +152,7 @@ class BlockServer:
             quant_type=cfg.quant_type, cache_tokens_left=cache_tokens_left,
             max_length=cfg.max_length, inference_rps=self._throughput.inference_rps,
             forward_rps=self._throughput.forward_rps, network_rps=self._throughput.network_rps,
-            next_pings=dict(self._next_pings), claimed_at=self._claimed_at,
+            next_pings=dict(self._next_pings), claimed_at=self._claimed_at, direct_address=self._direct_address,
         )
 
     def _load_backend(self, start: int, end: int) -> SpanBackend:
@@ -199,8 +202,17 @@ class BlockServer:
         assert self.dht is not None and self._handler is not None
         self._p2p = await self.dht.replicate_p2p()
         await self._handler.add_p2p_handlers(self._p2p)
+        if self.config.direct_port is not None:
+            bind, announced = direct_hosts(self.config.host_maddrs, self.config.announce_maddrs,
+                                           [str(maddr) for maddr in await self._p2p.get_visible_maddrs()])
+            self._direct = DirectListener(self._handler.stream_handles["rpc_inference"], self.peer_id)
+            port = await self._direct.start(bind, self.config.direct_port)
+            self._direct_address = f"{announced}:{port}"
+            logger.info("Taking inference sessions on direct TCP connections at %s (unencrypted)", self._direct_address)
 
     async def _unregister_handlers(self) -> None:
+        if self._direct is not None:
+            await self._direct.stop()
         if self._p2p is not None and self._handler is not None:
             await self._handler.remove_p2p_handlers(self._p2p)
             await self._p2p.shutdown()
