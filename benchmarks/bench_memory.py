@@ -176,8 +176,11 @@ def main(argv: list[str] | None = None) -> int:
                                  f"{(with_kv - large) / 2**20:.1f}", f"{kv_used / 2**20:.1f}"])
             finally:
                 client.shutdown()
-    probe = subprocess.run([sys.executable, "-m", "benchmarks.bench_memory", "--client_probe", str(converted)],
-                           capture_output=True, text=True, check=True)
+        # in the workdir still: the tiny model's folder goes with it
+        probe = subprocess.run([sys.executable, "-m", "benchmarks.bench_memory", "--client_probe", str(converted)],
+                               capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise SystemExit(f"the client memory probe failed:\n{probe.stderr[-2000:]}")
     client_figures = json.loads(probe.stdout.strip().splitlines()[-1])
     notes.append(
         f"Client ({args.model}): from_pretrained grew resident memory by {client_figures['growth'] / 2**20:.0f} MiB for "
