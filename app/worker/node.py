@@ -176,6 +176,7 @@ class WorkerNode:
             attn_cache_tokens=req.attn_cache_tokens,
             torch_threads=req.num_threads,
             shutdown_timeout=req.drain_timeout,
+            direct_port=0 if req.private_swarm else None,  # this PC only (127.0.0.1): chat skips the p2p daemons
         )
 
     def _start_server(self) -> None:

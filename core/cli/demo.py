@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{DEMO_MODEL_NAME} on 127.0.0.1 ...", flush=True)
         threads = max(1, (os.cpu_count() or 2) // args.servers)
         with LocalSwarm(model_path, split_blocks(total, args.servers), log_dir=blossom_home() / "logs",
-                        num_threads=threads) as swarm:
+                        num_threads=threads, server_args=["--direct_port", "0"]) as swarm:  # all on 127.0.0.1
             print(f"Swarm ready. Initial peer: {swarm.initial_peers[0]}", flush=True)
             model = AutoDistributedModelForCausalLM.from_pretrained(str(model_path), initial_peers=swarm.initial_peers)
             tokenizer = AutoTokenizer.from_pretrained(model_path)
