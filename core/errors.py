@@ -37,6 +37,13 @@ class ServerFullError(BlossomError):
     code = "server_full"
 
 
+class SessionExpiredError(BlossomError):
+    """A server closed an inference session that sent nothing for its idle time-out (its cache is freed);
+    clients reopen it and replay its history."""
+
+    code = "session_expired"
+
+
 class MissingBlocksError(BlossomError):
     """No server in the swarm holds some of the blocks a model needs."""
 
@@ -103,6 +110,7 @@ _ERRORS_BY_CODE: dict[str, type[BlossomError]] = {
         UnknownBlocksError,
         SequenceTooLongError,
         ServerFullError,
+        SessionExpiredError,
         RemoteCallError,
         ConversionError,
         UnsupportedModelError,

@@ -16,7 +16,7 @@ from core.client.blocking_stream import BlockingStream
 from core.client.sequence_manager import MAX_RESPONSE_BYTES, RemoteSequenceManager, is_retriable
 from core.dht.schema import RemoteSpanInfo
 from core.direct_protocol import may_connect_directly, parse_direct_address
-from core.errors import BlossomError, InvalidRequestError, RemoteCallError, SequenceTooLongError
+from core.errors import BlossomError, InvalidRequestError, RemoteCallError, SequenceTooLongError, SessionExpiredError
 from core.wire import deserialize_tensors, pack_metadata, raise_if_error, serialize_tensors
 
 logger = logging.getLogger(__name__)
@@ -124,11 +124,15 @@ class InferenceSession:
             prompts = self._check_prompts(prompts, hidden).detach().cpu().to(hidden.dtype)
         if self._sessions is None:
             self._sessions = self._open(self.start, self.end)
-        index, failures = 0, 0
+        index, failures, reopenings = 0, 0, 0
         while True:
             hidden, index, error = self._run_hops(hidden, prompts, index)
             if error is None:
                 break
+            if isinstance(error, SessionExpiredError) and reopenings < len(self._sessions):
+                reopenings += 1  # the session sat idle too long: not a fault, so neither a ban nor a failure
+                self._replace(index, error)
+                continue
             failures += 1
             if not is_retriable(error):
                 raise error
@@ -178,7 +182,8 @@ class InferenceSession:
     def _replace(self, index: int, error: Exception) -> None:
         """Swap the failed hop for other servers and replay its history into them."""
         failed = self._sessions[index]
-        self.manager.ban(failed.span.peer_id, error)
+        if not isinstance(error, SessionExpiredError):
+            self.manager.ban(failed.span.peer_id, error)
         failed.close()
         replay_input = torch.cat(failed.history, dim=1) if failed.history else None
         for _ in range(self.manager.config.max_retries + 1):
@@ -197,8 +202,8 @@ class InferenceSession:
                 for session in replacements:
                     session.close()
                 continue
-            logger.info("Blocks %d..%d moved to %d other server(s); %d tokens replayed", failed.span.start,
-                        failed.span.end - 1, len(replacements), self.position)
+            logger.info("Blocks %d..%d reopened on %d server(s) (%s); %d tokens replayed", failed.span.start,
+                        failed.span.end - 1, len(replacements), type(error).__name__, self.position)
             self._sessions[index : index + 1] = replacements
             return
         raise RemoteCallError(f"no server could take over blocks {failed.span.start}..{failed.span.end - 1}: {error}")

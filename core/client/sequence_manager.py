@@ -20,7 +20,9 @@ from core.client.routing import RouteMode, make_route, uncovered_blocks
 from core.config import ClientConfig
 from core.dht.records import compute_spans, get_block_servers
 from core.dht.schema import RemoteSpanInfo, block_key
-from core.errors import BlossomError, MissingBlocksError, RemoteCallError, ServerFullError, UnknownBlocksError
+from core.errors import (
+    BlossomError, MissingBlocksError, RemoteCallError, ServerFullError, SessionExpiredError, UnknownBlocksError,
+)
 from core.server.handler import BlockRequestHandler
 from core.server.network import ping_many
 from core.utils.event_loop import shared_loop
@@ -45,13 +47,14 @@ UNREACHABLE_COST = 10.0  # seconds charged for a hop to a server that did not an
 
 def is_retriable(error: BaseException) -> bool:
     """Failures worth trying on another server: lost connections, timeouts, full servers, server faults,
-    servers that no longer hold the blocks (they moved; the client's view of the swarm was stale).
+    servers that no longer hold the blocks (they moved; the client's view of the swarm was stale),
+    and sessions a server closed for idleness (replayed, on the same server if it is still best).
 
     Errors a server returned about the request itself (bad shapes, too long...) are not: another
     server would say the same.
     """
     if isinstance(error, BlossomError):
-        return type(error) in (RemoteCallError, ServerFullError, UnknownBlocksError, BlossomError)
+        return type(error) in (RemoteCallError, ServerFullError, SessionExpiredError, UnknownBlocksError, BlossomError)
     return isinstance(error, Exception)
 
 

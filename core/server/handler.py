@@ -19,7 +19,7 @@ from transformers.cache_utils import DynamicCache
 
 from core import __version__
 from core.dht.schema import block_uid_index
-from core.errors import BlossomError, InvalidRequestError, ServerFullError, UnknownBlocksError
+from core.errors import BlossomError, InvalidRequestError, ServerFullError, SessionExpiredError, UnknownBlocksError
 from core.server.backend import SpanBackend, kv_bytes_per_token
 from core.server.bounded_streams import make_bounded_stream_handler
 from core.server.graph_cache import GraphCache, KeptGraph
@@ -336,8 +336,8 @@ class BlockRequestHandler(ServicerBase):
         except StopAsyncIteration:
             return
         except asyncio.TimeoutError:
-            yield self._error(InvalidRequestError(f"session idle for over {self.session_idle_timeout:.0f} s; closed"),
-                              context)
+            yield self._error(SessionExpiredError(
+                f"session idle for over {self.session_idle_timeout:.0f} s; closed and its cache freed"), context)
         except Exception as error:
             yield self._error(error, context)
 

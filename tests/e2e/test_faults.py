@@ -10,6 +10,7 @@ stopped with SIGTERM).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import stat
@@ -228,9 +229,26 @@ def test_an_idle_session_is_closed_and_its_cache_freed(faults):
     answers = future.result(timeout=IDLE_TIMEOUT + 30)
     assert len(answers) == 2 and answers[0][1].tensors, answers
     closed_at, closing = answers[1]
-    assert _error_of(closing) == {"code": "invalid_request", "message": "session idle for over 6 s; closed"}
+    assert _error_of(closing) == {"code": "session_expired",
+                                  "message": "session idle for over 6 s; closed and its cache freed"}
     assert IDLE_TIMEOUT - 1 <= closed_at - opened <= IDLE_TIMEOUT + 10
     assert _wait_until(lambda: _cache_free(faults.manager, faults.first_span) == faults.full_budget, 10)
+
+
+def test_a_client_session_left_idle_too_long_is_reopened_and_replayed(faults, caplog):
+    torch.manual_seed(5)
+    steps = [torch.randn(1, 3, HIDDEN), torch.randn(1, 1, HIDDEN), torch.randn(1, 1, HIDDEN)]
+    with _session(faults, faults.first_span, 16) as undisturbed:
+        expected = [undisturbed.step(hidden) for hidden in steps]
+    with _session(faults, faults.first_span, 16) as session:
+        outputs = [session.step(steps[0]), session.step(steps[1])]
+        time.sleep(IDLE_TIMEOUT + 2)  # the server closes the session and frees its cache meanwhile
+        with caplog.at_level(logging.INFO, logger="core.client.inference_session"):
+            outputs.append(session.step(steps[2]))  # reopened on the same server, history replayed, then this step
+    assert "Blocks 0..1 reopened on 1 server(s) (SessionExpiredError); 4 tokens replayed" in caplog.text
+    for output, reference in zip(outputs, expected):
+        torch.testing.assert_close(output, reference, atol=1e-5, rtol=0)
+    assert faults.first_span.peer_id not in faults.manager.banned()  # idleness is not a fault
 
 
 # ---- faults ----------------------------------------------------------------------------------------
