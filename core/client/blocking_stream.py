@@ -16,7 +16,7 @@ import socket
 from google.protobuf.message import Message
 from hivemind.p2p import P2P
 
-from core.direct_protocol import HELLO, MAX_GREETING_BYTES, server_greeting
+from core.direct_protocol import MAX_GREETING_BYTES, check_greeting, hello
 from core.errors import RemoteCallError
 from core.wire import END_OF_STREAM_FRAME, SMALL_FRAME_BYTES, M, check_frame_header, decode_frame
 
@@ -44,22 +44,19 @@ class BlockingStream:
 
     @classmethod
     def connect(cls, address: tuple[str, int], peer: str, connect_timeout: float, timeout: float) -> "BlockingStream":
-        """A direct TCP connection to a server's ``--direct_port`` (see :mod:`core.direct_protocol`), checked to
-        be ``peer``'s; raises ``OSError`` or :class:`RemoteCallError` if it is not there or not that server."""
+        """An inference session over a direct TCP connection to a server's ``--direct_port`` (see
+        :mod:`core.direct_protocol`), checked to be ``peer``'s; ``OSError`` or :class:`RemoteCallError` if
+        nothing is there or it is not that server."""
         sock = socket.create_connection(address, timeout=connect_timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.sendall(HELLO)
-            received = bytearray()
-            while b"\n" not in received and len(received) < MAX_GREETING_BYTES:
-                chunk = sock.recv(MAX_GREETING_BYTES - len(received))
+            sock.sendall(hello("rpc_inference"))
+            received, where = b"", f"{address[0]}:{address[1]}"
+            while (pending := check_greeting(received, peer, where)) is None:
+                chunk = sock.recv(MAX_GREETING_BYTES)
                 if not chunk:
-                    break
+                    raise RemoteCallError(f"{where} closed the connection instead of greeting as server {peer}")
                 received += chunk
-            greeting, newline, pending = bytes(received).partition(b"\n")
-            if greeting + newline != server_greeting(peer):
-                raise RemoteCallError(f"{address[0]}:{address[1]} is not server {peer}'s direct port "
-                                      f"(it answered {greeting[:64]!r})")
         except BaseException:
             sock.close()
             raise

@@ -13,9 +13,10 @@ import torch
 from hivemind.proto import runtime_pb2
 
 from core.client.blocking_stream import BlockingStream
-from core.client.sequence_manager import MAX_RESPONSE_BYTES, RemoteSequenceManager, is_retriable
+from core.client.sequence_manager import (
+    DIRECT_CONNECT_TIMEOUT, MAX_RESPONSE_BYTES, RemoteSequenceManager, is_retriable,
+)
 from core.dht.schema import RemoteSpanInfo
-from core.direct_protocol import may_connect_directly, parse_direct_address
 from core.errors import BlossomError, InvalidRequestError, RemoteCallError, SequenceTooLongError, SessionExpiredError
 from core.wire import deserialize_tensors, pack_metadata, raise_if_error, serialize_tensors
 
@@ -25,8 +26,9 @@ logger = logging.getLogger(__name__)
 class _ServerSession:
     """An open inference stream to one server for blocks ``[span.start, span.end)``.
 
-    The stream is opened once on the event loop, then written and read from the caller's thread
-    with blocking socket calls (:class:`BlockingStream`): a step costs one round trip, nothing more.
+    The stream is opened once (a direct TCP connection when the server offers one, else a p2p stream
+    opened on the event loop), then written and read from the caller's thread with blocking socket
+    calls (:class:`BlockingStream`): a step costs one round trip, nothing more.
     """
 
     def __init__(self, manager: RemoteSequenceManager, span: RemoteSpanInfo, max_length: int) -> None:
@@ -38,17 +40,14 @@ class _ServerSession:
 
     def _open_direct(self) -> BlockingStream | None:
         """A direct TCP connection when the server offers one and the client's policy allows it, else ``None``."""
-        address = parse_direct_address(self.span.server_info.direct_address)
-        config = self.manager.config
-        if address is None or self.span.peer_id in self.manager.direct_failures \
-                or not may_connect_directly(address[0], config.direct_connections):
+        address = self.manager.direct_address(self.span)
+        if address is None:
             return None
         try:
-            return BlockingStream.connect(address, self.span.peer_id, min(config.connect_timeout, 5.0),
-                                          config.request_timeout)
+            return BlockingStream.connect(address, self.span.peer_id, DIRECT_CONNECT_TIMEOUT,
+                                          self.manager.config.request_timeout)
         except (OSError, RemoteCallError) as error:
-            logger.info("No direct connection to %s at %s:%d (%s); using p2p", self.span.peer_id, *address, error)
-            self.manager.direct_failures.add(self.span.peer_id)
+            self.manager.direct_failed(self.span, address, error)
             return None
 
     async def _open(self) -> BlockingStream:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 import time
 from typing import Any, Sequence
@@ -20,6 +21,7 @@ from core.client.routing import RouteMode, make_route, uncovered_blocks
 from core.config import ClientConfig
 from core.dht.records import compute_spans, get_block_servers
 from core.dht.schema import RemoteSpanInfo, block_key
+from core.direct_protocol import MAX_GREETING_BYTES, check_greeting, hello, may_connect_directly, parse_direct_address
 from core.errors import (
     BlossomError, MissingBlocksError, RemoteCallError, ServerFullError, SessionExpiredError, UnknownBlocksError,
 )
@@ -42,6 +44,8 @@ logger = logging.getLogger(__name__)
 MAX_RESPONSE_ELEMENTS = 2**31
 MAX_RESPONSE_BYTES = 2**31  # protobuf's own limit on one message
 PING_TIMEOUT = 3.0
+DIRECT_CONNECT_TIMEOUT = 5.0
+"""Seconds to connect to a server's direct port and get its greeting before falling back to p2p."""
 UNREACHABLE_COST = 10.0  # seconds charged for a hop to a server that did not answer a ping
 
 
@@ -165,6 +169,51 @@ class RemoteSequenceManager:
             PeerID.from_base58(peer_id), BlockRequestHandler._get_handle_name(None, method))
         return reader, writer
 
+    # ---- direct connections (servers' --direct_port, core.direct_protocol) ---------------------
+    def direct_address(self, span: RemoteSpanInfo) -> tuple[str, int] | None:
+        """Where to reach ``span``'s server directly, if it offers it and this client's policy allows it."""
+        address = parse_direct_address(span.server_info.direct_address)
+        if address is None or span.peer_id in self.direct_failures \
+                or not may_connect_directly(address[0], self.config.direct_connections):
+            return None
+        return address
+
+    def direct_failed(self, span: RemoteSpanInfo, address: tuple[str, int], error: BaseException) -> None:
+        """Use p2p for this server from now on."""
+        logger.info("No direct connection to %s at %s:%d (%s); using p2p", span.peer_id, *address, error)
+        self.direct_failures.add(span.peer_id)
+
+    async def _open_direct(self, span: RemoteSpanInfo, method: str,
+                           address: tuple[str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), DIRECT_CONNECT_TIMEOUT)
+        try:
+            writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            writer.write(hello(method))
+            received, where = b"", f"{address[0]}:{address[1]}"
+            async with asyncio.timeout(DIRECT_CONNECT_TIMEOUT):
+                while (rest := check_greeting(received, span.peer_id, where)) is None:
+                    chunk = await reader.read(MAX_GREETING_BYTES)
+                    if not chunk:
+                        raise RemoteCallError(f"{where} closed the connection instead of greeting as {span.peer_id}")
+                    received += chunk
+            if rest:
+                raise RemoteCallError(f"{where} sent {len(rest)} unexpected bytes after its greeting")
+        except BaseException:
+            writer.close()
+            raise
+        return reader, writer
+
+    async def open_call_stream(self, span: RemoteSpanInfo,
+                               method: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A stream to ``span``'s server's ``method``: direct when offered and allowed, else (or if that fails) p2p."""
+        address = self.direct_address(span)
+        if address is not None:
+            try:
+                return await self._open_direct(span, method, address)
+            except (OSError, asyncio.TimeoutError, RemoteCallError) as error:
+                self.direct_failed(span, address, error)
+        return await self.open_stream(span.peer_id, method)
+
     async def _call(
         self, span: RemoteSpanInfo, method: str, tensors: Sequence[torch.Tensor], metadata: dict[str, Any] | None = None
     ) -> tuple[list[torch.Tensor], dict[str, Any]]:
@@ -172,8 +221,9 @@ class RemoteSequenceManager:
         timeout = self.config.request_timeout
         packed = pack_metadata(metadata) if metadata else b""
         request = runtime_pb2.ExpertRequest(uid=uid, tensors=serialize_tensors(tensors), metadata=packed)
-        if should_stream(tensors):  # one request frame, one answer frame (see BlockRequestHandler.rpc_forward_stream)
-            reader, writer = await self.open_stream(span.peer_id, f"{method}_stream")
+        if should_stream(tensors) or self.direct_address(span) is not None:
+            # one request frame, one answer frame (see BlockRequestHandler.rpc_forward_stream)
+            reader, writer = await self.open_call_stream(span, f"{method}_stream")
             try:
                 write_message(writer, request)
                 writer.write(END_OF_STREAM_FRAME)

@@ -19,6 +19,7 @@ from core.dht.identity import owner_subkey
 from core.dht.node import create_dht
 from core.dht.records import compute_spans, get_block_servers
 from core.dht.schema import ModelInfo, RemoteSpanInfo, ServerInfo, ServerState
+from core.direct_protocol import DIRECT_METHODS
 from core.errors import InvalidRequestError
 from core.models.registry import family_for_config, get_family
 from core.server.announcer import Announcer
@@ -205,10 +206,11 @@ class BlockServer:
         if self.config.direct_port is not None:
             bind, announced = direct_hosts(self.config.host_maddrs, self.config.announce_maddrs,
                                            [str(maddr) for maddr in await self._p2p.get_visible_maddrs()])
-            self._direct = DirectListener(self._handler.stream_handles["rpc_inference"], self.peer_id)
+            handles = {method: self._handler.stream_handles[method] for method in DIRECT_METHODS}
+            self._direct = DirectListener(handles, self.peer_id)
             port = await self._direct.start(bind, self.config.direct_port)
             self._direct_address = f"{announced}:{port}"
-            logger.info("Taking inference sessions on direct TCP connections at %s (unencrypted)", self._direct_address)
+            logger.info("Taking direct TCP connections at %s (unencrypted)", self._direct_address)
 
     async def _unregister_handlers(self) -> None:
         if self._direct is not None:

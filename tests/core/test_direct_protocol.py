@@ -4,7 +4,10 @@ from __future__ import annotations
 import pytest
 
 from core.config import ClientConfig
-from core.direct_protocol import may_connect_directly, parse_direct_address
+from core.direct_protocol import (
+    check_greeting, hello, may_connect_directly, method_of_hello, parse_direct_address, server_greeting,
+)
+from core.errors import RemoteCallError
 from core.server.direct import direct_hosts
 
 
@@ -31,3 +34,15 @@ def test_bind_and_announced_hosts_follow_the_p2p_addresses() -> None:
     seen = ["/ip4/127.0.0.1/tcp/5000", "/ip4/192.168.1.20/tcp/5000"]
     assert direct_hosts(("/ip4/0.0.0.0/tcp/0",), (), seen) == ("0.0.0.0", "192.168.1.20")
     assert direct_hosts(("/ip6/::/tcp/0",), (), ["/ip4/127.0.0.1/tcp/5000"]) == ("0.0.0.0", "127.0.0.1")
+
+
+def test_hellos_name_only_streaming_rpcs_and_greetings_name_the_server() -> None:
+    assert method_of_hello(hello("rpc_forward_stream")) == "rpc_forward_stream"
+    for bad in (b"BLOSSOM-DIRECT/1 rpc_info\n", b"BLOSSOM-DIRECT/1 rpc_inference", b"GET / HTTP/1.1\r\n", b"\n"):
+        assert method_of_hello(bad) is None, bad
+    assert check_greeting(b"BLOSSOM-DIRECT/1 Qm", "QmPeer", "x") is None  # not complete yet
+    assert check_greeting(server_greeting("QmPeer") + b"\x01", "QmPeer", "x") == b"\x01"
+    with pytest.raises(RemoteCallError, match="x is not server QmPeer's direct port"):
+        check_greeting(server_greeting("QmOther"), "QmPeer", "x")
+    with pytest.raises(RemoteCallError, match="is not server QmPeer's direct port"):
+        check_greeting(b"z" * 200, "QmPeer", "x")  # a long line with no end: not a greeting

@@ -1,18 +1,21 @@
-"""Direct TCP connections (servers' ``--direct_port``): same tokens as local transformers, the handshake
-keeps clients off the wrong program, policy and failures fall back to p2p, and garbage does not hurt."""
+"""Direct TCP connections (servers' ``--direct_port``): same tokens as local transformers, forward and
+backward equal to p2p, the handshake keeps clients off the wrong program, policy and failures fall
+back to p2p, and garbage does not hurt."""
 from __future__ import annotations
 
 import socket
 
 import pytest
 import torch
+from hivemind.proto import runtime_pb2
 from transformers import AutoModelForCausalLM
 
 from core import AutoDistributedModelForCausalLM
 from core.client.blocking_stream import BlockingStream
 from core.config import ClientConfig
-from core.direct_protocol import HELLO, parse_direct_address
+from core.direct_protocol import hello, parse_direct_address
 from core.errors import RemoteCallError
+from core.wire import unpack_metadata
 
 NEW_TOKENS = 8
 
@@ -72,6 +75,53 @@ def test_policy_never_keeps_to_p2p_with_the_same_tokens(direct_swarm):
         model.shutdown()
 
 
+@pytest.mark.parametrize("shape", [(1, 5, 64), (2, 200, 64)])  # under and over the p2p streaming threshold
+def test_forward_and_backward_go_direct_with_the_same_numbers(direct_swarm, monkeypatch, shape):
+    direct, p2p = _client(direct_swarm, "private"), _client(direct_swarm, "never")
+    try:
+        torch.manual_seed(2)
+        hidden, grad = torch.randn(*shape), torch.randn(*shape)
+        results = {}
+        for name, model in (("p2p", p2p), ("direct", direct)):
+            manager = model.transformer_blocks.manager
+            span = manager.make_route(0, 4)[0]
+            if name == "direct":
+                def refuse(*args, **kwargs):
+                    raise AssertionError("a p2p call was made although the server has a direct port")
+
+                monkeypatch.setattr(manager, "open_stream", refuse)
+                monkeypatch.setattr(manager, "get_stub", refuse)
+            results[name] = manager.call(span, "rpc_forward", [hidden]), manager.call(span, "rpc_backward", [hidden, grad])
+        for direct_result, p2p_result in zip(results["direct"], results["p2p"]):
+            assert torch.equal(direct_result, p2p_result)
+    finally:
+        direct.shutdown()
+        p2p.shutdown()
+
+
+def _cache_free(manager, span) -> int:
+    stub = manager.loop.run(manager.get_stub(span.peer_id), timeout=30)
+    response = manager.loop.run(stub.rpc_info(runtime_pb2.ExpertRequest(), timeout=30), timeout=35)
+    return int(unpack_metadata(response.metadata)["cache_bytes_left"])
+
+
+def test_a_backward_over_direct_connections_uses_the_graph_its_forward_kept(direct_swarm):
+    model = _client(direct_swarm, "private")
+    try:
+        manager = model.transformer_blocks.manager
+        span = manager.make_route(0, 4)[0]
+        full = _cache_free(manager, span)
+        torch.manual_seed(3)
+        hidden, grad = torch.randn(2, 200, 64), torch.randn(2, 200, 64)
+        _, answered = manager.call_with_metadata(span, "rpc_forward", [hidden], {"keep_graph": True})
+        assert _cache_free(manager, span) < full  # the kept graph is charged to the KV budget
+        # a new connection, the same client: the graph is found (taken and freed), not left to expire
+        manager.call_with_metadata(span, "rpc_backward", [hidden, grad], {"graph_id": answered["graph_id"]})
+        assert _cache_free(manager, span) == full
+    finally:
+        model.shutdown()
+
+
 def test_handshake_refuses_a_port_that_is_not_that_server(direct_swarm):
     model = _client(direct_swarm, "private")
     try:
@@ -94,7 +144,7 @@ def test_garbage_on_the_direct_port_is_dropped_and_sessions_go_on(direct_swarm):
     try:
         span = model.transformer_blocks.manager.make_route(0, 4)[0]
         host, port = parse_direct_address(span.server_info.direct_address)
-        for garbage in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", bytes(range(256)) * 4, HELLO + b"\x07" * 64):
+        for garbage in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", bytes(range(256)) * 4, hello("rpc_inference") + b"\x07" * 64, hello("rpc_shutdown")):
             with socket.create_connection((host, port), timeout=10) as sock:
                 sock.sendall(garbage)
                 sock.shutdown(socket.SHUT_WR)

@@ -37,8 +37,11 @@ class LlamaBlockSpan(nn.Module):
         device, dtype = hidden_states.device, hidden_states.dtype
         position_ids = torch.arange(past_length, past_length + query_length, device=device)[None].expand(batch_size, -1)
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
-        # One new token may attend to everything cached; several need an explicit causal mask.
-        mask = None if query_length == 1 else additive_causal_mask(batch_size, query_length, past_length, dtype, device)
+        # One new token may attend to everything cached. Several tokens on an empty cache need no mask either:
+        # transformers' sdpa attention then runs causally (is_causal), a faster kernel than an explicit mask.
+        # Only several tokens after cached ones need the explicit mask (their diagonal is offset).
+        needs_mask = query_length > 1 and (past_length > 0 or self.config._attn_implementation != "sdpa")
+        mask = additive_causal_mask(batch_size, query_length, past_length, dtype, device) if needs_mask else None
         for block in self.blocks[active]:
             hidden_states = block(
                 hidden_states,
