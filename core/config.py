@@ -45,8 +45,8 @@ class ServerConfig:
     mean_balance_check_period: float = 60.0
     """Average seconds between rebalancing checks (randomised so servers do not all move at once)."""
     direct_port: int | None = None
-    """Also take inference sessions on this plain TCP port (0: any free one) and announce it, so clients on a
-    trusted network skip the p2p daemons (about 1 ms per step); unencrypted, so off by default."""
+    """Also take streaming calls (inference sessions, forward, backward) on this plain TCP port (0: any free one)
+    and announce it, so clients on a trusted network skip the p2p daemons; unencrypted, so off by default."""
 
     def __post_init__(self) -> None:
         if self.quant_type not in QUANT_TYPES:

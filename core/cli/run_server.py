@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--announce_maddrs", nargs="*", default=[], help="public multiaddrs others should dial")
     parser.add_argument("--port", type=int, default=None, help="TCP port to listen on (default: random)")
     parser.add_argument("--direct_port", type=int, default=None,
-                        help="also take inference sessions on this plain TCP port (0: any free one), skipping the p2p "
-                             "daemons (about 1 ms less per step); unencrypted: only on one machine or a trusted LAN")
+                        help="also take inference sessions and forward/backward calls on this plain TCP port (0: any "
+                             "free one), skipping the p2p daemons; unencrypted: only on one machine or a trusted LAN")
     parser.add_argument("--identity_path", default=None, help="private key file that keeps this server's peer id")
     parser.add_argument("--throughput", type=parse_throughput, default="auto",
                         help="announced speed in tokens/s per block, or 'auto' to measure it (cached per model/device/dtype)")
