@@ -7,8 +7,9 @@ streaming RPCs (inference sessions, large forward and backward calls) on a plain
 announces its address; clients on a trusted network connect to it directly.
 
 A connection begins with the handshake of :mod:`core.direct_protocol`; after that the bytes are
-hivemind's stream frames, served by the very handler the p2p stream uses (:mod:`core.server.bounded_streams`: size limits, idle time-outs, clear
-errors). The connection is neither encrypted nor authenticated: use it on one machine or a LAN you trust.
+hivemind's stream frames, served by the very handler the p2p stream uses
+(:mod:`core.server.bounded_streams`: size limits, idle time-outs, clear errors). The connection is
+neither encrypted nor authenticated: use it on one machine or a LAN you trust.
 """
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ class DirectListener:
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if len(self._connections) >= MAX_CONNECTIONS:
+            logger.warning("Refused a direct connection: %d are open already", MAX_CONNECTIONS)
             writer.close()
             return
         self._connections.add(task)
@@ -77,6 +79,8 @@ class DirectListener:
                 return
             method = method_of_hello(line) if len(line) <= MAX_HELLO_BYTES else None
             if method is None or method not in self._handles:
+                logger.debug("Closed a direct connection from %s: no valid hello (%r)",
+                             writer.get_extra_info("peername"), line[:MAX_HELLO_BYTES])
                 writer.close()  # not a Blossom client: nothing it would understand can be said
                 return
             writer.write(server_greeting(self._peer_id))

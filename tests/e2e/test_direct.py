@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from core import AutoDistributedModelForCausalLM
 from core.client.blocking_stream import BlockingStream
 from core.config import ClientConfig
-from core.direct_protocol import hello, parse_direct_address
+from core.direct_protocol import hello, parse_direct_address, server_greeting
 from core.errors import RemoteCallError
 from core.wire import unpack_metadata
 
@@ -91,7 +91,8 @@ def test_forward_and_backward_go_direct_with_the_same_numbers(direct_swarm, monk
 
                 monkeypatch.setattr(manager, "open_stream", refuse)
                 monkeypatch.setattr(manager, "get_stub", refuse)
-            results[name] = manager.call(span, "rpc_forward", [hidden]), manager.call(span, "rpc_backward", [hidden, grad])
+            results[name] = (manager.call(span, "rpc_forward", [hidden]),
+                             manager.call(span, "rpc_backward", [hidden, grad]))
         for direct_result, p2p_result in zip(results["direct"], results["p2p"]):
             assert torch.equal(direct_result, p2p_result)
     finally:
@@ -144,14 +145,19 @@ def test_garbage_on_the_direct_port_is_dropped_and_sessions_go_on(direct_swarm):
     try:
         span = model.transformer_blocks.manager.make_route(0, 4)[0]
         host, port = parse_direct_address(span.server_info.direct_address)
-        for garbage in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", bytes(range(256)) * 4, hello("rpc_inference") + b"\x07" * 64, hello("rpc_shutdown")):
+        not_blossom = (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", bytes(range(256)) * 4, hello("rpc_shutdown"))
+        for garbage in (*not_blossom, hello("rpc_inference") + b"\x07" * 64):
             with socket.create_connection((host, port), timeout=10) as sock:
                 sock.sendall(garbage)
                 sock.shutdown(socket.SHUT_WR)
                 answer = b""
                 while chunk := sock.recv(4096):
                     answer += chunk
-            assert not answer or answer.startswith(b"BLOSSOM-DIRECT/1 ")  # closed, or greeted then refused
+            if garbage in not_blossom:
+                assert answer == b"", answer  # closed without a word
+            else:  # a Blossom hello, then a frame with an unknown marker: greeted, then told why
+                assert answer.startswith(server_greeting(span.peer_id)), answer
+                assert b"malformed stream frame (marker byte b" in answer, answer
         input_ids = torch.tensor([[12, 7, 19, 8]])
         assert torch.equal(model.generate(input_ids, max_new_tokens=NEW_TOKENS), _local_tokens(original, input_ids))
         assert span.peer_id not in model.transformer_blocks.manager.direct_failures
