@@ -4,7 +4,8 @@
 compression, metadata, tensor counts), sends random bytes and corrupted serialized requests under
 the protobuf layer (the p2p client's raw unary call), writes raw stream frames (garbage, unknown
 markers, huge announced lengths, cut-off frames, over-long streams), and drives inference sessions
-with mutated steps or abandons them mid-way. Each request's outcome is a short string: the error
+with mutated steps or abandons them mid-way. Servers with a direct port (``--direct_port``) get half of
+the stream requests there and half over p2p. Each request's outcome is a short string: the error
 code the server answered with, ``ok``, a refusal by the p2p layer, or how the stream ended.
 """
 from __future__ import annotations
@@ -20,7 +21,9 @@ import torch
 from hivemind.p2p import P2P, PeerID
 from hivemind.proto import runtime_pb2
 
+from core.client.sequence_manager import open_direct_stream
 from core.dht.schema import RemoteSpanInfo
+from core.direct_protocol import parse_direct_address
 from core.server.handler import MAX_STREAM_MESSAGES, BlockRequestHandler
 from core.wire import pack_metadata, serialize_tensors, unpack_metadata
 
@@ -61,7 +64,18 @@ class Fuzzer:
         self.outcomes: Counter[str] = Counter()
         self.kinds: Counter[str] = Counter()
         self.messages = 0
+        self.direct_streams = 0
         self.overlong_left = OVERLONG_STREAMS
+
+    async def _open_stream(self, span: RemoteSpanInfo,
+                           method: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A raw stream to ``method``: over the server's direct port for half of the calls when it has one."""
+        address = parse_direct_address(span.server_info.direct_address)
+        if address is not None and self.rng.random() < 0.5:
+            self.direct_streams += 1
+            return await open_direct_stream(address, span.peer_id, method)
+        _, reader, writer = await self.p2p.call_binary_stream_handler(PeerID.from_base58(span.peer_id), _handle(method))
+        return reader, writer
 
     # ---- valid material to mutate -------------------------------------------------------------
     def _span(self) -> RemoteSpanInfo:
@@ -236,7 +250,7 @@ class Fuzzer:
         return await self._raw_stream(span, method, [tiny] * (MAX_STREAM_MESSAGES + 2) + [END_OF_STREAM], False)
 
     async def _raw_stream(self, span: RemoteSpanInfo, method: str, frames: list[bytes], close_early: bool) -> str:
-        _, reader, writer = await self.p2p.call_binary_stream_handler(PeerID.from_base58(span.peer_id), _handle(method))
+        reader, writer = await self._open_stream(span, method)
         try:
             for chunk in frames:
                 writer.write(chunk)
@@ -260,8 +274,7 @@ class Fuzzer:
         span = self._span()
         uid = self._uid(span)
         max_length, batch = self.rng.randint(2, 24), self.rng.randint(1, 2)
-        _, reader, writer = await self.p2p.call_binary_stream_handler(PeerID.from_base58(span.peer_id),
-                                                                      _handle("rpc_inference"))
+        reader, writer = await self._open_stream(span, "rpc_inference")
         answers = _read_answers(reader)
         result = "ok"
         try:

@@ -55,6 +55,7 @@ class FuzzSummary:
 
     requests: int = 0
     messages: int = 0
+    direct_streams: int = 0  # streams sent to the servers' direct ports (the rest went over p2p)
     kinds: Counter = field(default_factory=Counter)
     outcomes: Counter = field(default_factory=Counter)
     crashes: int = 0
@@ -88,7 +89,7 @@ class FuzzSummary:
         top = ", ".join(f"{name} {count}" for name, count in self.outcomes.most_common())
         return [
             f"fuzz: {self.requests} requests ({', '.join(f'{k} {v}' for k, v in sorted(self.kinds.items()))}), "
-            f"{self.messages} messages in {self.seconds:.1f} s "
+            f"{self.messages} messages ({self.direct_streams} streams over direct ports) in {self.seconds:.1f} s "
             f"({self.requests / max(self.seconds, 1e-9):.0f} requests/s)",
             f"  errors returned: {self.errors_returned}; outcomes: {top}",
             f"  crashes: {self.crashes}; internal errors logged: {self.internal_errors}; timeouts: {self.timeouts}",
@@ -152,6 +153,7 @@ def run_campaign(swarm: LocalSwarm, original: Path, converted: Path, requests: i
         stop.set()
         client.join(timeout=120)
         summary.requests, summary.messages = sum(fuzzer.kinds.values()), fuzzer.messages
+        summary.direct_streams = fuzzer.direct_streams
         summary.kinds, summary.outcomes = fuzzer.kinds, fuzzer.outcomes
         summary.crashes = sum(server.process.poll() is not None for server in swarm.servers)
         if not summary.crashes:
@@ -180,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="blossom-fuzz-") as folder:
         original, converted = prepare_tiny_model(Path(folder))
         with LocalSwarm(converted, [(0, 2), (2, 4)], log_dir=Path(folder) / "logs",
-                        server_args=["--throughput", "10", "--session_idle_timeout", "10"]) as swarm:
+                        server_args=["--throughput", "10", "--session_idle_timeout", "10",
+                                     "--direct_port", "0"]) as swarm:
             summary = run_campaign(swarm, original, converted, args.requests, args.seed, args.time_limit,
                                    args.concurrency, args.new_tokens)
     print("\n".join(summary.lines()))

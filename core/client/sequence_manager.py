@@ -62,6 +62,30 @@ def is_retriable(error: BaseException) -> bool:
     return isinstance(error, Exception)
 
 
+async def open_direct_stream(address: tuple[str, int], peer_id: str,
+                             method: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A stream to ``method`` over a direct TCP connection to server ``peer_id`` at ``address`` (see
+    :mod:`core.direct_protocol`); ``OSError``, ``TimeoutError`` or :class:`RemoteCallError` if nothing is
+    there or it is not that server."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), DIRECT_CONNECT_TIMEOUT)
+    try:
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        writer.write(hello(method))
+        received, where = b"", f"{address[0]}:{address[1]}"
+        async with asyncio.timeout(DIRECT_CONNECT_TIMEOUT):
+            while (rest := check_greeting(received, peer_id, where)) is None:
+                chunk = await reader.read(MAX_GREETING_BYTES)
+                if not chunk:
+                    raise RemoteCallError(f"{where} closed the connection instead of greeting as {peer_id}")
+                received += chunk
+        if rest:
+            raise RemoteCallError(f"{where} sent {len(rest)} unexpected bytes after its greeting")
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer
+
+
 class RemoteSequenceManager:
     """Routes and calls for blocks ``[0, total_blocks)`` of the model named ``dht_prefix``."""
 
@@ -183,33 +207,13 @@ class RemoteSequenceManager:
         logger.info("No direct connection to %s at %s:%d (%s); using p2p", span.peer_id, *address, error)
         self.direct_failures.add(span.peer_id)
 
-    async def _open_direct(self, span: RemoteSpanInfo, method: str,
-                           address: tuple[str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), DIRECT_CONNECT_TIMEOUT)
-        try:
-            writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            writer.write(hello(method))
-            received, where = b"", f"{address[0]}:{address[1]}"
-            async with asyncio.timeout(DIRECT_CONNECT_TIMEOUT):
-                while (rest := check_greeting(received, span.peer_id, where)) is None:
-                    chunk = await reader.read(MAX_GREETING_BYTES)
-                    if not chunk:
-                        raise RemoteCallError(f"{where} closed the connection instead of greeting as {span.peer_id}")
-                    received += chunk
-            if rest:
-                raise RemoteCallError(f"{where} sent {len(rest)} unexpected bytes after its greeting")
-        except BaseException:
-            writer.close()
-            raise
-        return reader, writer
-
     async def open_call_stream(self, span: RemoteSpanInfo,
                                method: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A stream to ``span``'s server's ``method``: direct when offered and allowed, else (or if that fails) p2p."""
         address = self.direct_address(span)
         if address is not None:
             try:
-                return await self._open_direct(span, method, address)
+                return await open_direct_stream(address, span.peer_id, method)
             except (OSError, asyncio.TimeoutError, RemoteCallError) as error:
                 self.direct_failed(span, address, error)
         return await self.open_stream(span.peer_id, method)

@@ -1,7 +1,8 @@
 """Over a thousand random and mutated requests at real servers, while a good client generates.
 
 Runs :mod:`benchmarks.fuzz_server` with a bounded budget against its own swarm of the tiny Llama
-(a DHT peer and two servers on 127.0.0.1; short idle timeout so half-sent frames are closed soon).
+(a DHT peer and two servers on 127.0.0.1 with direct ports; short idle timeout so half-sent frames are
+closed soon).
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ TIME_LIMIT = 120.0
 def fuzz_summary(tiny_checkpoints, swarm_factory):
     original, converted = tiny_checkpoints["llama"]
     swarm = swarm_factory(converted, [(0, 2), (2, 4)],
-                          server_args=["--throughput", "10", "--session_idle_timeout", "10"])
+                          server_args=["--throughput", "10", "--session_idle_timeout", "10",
+                                       "--direct_port", "0"])
     try:
         summary = run_campaign(swarm, original, converted, REQUESTS, seed=7, time_limit=TIME_LIMIT, concurrency=8)
         print("\n".join(summary.lines()))
@@ -40,6 +42,7 @@ def test_every_kind_of_bad_input_gets_a_clear_error(fuzz_summary):
     assert fuzz_summary.errors_returned >= fuzz_summary.requests // 2
     assert {"session", "stream-frames", "unary-mutated", "unary-garbage", "unary-bitflip"} <= set(fuzz_summary.kinds)
     assert outcomes["abandoned-mid-session"] + outcomes["closed-by-fuzzer"] > 0
+    assert fuzz_summary.direct_streams > 100, "the servers' direct ports were hardly fuzzed"
 
 
 def test_the_good_client_is_undisturbed(fuzz_summary):
