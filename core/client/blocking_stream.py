@@ -1,10 +1,11 @@
 """A p2p stream (or a direct TCP connection) used from the caller's thread with plain blocking socket calls.
 
-hivemind opens every stream as its own unix-socket connection to the local p2p daemon. Once open,
-:class:`BlockingStream` takes that socket away from asyncio, so an inference step writes its frame
-and reads the answer directly from the thread that asked for it: no hand-off to the event-loop
-thread and back, no tasks, one ``sendall`` and a few ``recv_into`` per hop (benchmarks/README.md
-measures what that saves). Frames are hivemind's (see :mod:`core.wire`).
+hivemind opens every stream as its own unix-socket connection to the local p2p daemon (a direct
+connection is a TCP socket to the server). Once open, :class:`BlockingStream` takes that socket away
+from asyncio, so an inference step writes its frame and reads the answer directly from the thread
+that asked for it: no hand-off to the event-loop thread and back, no tasks, one ``sendall`` and a
+few ``recv_into`` per hop (benchmarks/README.md measures what that saves). Frames are hivemind's
+(see :mod:`core.wire`).
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import socket
 from google.protobuf.message import Message
 from hivemind.p2p import P2P
 
-from core.direct_protocol import MAX_GREETING_BYTES, check_greeting, hello
 from core.errors import RemoteCallError
 from core.wire import END_OF_STREAM_FRAME, SMALL_FRAME_BYTES, M, check_frame_header, decode_frame
 
@@ -40,26 +40,6 @@ class BlockingStream:
         pending = bytes(getattr(reader, "_buffer", b""))  # empty right after opening: the server has not answered
         sock = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
         transport.close()  # closes asyncio's descriptor; the duplicate keeps the connection open
-        return cls(sock, peer, timeout, pending)
-
-    @classmethod
-    def connect(cls, address: tuple[str, int], peer: str, connect_timeout: float, timeout: float) -> "BlockingStream":
-        """An inference session over a direct TCP connection to a server's ``--direct_port`` (see
-        :mod:`core.direct_protocol`), checked to be ``peer``'s; ``OSError`` or :class:`RemoteCallError` if
-        nothing is there or it is not that server."""
-        sock = socket.create_connection(address, timeout=connect_timeout)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.sendall(hello("rpc_inference"))
-            received, where = b"", f"{address[0]}:{address[1]}"
-            while (pending := check_greeting(received, peer, where)) is None:
-                chunk = sock.recv(MAX_GREETING_BYTES)
-                if not chunk:
-                    raise RemoteCallError(f"{where} closed the connection instead of greeting as server {peer}")
-                received += chunk
-        except BaseException:
-            sock.close()
-            raise
         return cls(sock, peer, timeout, pending)
 
     def write(self, message: Message) -> None:

@@ -13,9 +13,7 @@ import torch
 from hivemind.proto import runtime_pb2
 
 from core.client.blocking_stream import BlockingStream
-from core.client.sequence_manager import (
-    DIRECT_CONNECT_TIMEOUT, MAX_RESPONSE_BYTES, RemoteSequenceManager, is_retriable,
-)
+from core.client.sequence_manager import MAX_RESPONSE_BYTES, RemoteSequenceManager, is_retriable
 from core.dht.schema import RemoteSpanInfo
 from core.errors import BlossomError, InvalidRequestError, RemoteCallError, SequenceTooLongError, SessionExpiredError
 from core.wire import deserialize_tensors, pack_metadata, raise_if_error, serialize_tensors
@@ -26,9 +24,9 @@ logger = logging.getLogger(__name__)
 class _ServerSession:
     """An open inference stream to one server for blocks ``[span.start, span.end)``.
 
-    The stream is opened once (a direct TCP connection when the server offers one, else a p2p stream
-    opened on the event loop), then written and read from the caller's thread with blocking socket
-    calls (:class:`BlockingStream`): a step costs one round trip, nothing more.
+    The stream is opened once on the event loop (a direct TCP connection when the server offers one,
+    else a p2p stream), then written and read from the caller's thread with blocking socket calls
+    (:class:`BlockingStream`): a step costs one round trip, nothing more.
     """
 
     def __init__(self, manager: RemoteSequenceManager, span: RemoteSpanInfo, max_length: int) -> None:
@@ -38,28 +36,15 @@ class _ServerSession:
         self.uid = manager.span_uid(span.start, span.end)
         self._stream: BlockingStream | None = None
 
-    def _open_direct(self) -> BlockingStream | None:
-        """A direct TCP connection when the server offers one and the client's policy allows it, else ``None``."""
-        address = self.manager.direct_address(self.span)
-        if address is None:
-            return None
-        try:
-            return BlockingStream.connect(address, self.span.peer_id, DIRECT_CONNECT_TIMEOUT,
-                                          self.manager.config.request_timeout)
-        except (OSError, RemoteCallError) as error:
-            self.manager.direct_failed(self.span, address, error)
-            return None
-
     async def _open(self) -> BlockingStream:
-        reader, writer = await self.manager.open_stream(self.span.peer_id, "rpc_inference")
+        reader, writer = await self.manager.open_call_stream(self.span, "rpc_inference")  # direct if offered
         return await BlockingStream.detach(reader, writer, self.span.peer_id, self.manager.config.request_timeout)
 
     def step(self, hidden: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
         fields: dict = {}
         if self._stream is None:
             timeout = self.manager.config.request_timeout
-            self._stream = self._open_direct() or self.manager.loop.run(asyncio.wait_for(self._open(), timeout),
-                                                                        timeout=timeout + 5)
+            self._stream = self.manager.loop.run(asyncio.wait_for(self._open(), timeout), timeout=timeout + 5)
             fields["max_length"] = self.max_length
         if prompts is not None:
             fields["prompts"] = True  # deep prompts follow the hidden states, added to this step's first positions

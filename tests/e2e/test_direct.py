@@ -3,19 +3,20 @@ backward equal to p2p, the handshake keeps clients off the wrong program, policy
 back to p2p, and garbage does not hurt."""
 from __future__ import annotations
 
+import contextlib
 import socket
+from typing import Iterator
 
 import pytest
 import torch
-from hivemind.proto import runtime_pb2
 from transformers import AutoModelForCausalLM
 
+from benchmarks.tiny_swarm import cache_free_bytes
 from core import AutoDistributedModelForCausalLM
-from core.client.blocking_stream import BlockingStream
+from core.client.sequence_manager import open_direct_stream
 from core.config import ClientConfig
 from core.direct_protocol import hello, parse_direct_address, server_greeting
 from core.errors import RemoteCallError
-from core.wire import unpack_metadata
 
 NEW_TOKENS = 8
 
@@ -28,10 +29,15 @@ def direct_swarm(tiny_checkpoints, swarm_factory, client_dht_factory):
     return original, converted, dht
 
 
-def _client(direct_swarm, policy: str):
+@contextlib.contextmanager
+def _client(direct_swarm, policy: str) -> Iterator[AutoDistributedModelForCausalLM]:
     _, converted, dht = direct_swarm
-    return AutoDistributedModelForCausalLM.from_pretrained(
+    model = AutoDistributedModelForCausalLM.from_pretrained(
         str(converted), dht=dht, client_config=ClientConfig(direct_connections=policy))
+    try:
+        yield model
+    finally:
+        model.shutdown()
 
 
 def _local_tokens(original, input_ids: torch.Tensor) -> torch.Tensor:
@@ -46,8 +52,7 @@ def _peer_addresses(session) -> list[tuple[str, int]]:
 
 def test_servers_announce_their_direct_port_and_clients_use_it(direct_swarm):
     original, _, _ = direct_swarm
-    model = _client(direct_swarm, "private")
-    try:
+    with _client(direct_swarm, "private") as model:
         spans = model.transformer_blocks.manager.make_route(0, 4)
         announced = [parse_direct_address(span.server_info.direct_address) for span in spans]
         assert all(address is not None and address[0] == "127.0.0.1" for address in announced), announced
@@ -58,27 +63,21 @@ def test_servers_announce_their_direct_port_and_clients_use_it(direct_swarm):
             session.step(model.embeds_to_hidden(model.get_input_embeddings()(input_ids)))
             assert sorted(_peer_addresses(session)) == sorted(announced)  # not the p2p daemon's unix socket
         assert torch.equal(model.generate(input_ids, max_new_tokens=NEW_TOKENS), _local_tokens(original, input_ids))
-    finally:
-        model.shutdown()
 
 
 def test_policy_never_keeps_to_p2p_with_the_same_tokens(direct_swarm):
     original, _, _ = direct_swarm
-    model = _client(direct_swarm, "never")
-    try:
+    with _client(direct_swarm, "never") as model:
         input_ids = torch.tensor([[3, 11, 4, 13, 5]])
         with model.transformer_blocks.inference_session(max_length=16) as session:
             session.step(model.embeds_to_hidden(model.get_input_embeddings()(input_ids)))
             assert all(hop._stream.sock.family == socket.AF_UNIX for hop in session._sessions)
         assert torch.equal(model.generate(input_ids, max_new_tokens=NEW_TOKENS), _local_tokens(original, input_ids))
-    finally:
-        model.shutdown()
 
 
 @pytest.mark.parametrize("shape", [(1, 5, 64), (2, 200, 64)])  # under and over the p2p streaming threshold
 def test_forward_and_backward_go_direct_with_the_same_numbers(direct_swarm, monkeypatch, shape):
-    direct, p2p = _client(direct_swarm, "private"), _client(direct_swarm, "never")
-    try:
+    with _client(direct_swarm, "private") as direct, _client(direct_swarm, "never") as p2p:
         torch.manual_seed(2)
         hidden, grad = torch.randn(*shape), torch.randn(*shape)
         results = {}
@@ -95,20 +94,14 @@ def test_forward_and_backward_go_direct_with_the_same_numbers(direct_swarm, monk
                              manager.call(span, "rpc_backward", [hidden, grad]))
         for direct_result, p2p_result in zip(results["direct"], results["p2p"]):
             assert torch.equal(direct_result, p2p_result)
-    finally:
-        direct.shutdown()
-        p2p.shutdown()
 
 
 def _cache_free(manager, span) -> int:
-    stub = manager.loop.run(manager.get_stub(span.peer_id), timeout=30)
-    response = manager.loop.run(stub.rpc_info(runtime_pb2.ExpertRequest(), timeout=30), timeout=35)
-    return int(unpack_metadata(response.metadata)["cache_bytes_left"])
+    return cache_free_bytes(manager.loop.run(manager.get_p2p()), [span])[0]
 
 
 def test_a_backward_over_direct_connections_uses_the_graph_its_forward_kept(direct_swarm):
-    model = _client(direct_swarm, "private")
-    try:
+    with _client(direct_swarm, "private") as model:
         manager = model.transformer_blocks.manager
         span = manager.make_route(0, 4)[0]
         full = _cache_free(manager, span)
@@ -119,30 +112,26 @@ def test_a_backward_over_direct_connections_uses_the_graph_its_forward_kept(dire
         # a new connection, the same client: the graph is found (taken and freed), not left to expire
         manager.call_with_metadata(span, "rpc_backward", [hidden, grad], {"graph_id": answered["graph_id"]})
         assert _cache_free(manager, span) == full
-    finally:
-        model.shutdown()
 
 
 def test_handshake_refuses_a_port_that_is_not_that_server(direct_swarm):
-    model = _client(direct_swarm, "private")
-    try:
-        first, second = model.transformer_blocks.manager.make_route(0, 4)
+    with _client(direct_swarm, "private") as model:
+        manager = model.transformer_blocks.manager
+        first, second = manager.make_route(0, 4)
         address = parse_direct_address(first.server_info.direct_address)
+        # a real direct port, but another server's
         with pytest.raises(RemoteCallError, match="is not server .* direct port"):
-            BlockingStream.connect(address, second.peer_id, 5, 5)  # a real direct port, but another server's
+            manager.loop.run(open_direct_stream(address, second.peer_id, "rpc_inference"))
         with socket.socket() as unused:
             unused.bind(("127.0.0.1", 0))
             closed_port = unused.getsockname()
         with pytest.raises(OSError):
-            BlockingStream.connect(closed_port, first.peer_id, 5, 5)
-    finally:
-        model.shutdown()
+            manager.loop.run(open_direct_stream(closed_port, first.peer_id, "rpc_inference"))
 
 
 def test_garbage_on_the_direct_port_is_dropped_and_sessions_go_on(direct_swarm):
     original, _, _ = direct_swarm
-    model = _client(direct_swarm, "private")
-    try:
+    with _client(direct_swarm, "private") as model:
         span = model.transformer_blocks.manager.make_route(0, 4)[0]
         host, port = parse_direct_address(span.server_info.direct_address)
         not_blossom = (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", bytes(range(256)) * 4, hello("rpc_shutdown"))
@@ -161,5 +150,3 @@ def test_garbage_on_the_direct_port_is_dropped_and_sessions_go_on(direct_swarm):
         input_ids = torch.tensor([[12, 7, 19, 8]])
         assert torch.equal(model.generate(input_ids, max_new_tokens=NEW_TOKENS), _local_tokens(original, input_ids))
         assert span.peer_id not in model.transformer_blocks.manager.direct_failures
-    finally:
-        model.shutdown()

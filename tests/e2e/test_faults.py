@@ -26,6 +26,7 @@ from hivemind.p2p import PeerID
 from hivemind.proto import runtime_pb2
 from transformers import AutoModelForCausalLM
 
+from benchmarks.tiny_swarm import cache_free_bytes
 from core import AutoDistributedConfig, AutoDistributedModelForCausalLM, ClientConfig
 from core.client.remote_sequential import RemoteSequential
 from core.client.sequence_manager import RemoteSequenceManager
@@ -99,9 +100,7 @@ def _stub(faults: Faults, span: RemoteSpanInfo):
 
 
 def _cache_free(manager: RemoteSequenceManager, span: RemoteSpanInfo) -> int:
-    stub = manager.loop.run(manager.get_stub(span.peer_id), timeout=30)
-    response = manager.loop.run(stub.rpc_info(runtime_pb2.ExpertRequest(), timeout=30), timeout=35)
-    return int(unpack_metadata(response.metadata)["cache_bytes_left"])
+    return cache_free_bytes(manager.loop.run(manager.get_p2p()), [span])[0]
 
 
 def _wait_until(condition, timeout: float, period: float = 0.25) -> bool:
