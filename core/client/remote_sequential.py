@@ -102,15 +102,13 @@ class RemoteSequential(nn.Module):
         """One forward/backward call; deep prompts, if any, go along as an extra tensor flagged in the metadata.
         ``fields`` are more request metadata (kept graphs); returns the outputs and the answer's metadata."""
         metadata = dict(fields or {})
-        if prompts is None:
-            outputs, answered = self.manager.call_with_metadata(span, method, tensors, metadata or None)
-            if len(outputs) != 1:
-                raise RemoteCallError(f"server {span.peer_id} answered {len(outputs)} tensors to {method}, expected 1")
-            return outputs, answered
-        metadata["prompts"] = True
-        outputs, answered = self.manager.call_with_metadata(
-            span, method, [*tensors, self._span_prompts(prompts, span).contiguous()], metadata)
-        if len(outputs) != (2 if method == "rpc_backward" else 1):
+        if prompts is not None:
+            metadata["prompts"] = True
+            tensors = [*tensors, self._span_prompts(prompts, span).contiguous()]
+        outputs, answered = self.manager.call_with_metadata(span, method, tensors, metadata or None)
+        if prompts is None and len(outputs) != 1:
+            raise RemoteCallError(f"server {span.peer_id} answered {len(outputs)} tensors to {method}, expected 1")
+        if prompts is not None and len(outputs) != (2 if method == "rpc_backward" else 1):
             raise RemoteCallError(f"server {span.peer_id} answered {len(outputs)} tensor(s) to {method} with prompts; "
                                   f"it may run an older Blossom without prompt tuning")
         return outputs, answered

@@ -133,17 +133,14 @@ class SpanBackend:
         self, hidden: torch.Tensor, grad_output: torch.Tensor, start: int, end: int, prompts: torch.Tensor | None = None
     ) -> list[torch.Tensor]:
         """Gradients of ``<blocks(hidden), grad_output>`` with respect to ``hidden`` (and ``prompts`` if given)."""
-        if grad_output.shape != hidden.shape:
+        if grad_output.shape != hidden.shape:  # before computing anything
             raise InvalidRequestError(
                 f"grad_outputs shape {list(grad_output.shape)} must equal the inputs' shape {list(hidden.shape)}"
             )
-        inputs = [self._to_device(hidden).detach().requires_grad_(True)]
-        if prompts is not None:
-            inputs.append(self._to_device(prompts).detach().requires_grad_(True))
+        inputs = self._inputs_requiring_grad(hidden, prompts)
         with torch.enable_grad():
             output = self._run(inputs[0], start, end, inputs[1] if prompts is not None else None)
-            grads = torch.autograd.grad(output, inputs, self._to_device(grad_output))
-        return [grad.to(device="cpu", dtype=original.dtype) for grad, original in zip(grads, (hidden, prompts))]
+        return self.backward_from_graph(inputs, output, grad_output, [hidden] if prompts is None else [hidden, prompts])
 
     def forward_keeping_graph(
         self, hidden: torch.Tensor, start: int, end: int, prompts: torch.Tensor | None = None
@@ -153,9 +150,7 @@ class SpanBackend:
         Returns the output on the CPU, the device inputs (requiring grad), the device output and the
         bytes the graph holds beyond the weights (the activations autograd saved, inputs and output).
         """
-        inputs = [self._to_device(hidden).detach().requires_grad_(True)]
-        if prompts is not None:
-            inputs.append(self._to_device(prompts).detach().requires_grad_(True))
+        inputs = self._inputs_requiring_grad(hidden, prompts)
         weights = self._weight_storages()
         saved: dict[int, int] = {}
 
@@ -182,6 +177,13 @@ class SpanBackend:
             )
         grads = torch.autograd.grad(output, inputs, self._to_device(grad_output))
         return [grad.to(device="cpu", dtype=original.dtype) for grad, original in zip(grads, like)]
+
+    def _inputs_requiring_grad(self, hidden: torch.Tensor, prompts: torch.Tensor | None) -> list[torch.Tensor]:
+        """Device copies of what the client sent, as the leaves a backward differentiates against."""
+        inputs = [self._to_device(hidden).detach().requires_grad_(True)]
+        if prompts is not None:
+            inputs.append(self._to_device(prompts).detach().requires_grad_(True))
+        return inputs
 
     def _weight_storages(self) -> set[int]:
         """Addresses of the span's parameter and buffer storages (what a kept graph shares, not holds)."""

@@ -38,6 +38,12 @@ from core.errors import InvalidRequestError
 logger = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
+StreamHandler = Callable[[AsyncIterator[M], P2PContext], AsyncIterator[Message]]
+
+MAX_PREFETCH = 5
+"""Requests read ahead of the handler; more wait in the connection (back-pressure on the sender)."""
+LINGER_SECONDS = 2.0
+"""After the last answer: how long to wait for the caller to finish sending before closing the stream."""
 
 
 class OversizedFrameError(InvalidRequestError):
@@ -46,12 +52,6 @@ class OversizedFrameError(InvalidRequestError):
     def __init__(self, message: str, length: int):
         super().__init__(message)
         self.length = length
-StreamHandler = Callable[[AsyncIterator[M], P2PContext], AsyncIterator[Message]]
-
-MAX_PREFETCH = 5
-"""Requests read ahead of the handler; more wait in the connection (back-pressure on the sender)."""
-LINGER_SECONDS = 2.0
-"""After the last answer: how long to wait for the caller to finish sending before closing the stream."""
 
 
 async def read_frame(reader: asyncio.StreamReader, message_type: type[M], max_message_bytes: int) -> M | None:

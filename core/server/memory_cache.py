@@ -48,19 +48,18 @@ class KVCacheBudget:
         try:
             yield
         finally:
-            async with self._changed:
-                self.used_bytes -= nbytes
-                self._changed.notify_all()
+            await self.give_back(nbytes)
 
     def take_now(self, nbytes: int) -> bool:
-        """Hold ``nbytes`` at once if they are free (no waiting); ``True`` if taken. Give them back with :meth:`give_back`."""
+        """Hold ``nbytes`` at once if they are free (no waiting); ``True`` if taken.
+        Give them back with :meth:`give_back`."""
         if nbytes > self.free_bytes:
             return False
         self.used_bytes += nbytes
         return True
 
     async def give_back(self, nbytes: int) -> None:
-        """Return bytes held with :meth:`take_now`, waking sessions that wait for room."""
+        """Return held bytes, waking sessions that wait for room."""
         async with self._changed:
             self.used_bytes -= nbytes
             self._changed.notify_all()
