@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from benchmarks.common import (
-    base_parser, interleaved, local_swarm, median, met, prepare, print_table, setup, spread, swarm_client,
-    torch_dtype, workdir,
+    base_parser, each_model, interleaved, local_swarm, print_table, setup, swarm_client, time_ratio_row,
+    torch_dtype,
 )
 
 TARGET = 1.25
@@ -25,31 +25,24 @@ def main(argv: list[str] | None = None) -> int:
     setup(args)
     dtype = torch_dtype(args.dtype)
     rows = []
-    with workdir(args) as folder:
-        for name in args.models:
-            model = prepare(name, folder, dtype)
-            model.local.to(args.device)
-            generator = torch.Generator().manual_seed(2)
-            input_ids = torch.randint(3, model.vocab_size, (args.batch, args.seq), generator=generator)
-            with local_swarm(model, args) as swarm, swarm_client(model, swarm, dtype) as client:
-                logits: dict[str, torch.Tensor] = {}
+    for _, model in each_model(args):
+        generator = torch.Generator().manual_seed(2)
+        input_ids = torch.randint(3, model.vocab_size, (args.batch, args.seq), generator=generator)
+        with local_swarm(model, args) as swarm, swarm_client(model, swarm, dtype) as client:
+            logits: dict[str, torch.Tensor] = {}
 
-                @torch.no_grad()
-                def run_local() -> None:
-                    logits["local"] = model.local(input_ids.to(args.device)).logits.cpu()
+            @torch.no_grad()
+            def run_local() -> None:
+                logits["local"] = model.local(input_ids.to(args.device)).logits.cpu()
 
-                @torch.no_grad()
-                def run_swarm() -> None:
-                    logits["swarm"] = client(input_ids).logits
+            @torch.no_grad()
+            def run_swarm() -> None:
+                logits["swarm"] = client(input_ids).logits
 
-                times = interleaved({"local": run_local, "swarm": run_swarm}, args.repeats, args.warmup)
-            error = (logits["local"].float() - logits["swarm"].float()).abs().max().item()
-            tokens = args.batch * args.seq
-            ratio = median(times["swarm"]) / median(times["local"])
-            rows.append([model.name, f"{tokens / median(times['local']):.0f}", f"{tokens / median(times['swarm']):.0f}",
-                         f"{ratio:.3f}", f"<= {TARGET}", met(ratio <= TARGET), spread(times["local"]),
-                         spread(times["swarm"]), f"{error:.1e}"])
-            del model
+            times = interleaved({"local": run_local, "swarm": run_swarm}, args.repeats, args.warmup)
+        error = (logits["local"].float() - logits["swarm"].float()).abs().max().item()
+        rows.append(time_ratio_row(model.name, args.batch * args.seq, times, TARGET, error))
+        del model
     print_table(
         f"Forward: logits of {args.batch} x {args.seq} tokens; two servers on 127.0.0.1 vs local transformers; "
         f"medians of {args.repeats} runs after {args.warmup} warm-up",

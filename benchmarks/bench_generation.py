@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from benchmarks.common import (
-    base_parser, interleaved, local_swarm, median, met, prepare, print_table, setup, spread, swarm_client,
-    torch_dtype, workdir,
+    base_parser, each_model, interleaved, local_swarm, median, met, print_table, setup, spread, swarm_client,
+    torch_dtype,
 )
 
 PROMPT_TOKENS = 16
@@ -28,34 +28,31 @@ def main(argv: list[str] | None = None) -> int:
     setup(args)
     dtype = torch_dtype(args.dtype)
     rows = []
-    with workdir(args) as folder:
-        for name in args.models:
-            model = prepare(name, folder, dtype)
-            model.local.to(args.device)
-            generator = torch.Generator().manual_seed(1)
-            prompt = torch.randint(3, model.vocab_size, (1, PROMPT_TOKENS), generator=generator)
-            with local_swarm(model, args) as swarm, swarm_client(model, swarm, dtype) as client:
-                outputs: dict[str, torch.Tensor] = {}
+    for name, model in each_model(args):
+        generator = torch.Generator().manual_seed(1)
+        prompt = torch.randint(3, model.vocab_size, (1, PROMPT_TOKENS), generator=generator)
+        with local_swarm(model, args) as swarm, swarm_client(model, swarm, dtype) as client:
+            outputs: dict[str, torch.Tensor] = {}
 
-                def run_local() -> None:
-                    with torch.no_grad():
-                        outputs["local"] = model.local.generate(
-                            prompt.to(args.device), max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                            do_sample=False, eos_token_id=None, pad_token_id=0).cpu()
+            def run_local() -> None:
+                with torch.no_grad():
+                    outputs["local"] = model.local.generate(
+                        prompt.to(args.device), max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                        do_sample=False, eos_token_id=None, pad_token_id=0).cpu()
 
-                def run_swarm() -> None:
-                    outputs["swarm"] = client.generate(prompt, max_new_tokens=args.new_tokens, eos_token_id=None)
+            def run_swarm() -> None:
+                outputs["swarm"] = client.generate(prompt, max_new_tokens=args.new_tokens, eos_token_id=None)
 
-                times = interleaved({"local": run_local, "swarm": run_swarm}, args.repeats, args.warmup)
-                same = torch.equal(outputs["local"], outputs["swarm"])
-            local_tps = args.new_tokens / median(times["local"])
-            swarm_tps = args.new_tokens / median(times["swarm"])
-            ratio = swarm_tps / local_tps
-            per_token_ms = 1000 * (median(times["swarm"]) - median(times["local"])) / args.new_tokens
-            rows.append([model.name, f"{local_tps:.1f}", f"{swarm_tps:.1f}", f"{ratio:.3f}", f">= {TARGETS[name]:.2f}",
-                         met(ratio >= TARGETS[name]), f"{per_token_ms:.2f}", spread(times["local"]),
-                         spread(times["swarm"]), "yes" if same else "NO"])
-            del model
+            times = interleaved({"local": run_local, "swarm": run_swarm}, args.repeats, args.warmup)
+            same = torch.equal(outputs["local"], outputs["swarm"])
+        local_tps = args.new_tokens / median(times["local"])
+        swarm_tps = args.new_tokens / median(times["swarm"])
+        ratio = swarm_tps / local_tps
+        per_token_ms = 1000 * (median(times["swarm"]) - median(times["local"])) / args.new_tokens
+        rows.append([model.name, f"{local_tps:.1f}", f"{swarm_tps:.1f}", f"{ratio:.3f}", f">= {TARGETS[name]:.2f}",
+                     met(ratio >= TARGETS[name]), f"{per_token_ms:.2f}", spread(times["local"]),
+                     spread(times["swarm"]), "yes" if same else "NO"])
+        del model
     print_table(
         f"Generation: prompt {PROMPT_TOKENS}, {args.new_tokens} new tokens, greedy, batch 1; two servers on 127.0.0.1 "
         f"vs local transformers generate (KV cache); medians of {args.repeats} runs after {args.warmup} warm-up",

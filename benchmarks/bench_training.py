@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from benchmarks.common import (
-    base_parser, interleaved, local_swarm, median, met, prepare, print_table, setup, spread, swarm_client,
-    torch_dtype, workdir,
+    base_parser, each_model, interleaved, local_swarm, print_table, setup, swarm_client, time_ratio_row,
+    torch_dtype,
 )
 
 TARGET = 1.25
@@ -70,29 +70,22 @@ def main(argv: list[str] | None = None) -> int:
     setup(args)
     dtype = torch_dtype(args.dtype)
     rows = []
-    with workdir(args) as folder:
-        for name in args.models:
-            model = prepare(name, folder, dtype)
-            model.local.to(args.device)
-            generator = torch.Generator().manual_seed(4)
-            input_ids = torch.randint(3, model.vocab_size, (args.batch, args.seq), generator=generator)
-            budget = [] if args.attn_cache_tokens is None else ["--attn_cache_tokens", str(args.attn_cache_tokens)]
-            with local_swarm(model, args, extra_server_args=budget) as swarm, \
-                    swarm_client(model, swarm, dtype, tuning_mode="ptune", pre_seq_len=PRE_SEQ_LEN) as client:
-                swarm_side = SwarmPromptTuning(client)
-                local_side = LocalPromptTuning(model.local, client.ptune.prompts.to(args.device))
-                losses: dict[str, list[float]] = {"local": [], "swarm": []}
-                times = interleaved({
-                    "local": lambda: losses["local"].append(local_side.step(input_ids.to(args.device))),
-                    "swarm": lambda: losses["swarm"].append(swarm_side.step(input_ids)),
-                }, args.repeats, args.warmup)
-            gap = max(abs(a - b) for a, b in zip(losses["local"], losses["swarm"]))
-            tokens = args.batch * args.seq
-            ratio = median(times["swarm"]) / median(times["local"])
-            rows.append([model.name, f"{tokens / median(times['local']):.0f}", f"{tokens / median(times['swarm']):.0f}",
-                         f"{ratio:.3f}", f"<= {TARGET}", met(ratio <= TARGET), spread(times["local"]),
-                         spread(times["swarm"]), f"{gap:.1e}"])
-            del model
+    for _, model in each_model(args):
+        generator = torch.Generator().manual_seed(4)
+        input_ids = torch.randint(3, model.vocab_size, (args.batch, args.seq), generator=generator)
+        budget = [] if args.attn_cache_tokens is None else ["--attn_cache_tokens", str(args.attn_cache_tokens)]
+        with local_swarm(model, args, extra_server_args=budget) as swarm, \
+                swarm_client(model, swarm, dtype, tuning_mode="ptune", pre_seq_len=PRE_SEQ_LEN) as client:
+            swarm_side = SwarmPromptTuning(client)
+            local_side = LocalPromptTuning(model.local, client.ptune.prompts.to(args.device))
+            losses: dict[str, list[float]] = {"local": [], "swarm": []}
+            times = interleaved({
+                "local": lambda: losses["local"].append(local_side.step(input_ids.to(args.device))),
+                "swarm": lambda: losses["swarm"].append(swarm_side.step(input_ids)),
+            }, args.repeats, args.warmup)
+        gap = max(abs(a - b) for a, b in zip(losses["local"], losses["swarm"]))
+        rows.append(time_ratio_row(model.name, args.batch * args.seq, times, TARGET, gap))
+        del model
     print_table(
         f"Prompt-tuning step (ptune, {PRE_SEQ_LEN} prompts, forward + backward + AdamW) on {args.batch} x {args.seq} "
         f"tokens; two servers on 127.0.0.1 vs local transformers; medians of {args.repeats} steps after "

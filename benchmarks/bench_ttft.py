@@ -17,7 +17,7 @@ import time
 import torch
 
 from benchmarks.common import (
-    base_parser, local_swarm, median, met, prepare, print_table, setup, torch_dtype, workdir,
+    base_parser, each_model, local_swarm, median, met, print_table, setup, torch_dtype,
 )
 
 TARGET_S = 1.5
@@ -53,27 +53,25 @@ def main(argv: list[str] | None = None) -> int:
     setup(args)
     dtype = torch_dtype(args.dtype)
     rows = []
-    with workdir(args) as folder:
-        for name in args.models:
-            model = prepare(name, folder, dtype)
-            prompt = torch.randint(3, model.vocab_size, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(3))
-            with local_swarm(model, args) as swarm:
-                runs = [fresh_client(model, swarm, prompt, dtype) for _ in range(args.warmup + args.repeats)]
-            runs = runs[args.warmup:]
-            local = []
-            with torch.no_grad():
-                for _ in range(args.repeats):
-                    began = time.perf_counter()
-                    model.local.generate(prompt, max_new_tokens=1, do_sample=False, pad_token_id=0)
-                    local.append(time.perf_counter() - began)
-            connect = [run[0] + run[2] + run[3] for run in runs]  # what the target names: DHT, route, session, token
-            phases = [median([run[i] for run in runs]) for i in range(len(PHASES))]
-            ttft = median(connect)
-            rows.append([model.name, *(f"{1000 * p:.0f}" for p in phases), f"{1000 * ttft:.0f}",
-                         f"{1000 * min(connect):.0f}..{1000 * max(connect):.0f}", f"<= {1000 * TARGET_S:.0f}",
-                         met(ttft <= TARGET_S), f"{1000 * median([sum(run) for run in runs]):.0f}",
-                         f"{1000 * median(local):.0f}"])
-            del model
+    for _, model in each_model(args):
+        prompt = torch.randint(3, model.vocab_size, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(3))
+        with local_swarm(model, args) as swarm:
+            runs = [fresh_client(model, swarm, prompt, dtype) for _ in range(args.warmup + args.repeats)]
+        runs = runs[args.warmup:]
+        local = []
+        with torch.no_grad():
+            for _ in range(args.repeats):
+                began = time.perf_counter()
+                model.local.generate(prompt.to(args.device), max_new_tokens=1, do_sample=False, pad_token_id=0)
+                local.append(time.perf_counter() - began)
+        connect = [run[0] + run[2] + run[3] for run in runs]  # what the target names: DHT, route, session, token
+        phases = [median([run[i] for run in runs]) for i in range(len(PHASES))]
+        ttft = median(connect)
+        rows.append([model.name, *(f"{1000 * p:.0f}" for p in phases), f"{1000 * ttft:.0f}",
+                     f"{1000 * min(connect):.0f}..{1000 * max(connect):.0f}", f"<= {1000 * TARGET_S:.0f}",
+                     met(ttft <= TARGET_S), f"{1000 * median([sum(run) for run in runs]):.0f}",
+                     f"{1000 * median(local):.0f}"])
+        del model
     print_table(
         f"Time to first token of a fresh client (ms), two servers on 127.0.0.1, prompt {PROMPT_TOKENS} tokens; "
         f"medians of {args.repeats} new clients after {args.warmup} warm-up",

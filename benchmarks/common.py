@@ -133,6 +133,17 @@ def prepare(name: str, folder: Path, dtype: torch.dtype = torch.float32) -> Benc
     return prepare_tiny_llama(folder, dtype) if name == "tiny" else prepare_smollm2(dtype)
 
 
+def each_model(args: argparse.Namespace) -> Iterator[tuple[str, BenchModel]]:
+    """``(name, model)`` for each of ``--models``, one at a time: built in the work folder with ``--dtype``,
+    its local transformers copy on ``--device``. Delete your reference before asking for the next."""
+    with workdir(args) as folder:
+        for name in args.models:
+            model = prepare(name, folder, torch_dtype(args.dtype))
+            model.local.to(args.device)
+            yield name, model
+            del model
+
+
 def halves(num_blocks: int) -> list[tuple[int, int]]:
     """Two servers' spans: the first half of the blocks and the rest."""
     middle = num_blocks // 2
@@ -231,6 +242,15 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[objec
         print("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |")
     for note in notes:
         print(f"\n{note}")
+
+
+def time_ratio_row(name: str, tokens: int, times: dict[str, list[float]], target: float,
+                   difference: float) -> list[str]:
+    """A table row comparing timed ``local`` and ``swarm`` runs of ``tokens`` tokens each: tokens/s, the time
+    ratio against ``target``, both spreads, and the largest difference between their results."""
+    ratio = median(times["swarm"]) / median(times["local"])
+    return [name, f"{tokens / median(times['local']):.0f}", f"{tokens / median(times['swarm']):.0f}", f"{ratio:.3f}",
+            f"<= {target}", met(ratio <= target), spread(times["local"]), spread(times["swarm"]), f"{difference:.1e}"]
 
 
 def torch_dtype(name: str) -> torch.dtype:
