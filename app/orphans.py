@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import threading
+import time
 
 logger = logging.getLogger(__name__)
 
@@ -19,10 +20,8 @@ _installed = False
 
 
 def _watch(parent_pid: int) -> None:
-    stop = threading.Event()
-    while not stop.wait(CHECK_SECONDS):
-        if os.getppid() != parent_pid:
-            break
+    while os.getppid() == parent_pid:
+        time.sleep(CHECK_SECONDS)
     try:
         import psutil
 
