@@ -84,7 +84,11 @@ class ClientConfig:
     initial_peers: tuple[str, ...] = ()
     dht_prefix: str | None = None
     connect_timeout: float = 30.0
+    """Seconds to wait for servers of missing blocks to appear before raising MissingBlocksError."""
     request_timeout: float = 60.0
+    """Seconds one call to a server (or one inference step) may take."""
+    lookup_timeout: float = 30.0
+    """Seconds one DHT look-up may take before LookupTimeoutError."""
     max_retries: int = 3
     ban_timeout: float = 15.0
     update_period: float = 30.0
@@ -92,5 +96,8 @@ class ClientConfig:
     """Use servers' direct TCP ports: "private" (only loopback and private-network addresses), "always", "never"."""
 
     def __post_init__(self) -> None:
+        for name in ("connect_timeout", "request_timeout", "lookup_timeout", "ban_timeout", "update_period"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)}")
         if self.direct_connections not in DIRECT_POLICIES:
             raise ValueError(f"direct_connections must be one of {DIRECT_POLICIES}, got '{self.direct_connections}'")

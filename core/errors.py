@@ -67,6 +67,18 @@ class RemoteCallError(BlossomError):
     code = "remote_call_failed"
 
 
+class LookupTimeoutError(BlossomError):
+    """A DHT look-up got no answer in time."""
+
+    code = "lookup_timeout"
+
+    def __init__(self, what: str, timeout: float) -> None:
+        super().__init__(
+            f"the DHT did not answer a look-up of {what} within {timeout:g} s. Check that --initial_peers "
+            f"name a live peer of the swarm and that this machine can reach it (firewall, network), then try again"
+        )
+
+
 class PromptsMismatchError(InvalidRequestError):
     """Saved prompts do not fit the model they are loaded into (other model, mode or length)."""
 
@@ -115,6 +127,7 @@ _ERRORS_BY_CODE: dict[str, type[BlossomError]] = {
         ConversionError,
         UnsupportedModelError,
         MissingBlocksError,
+        LookupTimeoutError,
         PromptsMismatchError,
         DatasetError,
     )

@@ -13,6 +13,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 tempfile.gettempdir()  # resolve before hivemind forks (see DESIGN.md)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """``BLOSSOM_TEST_TORCH_THREADS=N``: this process computes with N torch threads (CI's second pass uses 1,
+    with ``OMP_NUM_THREADS=1`` for the server subprocesses, to prove the numeric contract of tests/numerics.py
+    on another kernel path)."""
+    threads = os.environ.get("BLOSSOM_TEST_TORCH_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
     """For 'llama' and 'bloom': (original HF folder, converted folder)."""

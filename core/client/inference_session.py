@@ -20,6 +20,10 @@ from core.wire import deserialize_tensors, pack_metadata, raise_if_error, serial
 
 logger = logging.getLogger(__name__)
 
+REPLAY_WINDOW_BYTES = 128 * 1024
+"""Hidden states a replay writes ahead of the server's answers: small enough that the unread answers
+and the unread requests fit in the sockets' buffers, so neither side blocks the other."""
+
 
 class _ServerSession:
     """An open inference stream to one server for blocks ``[span.start, span.end)``.
@@ -41,6 +45,31 @@ class _ServerSession:
         return await BlockingStream.detach(reader, writer, self.span.peer_id, self.manager.config.request_timeout)
 
     def step(self, hidden: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
+        """Send one step's hidden states (deep ``prompts`` with the first) and return the blocks' outputs."""
+        self._send(hidden, prompts)
+        return self._receive(hidden)
+
+    def replay(self, steps: list[torch.Tensor], prompts: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Send another session's ``steps`` exactly as they were sent (``prompts`` with the first) and
+        return each step's outputs.
+
+        Step by step rather than as one long pass: the server then computes the KV cache with the same
+        kernels as the original steps did, so the tokens generated afterwards are identical (one pass
+        sums in another order and may flip a near-tie). Up to :data:`REPLAY_WINDOW_BYTES` of steps are
+        written ahead of the answers, so a long history costs about one round trip, not one per step.
+        """
+        outputs: list[torch.Tensor] = []
+        in_flight: list[torch.Tensor] = []
+        for number, hidden in enumerate(steps):
+            while in_flight and sum(t.numel() * t.element_size() for t in in_flight) + \
+                    hidden.numel() * hidden.element_size() > REPLAY_WINDOW_BYTES:
+                outputs.append(self._receive(in_flight.pop(0)))
+            self._send(hidden, prompts if number == 0 else None)
+            in_flight.append(hidden)
+        outputs.extend(self._receive(hidden) for hidden in in_flight)
+        return outputs
+
+    def _send(self, hidden: torch.Tensor, prompts: torch.Tensor | None) -> None:
         fields: dict = {}
         if self._stream is None:
             timeout = self.manager.config.request_timeout
@@ -50,16 +79,18 @@ class _ServerSession:
             fields["prompts"] = True  # deep prompts follow the hidden states, added to this step's first positions
         tensors = [hidden] if prompts is None else [hidden, prompts.contiguous()]
         metadata = pack_metadata(fields) if fields else b""
-        request = runtime_pb2.ExpertRequest(uid=self.uid, tensors=serialize_tensors(tensors), metadata=metadata)
-        self._stream.write(request)
+        self._stream.write(runtime_pb2.ExpertRequest(uid=self.uid, tensors=serialize_tensors(tensors), metadata=metadata))
+        if prompts is not None and not self.history:
+            self.prompts = prompts
+
+    def _receive(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The answer to the step that sent ``hidden``."""
         response = self._stream.read(runtime_pb2.ExpertResponse, MAX_RESPONSE_BYTES)
         if response is None:
             raise RemoteCallError(f"server {self.span.peer_id} closed the session")
         raise_if_error(response, self.span.peer_id)
         (output,) = deserialize_tensors(list(response.tensors), hidden.numel() * 4)
-        if prompts is not None and not self.history:
-            self.prompts = prompts
-        self.history.append(hidden)
+        self.history.append(hidden)  # only answered steps: a failed one is sent again after the replay
         return output
 
     def close(self) -> None:
@@ -82,6 +113,11 @@ class InferenceSession:
 
     def __enter__(self) -> "InferenceSession":
         return self
+
+    @property
+    def route(self) -> list[RemoteSpanInfo]:
+        """The servers this session uses now, in order (empty before the first step)."""
+        return [session.span for session in self._sessions or []]
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
@@ -169,16 +205,15 @@ class InferenceSession:
         if not isinstance(error, SessionExpiredError):
             self.manager.ban(failed.span.peer_id, error)
         failed.close()
-        replay_input = torch.cat(failed.history, dim=1) if failed.history else None
         for _ in range(self.manager.config.max_retries + 1):
             replacements = self._open(failed.span.start, failed.span.end)
             try:
-                replay = replay_input
+                steps = failed.history
                 for replacement in replacements:
-                    if replay is not None:
+                    if steps:
                         prompts = None if failed.prompts is None else failed.prompts[
                             replacement.span.start - failed.span.start : replacement.span.end - failed.span.start]
-                        replay = replacement.step(replay, prompts)
+                        steps = replacement.replay(steps, prompts)
             except Exception as replay_error:
                 if not is_retriable(replay_error):
                     raise

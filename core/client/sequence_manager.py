@@ -96,6 +96,8 @@ class RemoteSequenceManager:
         self._updated_at = 0.0
         self._banned_until: dict[str, float] = {}
         self._ban_counts: dict[str, int] = {}
+        self._failed_records: dict[str, float] = {}  # peer id -> announced_at of its record when it failed
+        self._view_is_stale = False  # a server failed: read the swarm again before choosing another
         self._lock = threading.Lock()
         self._p2p: P2P | None = None
         self.pings: dict[str, float] = {}  # peer id -> measured round trip (s), refreshed with the spans
@@ -103,11 +105,13 @@ class RemoteSequenceManager:
 
     # ---- swarm view -------------------------------------------------------------------------
     def update(self) -> list[RemoteSpanInfo]:
-        """Read every block's servers from the DHT now."""
-        servers = get_block_servers(self.dht, self.dht_prefix, range(self.total_blocks))
+        """Read every block's servers from the DHT now (bounded by ``lookup_timeout``)."""
+        servers = get_block_servers(self.dht, self.dht_prefix, range(self.total_blocks),
+                                    timeout=self.config.lookup_timeout)
         spans = compute_spans(servers)
         with self._lock:
-            self._spans, self._updated_at = spans, time.monotonic()
+            self._spans, self._updated_at, self._view_is_stale = spans, time.monotonic(), False
+        self._forget_recovered(spans)
         self._measure_pings(spans)
         return spans
 
@@ -127,22 +131,42 @@ class RemoteSequenceManager:
         return await ping_many(await self.get_p2p(), peers, timeout=PING_TIMEOUT)
 
     def spans(self) -> list[RemoteSpanInfo]:
-        """The known spans, refreshed when older than ``update_period``."""
-        if time.monotonic() - self._updated_at > self.config.update_period or not self._spans:
+        """The known spans, refreshed when older than ``update_period`` or after a server failed."""
+        if self._view_is_stale or not self._spans or time.monotonic() - self._updated_at > self.config.update_period:
             return self.update()
         return self._spans
 
     def banned(self) -> set[str]:
+        """Servers to avoid now: banned ones, and failed ones whose record was not announced again since.
+
+        A server killed without notice leaves its record in the DHT until it expires; once its ban runs
+        out, only a newer announcement (the server is back) makes it a candidate again.
+        """
         now = time.monotonic()
-        return {peer for peer, until in self._banned_until.items() if until > now}
+        return {peer for peer, until in self._banned_until.items() if until > now} | set(self._failed_records)
 
     def ban(self, peer_id: str, reason: BaseException | str) -> None:
-        """Avoid ``peer_id`` for a while; repeated failures double the time."""
+        """Avoid ``peer_id`` for a while (repeated failures double the time) and read the swarm again
+        before the next choice, so that servers that joined meanwhile are candidates."""
         count = self._ban_counts.get(peer_id, 0) + 1
         self._ban_counts[peer_id] = count
         duration = self.config.ban_timeout * 2 ** (count - 1)
         self._banned_until[peer_id] = time.monotonic() + duration
+        with self._lock:
+            announced = [span.server_info.announced_at for span in self._spans if span.peer_id == peer_id]
+            self._failed_records[peer_id] = max(announced, default=0.0)
+            self._view_is_stale = True
         logger.warning("Avoiding server %s for %.0f s: %s", peer_id, duration, reason)
+
+    def _forget_recovered(self, spans: list[RemoteSpanInfo]) -> None:
+        """Failed servers that announced themselves again (or vanished from the DHT) are judged afresh."""
+        announced: dict[str, float] = {}
+        for span in spans:
+            announced[span.peer_id] = max(announced.get(span.peer_id, 0.0), span.server_info.announced_at)
+        with self._lock:
+            for peer_id, seen in list(self._failed_records.items()):
+                if peer_id not in announced or announced[peer_id] > seen:
+                    del self._failed_records[peer_id]
 
     def make_route(self, start: int, end: int, mode: RouteMode = "throughput") -> list[RemoteSpanInfo]:
         """A chain of servers for blocks ``[start, end)``; waits up to ``connect_timeout`` for missing blocks.
@@ -159,6 +183,9 @@ class RemoteSequenceManager:
                                   pings=self.pings)
             except MissingBlocksError as error:
                 if self.banned() and not uncovered_blocks(spans, start, end):
+                    if time.monotonic() - self._updated_at > 1.0:
+                        spans = self.update()  # servers may have joined since the view was read
+                        continue
                     logger.info("Only recently failed servers hold blocks %d..%d; trying them again", start, end - 1)
                     return make_route(spans, start, end, dht_prefix=self.dht_prefix, mode=mode, pings=self.pings)
                 if time.monotonic() >= deadline:

@@ -3,22 +3,69 @@
 Every record is stored under the announcing server's signed subkey (see :mod:`core.dht.identity`);
 readers drop records whose subkey is unsigned or names a peer id that does not own the key.
 The coroutines run inside the DHT's own process via ``dht.run_coroutine``, so they are
-module-level functions bound with ``functools.partial`` (they must be picklable).
+module-level functions bound with ``functools.partial`` (they must be picklable). Every look-up is
+bounded: it ends within ``timeout`` seconds or raises :class:`~core.errors.LookupTimeoutError`.
+
+A DHT made by the user (a plain ``hivemind.DHT``) works too: before its first look-up it is given the
+signature validator (:func:`ensure_record_validator`). Without it, hivemind cannot parse signed
+records (the signature trails the value) and its search never completes.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
 from functools import partial
-from typing import Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import hivemind
 from hivemind.dht.node import DHTNode
 from hivemind.utils import get_dht_time
 
-from core.dht.identity import owner_of_subkey
+from core.dht.identity import owner_of_subkey, record_validator
 from core.dht.schema import MODELS_KEY, ModelInfo, RemoteSpanInfo, ServerInfo, ServerState, block_key
+from core.errors import LookupTimeoutError
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_LOOKUP_TIMEOUT = 30.0
+"""Seconds a DHT look-up may take when the caller names no other bound."""
+
+_validated: "weakref.WeakSet[hivemind.DHT]" = weakref.WeakSet()
+
+
+def ensure_record_validator(dht: hivemind.DHT, timeout: float = DEFAULT_LOOKUP_TIMEOUT) -> None:
+    """Give ``dht`` the validator that reads (and checks) Blossom's signed records; once per DHT.
+
+    hivemind merges a second RSA signature validator into the first, so DHTs started by
+    :func:`core.dht.node.create_dht`, which have one already, are unchanged.
+    """
+    if dht in _validated:
+        return
+    run_bounded(dht, _add_record_validator, timeout, "its record validators (the DHT process is not answering)")
+    _validated.add(dht)
+
+
+async def _add_record_validator(dht: hivemind.DHT, node: DHTNode) -> None:
+    node.protocol.record_validator.extend([record_validator()])
+
+
+def run_bounded(dht: hivemind.DHT, coroutine: Callable[..., Awaitable[Any]], timeout: float, what: str) -> Any:
+    """Run ``coroutine(dht, node)`` in the DHT's process; :class:`LookupTimeoutError` naming ``what`` after ``timeout`` s.
+
+    The bound holds twice: inside the DHT process (the search is cancelled there) and here, in case the
+    DHT process itself does not answer.
+    """
+    future = dht.run_coroutine(partial(_within, coroutine=coroutine, timeout=timeout), return_future=True)
+    try:
+        return future.result(timeout=timeout + 5)
+    except (TimeoutError, asyncio.TimeoutError):
+        future.cancel()
+        raise LookupTimeoutError(what, timeout) from None
+
+
+async def _within(dht: hivemind.DHT, node: DHTNode, coroutine: Callable[..., Awaitable[Any]], timeout: float) -> Any:
+    return await asyncio.wait_for(coroutine(dht, node), timeout)
 
 
 def declare_blocks(
@@ -54,20 +101,26 @@ async def _store(
 
 
 def get_block_servers(
-    dht: hivemind.DHT, dht_prefix: str, indices: Sequence[int], latest: bool = True
+    dht: hivemind.DHT, dht_prefix: str, indices: Sequence[int], latest: bool = True,
+    timeout: float = DEFAULT_LOOKUP_TIMEOUT,
 ) -> list[dict[str, ServerInfo]]:
     """For each block in ``indices``, the servers announcing it: ``{peer_id: ServerInfo}``.
 
     Malformed records are skipped; records of servers in the OFFLINE state are kept (callers filter).
+    Raises :class:`LookupTimeoutError` when the DHT does not answer within ``timeout`` seconds.
     """
+    ensure_record_validator(dht, timeout)
+    indices = list(indices)
     keys = [block_key(dht_prefix, index) for index in indices]
-    raw = dht.run_coroutine(partial(_get, keys=keys, latest=latest))
+    shown = f"block {indices[0]}" if len(indices) == 1 else f"blocks {indices[0]}..{indices[-1]}" if indices else "no blocks"
+    raw = run_bounded(dht, partial(_get, keys=keys, latest=latest), timeout, f"the servers of {shown} of '{dht_prefix}'")
     return [_parse_entry(entry, ServerInfo.from_record) for entry in raw]
 
 
-def get_models(dht: hivemind.DHT) -> dict[str, ModelInfo]:
+def get_models(dht: hivemind.DHT, timeout: float = DEFAULT_LOOKUP_TIMEOUT) -> dict[str, ModelInfo]:
     """Every model announced in the swarm, by DHT prefix (from servers currently announcing one)."""
-    (entry,) = dht.run_coroutine(partial(_get, keys=[MODELS_KEY], latest=True))
+    ensure_record_validator(dht, timeout)
+    (entry,) = run_bounded(dht, partial(_get, keys=[MODELS_KEY], latest=True), timeout, "the swarm's list of models")
     models: dict[str, ModelInfo] = {}
     for info in _parse_entry(entry, ModelInfo.from_record).values():
         models.setdefault(info.dht_prefix, info)

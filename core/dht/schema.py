@@ -60,6 +60,7 @@ class ServerInfo:
     next_pings: dict[str, float] = field(default_factory=dict)  # peer id -> round trip (s) to servers after this span
     claimed_at: float = 0.0  # DHT time when a JOINING server claimed this span (earlier claims win)
     direct_address: str = ""  # "host:port" taking inference sessions over plain TCP (core.server.direct), if any
+    announced_at: float = 0.0  # DHT time of this announcement: a newer one shows the server is (back) alive
 
     def to_record(self) -> dict[str, Any]:
         """A msgpack-friendly dict."""
@@ -90,8 +91,10 @@ class ServerInfo:
                 next_pings=_parse_pings(record.get("next_pings", {})),
                 claimed_at=float(record.get("claimed_at", 0.0)),
                 direct_address=str(record.get("direct_address", ""))[:64],
+                announced_at=float(record.get("announced_at", 0.0)),
             )
-            speeds = (info.throughput, info.inference_rps, info.forward_rps, info.network_rps, info.claimed_at)
+            speeds = (info.throughput, info.inference_rps, info.forward_rps, info.network_rps, info.claimed_at,
+                      info.announced_at)
             if not (0 <= info.start_block < info.end_block) or not all(math.isfinite(v) and v >= 0 for v in speeds):
                 raise ValueError("inconsistent span or throughput")
             return info

@@ -7,6 +7,7 @@ import threading
 from typing import Callable
 
 import hivemind
+from hivemind.utils import get_dht_time
 
 from core.dht.records import declare_blocks
 from core.dht.schema import ModelInfo, ServerInfo, ServerState
@@ -46,7 +47,7 @@ class Announcer(threading.Thread):
 
     def announce(self, state: ServerState | None = None, expiration: float | None = None) -> None:
         """Declare the span now (with ``state`` overriding the info's state)."""
-        info = self.make_info()
+        info = dataclasses.replace(self.make_info(), announced_at=get_dht_time())
         if state is not None:
             info = dataclasses.replace(info, state=state)
         indices = range(info.start_block, info.end_block)

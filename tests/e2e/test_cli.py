@@ -21,6 +21,7 @@ from core import AutoDistributedConfig, AutoDistributedModelForCausalLM
 from core.dht.records import get_block_servers
 from core.dht.schema import ServerState
 from core.launcher import PACKAGE_ROOT, ChildProcess, LocalSwarm, parse_addresses
+from tests.numerics import assert_matches_reference
 
 START_TIMEOUT = 120.0
 LOCALHOST = "/ip4/127.0.0.1/tcp/0"
@@ -93,7 +94,7 @@ def test_server_prints_its_addresses_and_clients_join_through_it(auto_swarm):
         local = AutoModelForCausalLM.from_pretrained(auto_swarm.original).eval()
         input_ids = torch.tensor([[5, 17, 42, 9, 3, 77]])
         with torch.no_grad():
-            torch.testing.assert_close(model(input_ids).logits, local(input_ids).logits, atol=1e-4, rtol=0)
+            assert_matches_reference(model(input_ids).logits, local(input_ids).logits, "logits")
     finally:
         model.shutdown()
 

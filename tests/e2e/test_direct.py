@@ -17,6 +17,7 @@ from core.client.sequence_manager import open_direct_stream
 from core.config import ClientConfig
 from core.direct_protocol import hello, parse_direct_address, server_greeting
 from core.errors import RemoteCallError
+from tests.numerics import assert_same_computation, reference_greedy
 
 NEW_TOKENS = 8
 
@@ -42,8 +43,7 @@ def _client(direct_swarm, policy: str) -> Iterator[AutoDistributedModelForCausal
 
 def _local_tokens(original, input_ids: torch.Tensor) -> torch.Tensor:
     local = AutoModelForCausalLM.from_pretrained(original).eval()
-    with torch.no_grad():
-        return local.generate(input_ids, max_new_tokens=NEW_TOKENS, do_sample=False)
+    return reference_greedy(local, input_ids, "greedy tokens", max_new_tokens=NEW_TOKENS)
 
 
 def _peer_addresses(session) -> list[tuple[str, int]]:
@@ -92,8 +92,8 @@ def test_forward_and_backward_go_direct_with_the_same_numbers(direct_swarm, monk
                 monkeypatch.setattr(manager, "get_stub", refuse)
             results[name] = (manager.call(span, "rpc_forward", [hidden]),
                              manager.call(span, "rpc_backward", [hidden, grad]))
-        for direct_result, p2p_result in zip(results["direct"], results["p2p"]):
-            assert torch.equal(direct_result, p2p_result)
+        for direct_result, p2p_result, what in zip(results["direct"], results["p2p"], ("outputs", "gradients")):
+            assert_same_computation(direct_result, p2p_result, what)  # the same server and input; another transport
 
 
 def _cache_free(manager, span) -> int:

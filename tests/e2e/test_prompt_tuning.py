@@ -32,6 +32,7 @@ from core import (
 from core.errors import InvalidRequestError, PromptsMismatchError
 from core.launcher import ChildProcess, LocalSwarm
 from core.tuning import StepReport, TrainingConfig, load_prompts, read_prompts_metadata, save_prompts, train_prompts
+from tests.numerics import assert_matches_reference, assert_no_near_ties
 
 FAMILIES = ["llama", "bloom"]
 PRE_SEQ_LEN = 3
@@ -144,11 +145,11 @@ def test_logits_and_gradients_match_local_prompt_tuning(swarms, family, mode):
     _shifted_loss(local_logits, input_ids).backward()
 
     assert outputs.logits.shape == (2, 6, model.config.vocab_size)  # the user's tokens only
-    torch.testing.assert_close(outputs.logits, local_logits, atol=1e-4, rtol=0)
-    torch.testing.assert_close(model.ptune.prompts.grad, prompts.grad, atol=1e-5, rtol=1e-4)
+    assert_matches_reference(outputs.logits, local_logits, "logits")
+    assert_matches_reference(model.ptune.prompts.grad, prompts.grad, "gradients of the prompts")
     if mode == "deep_ptune":
         assert deep.grad.abs().sum() > 0
-        torch.testing.assert_close(model.ptune.deep_prompts.grad, deep.grad, atol=1e-5, rtol=1e-4)
+        assert_matches_reference(model.ptune.deep_prompts.grad, deep.grad, "gradients of the deep prompts")
     assert all(parameter.grad is None for name, parameter in model.named_parameters() if name not in trainable)
 
 
@@ -186,8 +187,8 @@ def test_sequence_classification_matches_transformers(swarms, family):
         expected = reference(input_ids, attention_mask=attention_mask).logits
     labels = torch.tensor([0, 2])
     outputs = model(input_ids, labels=labels)
-    torch.testing.assert_close(outputs.logits, expected, atol=1e-4, rtol=0)
-    torch.testing.assert_close(outputs.loss, torch.nn.functional.cross_entropy(expected, labels), atol=1e-4, rtol=0)
+    assert_matches_reference(outputs.logits, expected, "classification logits")
+    assert_matches_reference(outputs.loss, torch.nn.functional.cross_entropy(expected, labels), "classification losses")
 
     prompted = SEQ_CLS[family].from_pretrained(str(converted), dht=dht, num_labels=3, tuning_mode="ptune",
                                                pre_seq_len=PRE_SEQ_LEN)
@@ -198,15 +199,17 @@ def test_sequence_classification_matches_transformers(swarms, family):
     embeds = reference.get_input_embeddings()(unpadded)
     with torch.no_grad():
         expected = reference(inputs_embeds=torch.cat([prompted.ptune.prompts[None], embeds], dim=1)).logits
-        torch.testing.assert_close(prompted(unpadded).logits, expected, atol=1e-4, rtol=0)
+        assert_matches_reference(prompted(unpadded).logits, expected, "classification logits with prompts")
 
 
 def _local_greedy(local, input_ids, prompts, deep_prompts, new_tokens: int) -> torch.Tensor:
-    tokens = input_ids
+    """Greedy tokens of the local model with prompts, none of them a near tie (see tests/numerics.py)."""
+    tokens, scores = input_ids, []
     with torch.no_grad():
         for _ in range(new_tokens):
-            next_token = _local_logits(local, tokens, prompts, deep_prompts)[:, -1].argmax(-1, keepdim=True)
-            tokens = torch.cat([tokens, next_token], dim=1)
+            scores.append(_local_logits(local, tokens, prompts, deep_prompts)[:, -1])
+            tokens = torch.cat([tokens, scores[-1].argmax(-1, keepdim=True)], dim=1)
+    assert_no_near_ties(scores, "greedy tokens with prompts")
     return tokens
 
 
@@ -403,6 +406,6 @@ def test_retries_give_each_server_its_own_slice_of_the_prompts(swarms):
     prompts = model.ptune.prompts.detach().clone().requires_grad_(True)
     deep = model.ptune.deep_prompts.detach().clone().requires_grad_(True)
     _shifted_loss(_local_logits(setup.local, input_ids, prompts, deep), input_ids).backward()
-    torch.testing.assert_close(model.ptune.prompts.grad, prompts.grad, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(model.ptune.deep_prompts.grad, deep.grad, atol=1e-5, rtol=1e-4)
+    assert_matches_reference(model.ptune.prompts.grad, prompts.grad, "gradients of the prompts")
+    assert_matches_reference(model.ptune.deep_prompts.grad, deep.grad, "gradients of the deep prompts")
     assert torch.equal(tokens, _local_greedy(setup.local, input_ids, prompts.detach(), deep.detach(), new_tokens=6))

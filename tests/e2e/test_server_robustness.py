@@ -35,6 +35,7 @@ from core.errors import (
 )
 from core.launcher import ChildProcess, LocalSwarm
 from core.models.registry import get_family
+from tests.numerics import assert_matches_reference, assert_same_computation
 from core.wire import pack_metadata, raise_if_error, serialize_tensors, unpack_metadata
 
 HIDDEN = 64  # hidden size of the tiny Llama (tests/tiny_models.py)
@@ -365,7 +366,8 @@ def test_vanishing_client_does_not_break_another_session(setup):
             assert vanishing.process.returncode != 0
             for position in range(4, 7):
                 outputs.append(session.step(hidden[:, position : position + 1]))
-        torch.testing.assert_close(torch.cat(outputs, dim=1), expected, atol=1e-4, rtol=1e-5)
+        # steps over a KV cache vs one stateless pass: other kernels and summation orders, so the contract
+        assert_matches_reference(torch.cat(outputs, dim=1), expected, "session steps around a vanishing client")
 
         # a bad step of a third client mid-session does not disturb a concurrent good session either
         with model_blocks.inference_session(max_length=16) as session:
@@ -376,7 +378,8 @@ def test_vanishing_client_does_not_break_another_session(setup):
             responses = _raw_session(setup, [good, nan])
             _expect_error(responses[1], InvalidRequestError, "contains NaN or Inf")
             second_half = session.step(hidden[:, 4:])
-        torch.testing.assert_close(torch.cat([first_half, second_half], dim=1), expected, atol=1e-4, rtol=1e-5)
+        assert_matches_reference(torch.cat([first_half, second_half], dim=1), expected,
+                                 "session steps around a bad request")
     finally:
         vanishing.kill()
     for server in setup.swarm.servers:
@@ -395,16 +398,17 @@ def test_servers_survive_and_still_compute_exactly(setup):
     first, second = setup.manager.make_route(0, 4)
     assert (first.peer_id, second.peer_id) == (setup.first.peer_id, setup.second.peer_id)
     output = _forward_all(setup.manager, first, second, setup.probe)
-    torch.testing.assert_close(output, setup.probe_output, atol=0, rtol=0)  # the very same answer as before
+    # the very same answer as before: the same servers, the same input, the same rpc_forward path and shapes
+    assert_same_computation(output, setup.probe_output, "the probe's outputs before and after the bad requests")
 
     local = AutoModelForCausalLM.from_pretrained(setup.original).eval()
     span = get_family("llama").make_span(local.config, list(local.model.layers), 0)
     with torch.no_grad():
-        torch.testing.assert_close(output, span(setup.probe), atol=1e-5, rtol=0)
+        assert_matches_reference(output, span(setup.probe), "the probe's outputs")
 
     grad = torch.randn_like(setup.probe)
     remote_grad = setup.manager.call(first, "rpc_backward", [setup.probe, setup.manager.call(
         second, "rpc_backward", [setup.manager.call(first, "rpc_forward", [setup.probe]), grad])])
     local_input = setup.probe.clone().requires_grad_(True)
     span(local_input).backward(grad)
-    torch.testing.assert_close(remote_grad, local_input.grad, atol=1e-5, rtol=1e-4)
+    assert_matches_reference(remote_grad, local_input.grad, "the probe's gradients")

@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from core.cli.demo import build_prompt
 from core.convert import convert_model, find_smollm2_gguf
 from core.models.auto import AutoDistributedModelForCausalLM
+from tests.numerics import assert_matches_reference, reference_greedy
 
 pytestmark = pytest.mark.slow
 
@@ -30,8 +31,8 @@ def test_distributed_generation_equals_local(smollm2, swarm_factory, client_dht_
         text = build_prompt(tokenizer, "What is the capital of France?")
         input_ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
         with torch.no_grad():
-            torch.testing.assert_close(model(input_ids).logits, local(input_ids).logits, atol=1e-4, rtol=0)
-        expected = local.generate(input_ids, max_new_tokens=12, do_sample=False)
+            assert_matches_reference(model(input_ids).logits, local(input_ids).logits, "SmolLM2 logits")
+        expected = reference_greedy(local, input_ids, "SmolLM2 greedy tokens", max_new_tokens=12)
         output = model.generate(input_ids, max_new_tokens=12)
         assert torch.equal(output, expected)
         answer = tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True)

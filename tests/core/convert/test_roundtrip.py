@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from core.convert import convert_model, load_block_state, load_client_state, load_config, load_manifest
 from core.convert.manifest import sha256_file
+from tests.numerics import assert_same_computation
 from tests.tiny_models import build_model, make_tokenizer
 
 from .conftest import converted_logits, reference_logits
@@ -23,7 +24,8 @@ def test_converted_model_reproduces_logits_exactly(
     source = tiny_llama if family == "llama" else tiny_bloom
     manifest = convert_model(str(source), tmp_path / f"tiny-{family}", progress=False)
     assert manifest.family == family and manifest.num_blocks == 4 and manifest.torch_dtype == "float32"
-    assert torch.equal(converted_logits(tmp_path / f"tiny-{family}"), reference_logits(source))
+    assert_same_computation(converted_logits(tmp_path / f"tiny-{family}"), reference_logits(source),
+                            "converted vs transformers logits")
 
 
 def test_manifest_lists_every_file_with_its_sha256(tiny_llama: Path, tmp_path: Path) -> None:
@@ -75,7 +77,8 @@ def test_sharded_checkpoint_is_streamed_shard_by_shard(tmp_path: Path) -> None:
     make_tokenizer().save_pretrained(source)
     assert len(list(source.glob("model-*.safetensors"))) > 3 and (source / "model.safetensors.index.json").is_file()
     convert_model(str(source), tmp_path / "out", progress=False)
-    assert torch.equal(converted_logits(tmp_path / "out"), reference_logits(source))
+    assert_same_computation(converted_logits(tmp_path / "out"), reference_logits(source),
+                            "converted vs transformers logits")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -106,4 +109,5 @@ def test_bin_checkpoint_is_read_when_no_safetensors(tmp_path: Path) -> None:
     convert_model(str(source), tmp_path / "out", progress=False)
     with torch.no_grad():
         expected = model(torch.tensor([[0, 5, 17, 42]])).logits
-    assert torch.equal(converted_logits(tmp_path / "out", torch.tensor([[0, 5, 17, 42]])), expected)
+    assert_same_computation(converted_logits(tmp_path / "out", torch.tensor([[0, 5, 17, 42]])), expected,
+                            "converted vs transformers logits")

@@ -12,6 +12,7 @@ from core.convert import convert_model, load_manifest
 from core.convert import converter as converter_module
 from core.convert import staging
 from core.errors import ConversionError
+from tests.numerics import assert_same_computation
 
 from .conftest import converted_logits, reference_logits
 
@@ -51,7 +52,7 @@ def test_disk_full_midway_says_so_and_keeps_nothing(tiny_llama: Path, tmp_path: 
 
     monkeypatch.undo()  # space was freed: the same command now completes
     convert_model(str(tiny_llama), out, progress=False)
-    assert torch.equal(converted_logits(out), reference_logits(tiny_llama))
+    assert_same_computation(converted_logits(out), reference_logits(tiny_llama), "converted vs transformers logits")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
 
 
@@ -89,7 +90,7 @@ def test_rerun_after_a_killed_conversion_removes_its_leftovers(tiny_llama: Path,
         load_manifest(out)
     convert_model(str(tiny_llama), out, progress=False)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["other.tmp-keepme", "out"]
-    assert torch.equal(converted_logits(out), reference_logits(tiny_llama))
+    assert_same_computation(converted_logits(out), reference_logits(tiny_llama), "converted vs transformers logits")
 
 
 def test_two_conversions_into_one_output_do_not_mix(tiny_llama: Path, tmp_path: Path) -> None:
