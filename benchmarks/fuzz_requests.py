@@ -21,11 +21,11 @@ import torch
 from hivemind.p2p import P2P, PeerID
 from hivemind.proto import runtime_pb2
 
-from core.client.sequence_manager import open_direct_stream
+from core.client.transports import open_direct_stream, open_p2p_stream
 from core.dht.schema import RemoteSpanInfo
 from core.direct_protocol import parse_direct_address
-from core.server.handler import MAX_STREAM_MESSAGES, BlockRequestHandler
-from core.wire import pack_metadata, serialize_tensors, unpack_metadata
+from core.server.handler import MAX_STREAM_MESSAGES
+from core.wire import block_rpc_handle, pack_metadata, serialize_tensors, unpack_metadata
 
 UNARY_METHODS = ("rpc_forward", "rpc_backward", "rpc_info")
 STREAM_METHODS = ("rpc_forward_stream", "rpc_backward_stream", "rpc_inference")
@@ -34,7 +34,7 @@ OVERLONG_STREAMS = 2  # streams of MAX_STREAM_MESSAGES + 1 messages (each costs 
 
 
 def _handle(method: str) -> str:
-    return BlockRequestHandler._get_handle_name(None, method)
+    return block_rpc_handle(method)
 
 
 def frame(payload: bytes, marker: bytes = P2P.MESSAGE_MARKER) -> bytes:
@@ -74,8 +74,7 @@ class Fuzzer:
         if address is not None and self.rng.random() < 0.5:
             self.direct_streams += 1
             return await open_direct_stream(address, span.peer_id, method)
-        _, reader, writer = await self.p2p.call_binary_stream_handler(PeerID.from_base58(span.peer_id), _handle(method))
-        return reader, writer
+        return await open_p2p_stream(self.p2p, span.peer_id, method)
 
     # ---- valid material to mutate -------------------------------------------------------------
     def _span(self) -> RemoteSpanInfo:

@@ -44,6 +44,8 @@ class ServerConfig:
     would give it (0 disables rebalancing; fixed ``block_indices`` never move)."""
     mean_balance_check_period: float = 60.0
     """Average seconds between rebalancing checks (randomised so servers do not all move at once)."""
+    relay_service: bool = True
+    """Relay for servers behind NAT while this server is itself dialable (core.server.relay)."""
     direct_port: int | None = None
     """Also take streaming calls (inference sessions, forward, backward) on this plain TCP port (0: any free one)
     and announce it, so clients on a trusted network skip the p2p daemons; unencrypted, so off by default."""

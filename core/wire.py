@@ -23,6 +23,15 @@ from hivemind.utils.streaming import combine_from_streaming, split_for_streaming
 from core.errors import BlossomError, InvalidRequestError, RemoteCallError, error_from_code
 
 M = TypeVar("M", bound=Message)
+BLOCK_HANDLER_NAME = "BlockRequestHandler"
+"""hivemind names a servicer's RPC handles after its class: ``BlockRequestHandler.rpc_inference``."""
+
+
+def block_rpc_handle(method: str) -> str:
+    """The p2p handle name of the block servers' RPC ``method`` (clients, relays and servers agree on it)."""
+    return f"{BLOCK_HANDLER_NAME}.{method}"
+
+
 ALLOWED_WIRE_DTYPES = frozenset({"float32", "float16", "bfloat16", "int64", "int32", "bool"})
 MAX_METADATA_BYTES = 64 * 1024
 

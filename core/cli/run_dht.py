@@ -8,6 +8,8 @@ import threading
 
 from core.cli.common import on_termination, setup_logging
 from core.dht.node import create_dht
+from core.server.relay import RelayService
+from core.utils.event_loop import EventLoopThread
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +23,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=None, help="TCP port to listen on (default: random)")
     parser.add_argument("--identity_path", default=None,
                         help="private key file; keeps this peer's id (and so its address) across restarts")
+    parser.add_argument("--no_relay", action="store_true",
+                        help="do not relay for servers behind NAT (by default this peer does, within limits)")
     parser.add_argument("--verbose", action="store_true")
     return parser.parse_args(argv)
 
@@ -37,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     ).dht
     stop = threading.Event()
     on_termination(stop.set)
+    loop = EventLoopThread("blossom-dht-loop")
+    refusal = "this peer's relay service is turned off (--no_relay)" if args.no_relay else None
+    relay = loop.run(_start_relay(dht, refusal), timeout=30)
     addresses = [str(addr) for addr in dht.get_visible_maddrs()]
     print("Running a DHT peer. To connect servers and clients to this swarm, pass one of these as --initial_peers:",
           flush=True)
@@ -46,9 +53,21 @@ def main(argv: list[str] | None = None) -> int:
         while not stop.wait(60):
             logger.info("DHT peer alive, %d address(es)", len(addresses))
     finally:
+        try:
+            loop.run(relay.p2p.shutdown(), timeout=10)
+        except Exception:
+            logger.debug("Could not close the P2P replica cleanly", exc_info=True)
+        loop.stop()
         dht.shutdown()
         print("DHT peer stopped.", flush=True)
     return 0
+
+
+async def _start_relay(dht, refusal: str | None) -> RelayService:
+    """Dial-backs and relaying for servers behind NAT (core.server.relay) on this peer."""
+    relay = RelayService(await dht.replicate_p2p(), lambda: refusal)
+    await relay.add_p2p_handlers()
+    return relay
 
 
 if __name__ == "__main__":

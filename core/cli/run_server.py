@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also take inference sessions and forward/backward calls on this plain TCP port (0: any "
                              "free one), skipping the p2p daemons; unencrypted: only on one machine or a trusted LAN")
     parser.add_argument("--identity_path", default=None, help="private key file that keeps this server's peer id")
+    parser.add_argument("--no_relay", action="store_true",
+                        help="do not relay for servers behind NAT (by default a directly reachable server does, "
+                             "within limits)")
     parser.add_argument("--throughput", type=parse_throughput, default="auto",
                         help="announced speed in tokens/s per block, or 'auto' to measure it (cached per model/device/dtype)")
     parser.add_argument("--torch_dtype", choices=TORCH_DTYPES, default="auto")
@@ -111,6 +114,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         balance_quality=args.balance_quality,
         mean_balance_check_period=args.mean_balance_check_period,
         direct_port=args.direct_port,
+        relay_service=not args.no_relay,
     )
 
 
@@ -128,12 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     except (BlossomError, ValueError) as error:
         return fail(error)
     try:
+        state = "is online" if server.is_reachable else "loaded its blocks but is NOT online"
         print(
-            f"Blossom server for '{status.dht_prefix}' is online: blocks {status.start_block}..{status.end_block - 1} "
+            f"Blossom server for '{status.dht_prefix}' {state}: blocks {status.start_block}..{status.end_block - 1} "
             f"({status.end_block - status.start_block} of {status.total_blocks}), {status.torch_dtype} on "
             f"{status.device}, throughput {status.throughput:.1f} tokens/s per block",
             flush=True,
         )
+        print(f"This server is {status.reachability}", flush=True)
         print("Other servers and clients can join through this server with --initial_peers:", flush=True)
         for address in status.addresses:
             print(f"  {address}", flush=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import threading
 import time
 from typing import Any, Sequence
@@ -21,7 +20,9 @@ from core.client.routing import RouteMode, make_route, uncovered_blocks
 from core.config import ClientConfig
 from core.dht.records import compute_spans, get_block_servers
 from core.dht.schema import RemoteSpanInfo, block_key
-from core.direct_protocol import MAX_GREETING_BYTES, check_greeting, hello, may_connect_directly, parse_direct_address
+from core.client.transports import Stream, open_direct_stream, open_p2p_stream, open_relay_circuit
+from core.direct_protocol import may_connect_directly, parse_direct_address
+from core.relay_protocol import Reachability
 from core.errors import (
     BlossomError, MissingBlocksError, RemoteCallError, ServerFullError, SessionExpiredError, UnknownBlocksError,
 )
@@ -44,8 +45,8 @@ logger = logging.getLogger(__name__)
 MAX_RESPONSE_ELEMENTS = 2**31
 MAX_RESPONSE_BYTES = 2**31  # protobuf's own limit on one message
 PING_TIMEOUT = 3.0
-DIRECT_CONNECT_TIMEOUT = 5.0
-"""Seconds to connect to a server's direct port and get its greeting before falling back to p2p."""
+RELAY_RETRY_AFTER = 60.0
+"""Seconds a relay that failed a client is skipped (the server's other relays are tried meanwhile)."""
 UNREACHABLE_COST = 10.0  # seconds charged for a hop to a server that did not answer a ping
 
 
@@ -60,30 +61,6 @@ def is_retriable(error: BaseException) -> bool:
     if isinstance(error, BlossomError):
         return type(error) in (RemoteCallError, ServerFullError, SessionExpiredError, UnknownBlocksError, BlossomError)
     return isinstance(error, Exception)
-
-
-async def open_direct_stream(address: tuple[str, int], peer_id: str,
-                             method: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A stream to ``method`` over a direct TCP connection to server ``peer_id`` at ``address`` (see
-    :mod:`core.direct_protocol`); ``OSError``, ``TimeoutError`` or :class:`RemoteCallError` if nothing is
-    there or it is not that server."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), DIRECT_CONNECT_TIMEOUT)
-    try:
-        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        writer.write(hello(method))
-        received, where = b"", f"{address[0]}:{address[1]}"
-        async with asyncio.timeout(DIRECT_CONNECT_TIMEOUT):
-            while (rest := check_greeting(received, peer_id, where)) is None:
-                chunk = await reader.read(MAX_GREETING_BYTES)
-                if not chunk:
-                    raise RemoteCallError(f"{where} closed the connection instead of greeting as {peer_id}")
-                received += chunk
-        if rest:
-            raise RemoteCallError(f"{where} sent {len(rest)} unexpected bytes after its greeting")
-    except BaseException:
-        writer.close()
-        raise
-    return reader, writer
 
 
 class RemoteSequenceManager:
@@ -102,6 +79,7 @@ class RemoteSequenceManager:
         self._p2p: P2P | None = None
         self.pings: dict[str, float] = {}  # peer id -> measured round trip (s), refreshed with the spans
         self.direct_failures: set[str] = set()  # servers whose direct port did not answer: p2p from then on
+        self.relay_failures: dict[str, float] = {}  # relay peer id -> until when it is skipped (monotonic)
 
     # ---- swarm view -------------------------------------------------------------------------
     def update(self) -> list[RemoteSpanInfo]:
@@ -116,19 +94,48 @@ class RemoteSequenceManager:
         return spans
 
     def _measure_pings(self, spans: list[RemoteSpanInfo]) -> None:
-        """Round trips to the servers in ``spans`` (in parallel); unreachable ones get a prohibitive cost."""
-        peers = sorted({span.peer_id for span in spans})
-        if not peers:
+        """Round trips to the servers in ``spans`` (in parallel), through their relays for relayed ones;
+        unreachable ones get a prohibitive cost."""
+        relayed = {span.peer_id: span for span in spans if self.is_relayed(span)}
+        peers = sorted({span.peer_id for span in spans} - set(relayed))
+        if not peers and not relayed:
             return
         try:
-            measured = self.loop.run(self._ping(peers), timeout=PING_TIMEOUT + 5)
+            measured = self.loop.run(self._ping(peers, list(relayed.values())), timeout=2 * PING_TIMEOUT + 5)
         except Exception:
             logger.debug("Measuring pings failed", exc_info=True)
             return
-        self.pings = {peer: measured.get(peer, UNREACHABLE_COST) for peer in peers}
+        self.pings = {peer: measured.get(peer, UNREACHABLE_COST) for peer in [*peers, *relayed]}
 
-    async def _ping(self, peers: list[str]) -> dict[str, float]:
-        return await ping_many(await self.get_p2p(), peers, timeout=PING_TIMEOUT)
+    async def _ping(self, peers: list[str], relayed: list[RemoteSpanInfo]) -> dict[str, float]:
+        direct, *through_relays = await asyncio.gather(
+            ping_many(await self.get_p2p(), peers, timeout=PING_TIMEOUT),
+            *(self._ping_relayed(span) for span in relayed))
+        direct.update({span.peer_id: rtt for span, rtt in zip(relayed, through_relays) if rtt is not None})
+        return direct
+
+    async def _ping_relayed(self, span: RemoteSpanInfo) -> float | None:
+        """Round trip of one step's worth of talk with a relayed server over an open circuit (what each
+        inference step costs through the relay), or ``None`` if no relay took us there."""
+        try:
+            async with asyncio.timeout(2 * PING_TIMEOUT):
+                reader, writer = await self.open_relayed_stream(span, "rpc_info_stream")
+                try:
+                    best = None
+                    for _ in range(2):
+                        began = time.perf_counter()
+                        write_message(writer, runtime_pb2.ExpertRequest())
+                        await writer.drain()
+                        if await read_message(reader, runtime_pb2.ExpertResponse, span.peer_id, 2**20) is None:
+                            return None
+                        best = min(best or float("inf"), time.perf_counter() - began)
+                    writer.write(END_OF_STREAM_FRAME)
+                    return best
+                finally:
+                    writer.close()
+        except Exception as error:
+            logger.debug("No ping through the relays of %s: %s", span.peer_id, error)
+            return None
 
     def spans(self) -> list[RemoteSpanInfo]:
         """The known spans, refreshed when older than ``update_period`` or after a server failed."""
@@ -206,19 +213,13 @@ class RemoteSequenceManager:
     async def get_stub(self, peer_id: str):  # -> StubBase
         return BlockRequestHandler.get_stub(await self.get_p2p(), PeerID.from_base58(peer_id))
 
+    @staticmethod
+    def is_relayed(span: RemoteSpanInfo) -> bool:
+        """Whether clients reach ``span``'s server only through its relays (it announced so)."""
+        return span.server_info.reachability == Reachability.RELAYED.value and bool(span.server_info.relays)
+
     def span_uid(self, start: int, end: int) -> str:
         return " ".join(block_key(self.dht_prefix, index) for index in range(start, end))
-
-    async def open_stream(self, peer_id: str, method: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """A raw stream to ``peer_id``'s streaming RPC ``method``, for frames of :func:`core.wire.write_message`.
-
-        Written and read directly rather than through hivemind's stream helpers: no writer task and
-        queue per call, one write per frame, and the caller closes as soon as it has its answer.
-        """
-        p2p = await self.get_p2p()
-        _, reader, writer = await p2p.call_binary_stream_handler(
-            PeerID.from_base58(peer_id), BlockRequestHandler._get_handle_name(None, method))
-        return reader, writer
 
     # ---- direct connections (servers' --direct_port, core.direct_protocol) ---------------------
     def direct_address(self, span: RemoteSpanInfo) -> tuple[str, int] | None:
@@ -234,16 +235,32 @@ class RemoteSequenceManager:
         logger.info("No direct connection to %s at %s:%d (%s); using p2p", span.peer_id, *address, error)
         self.direct_failures.add(span.peer_id)
 
-    async def open_call_stream(self, span: RemoteSpanInfo,
-                               method: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """A stream to ``span``'s server's ``method``: direct when offered and allowed, else (or if that fails) p2p."""
+    async def open_call_stream(self, span: RemoteSpanInfo, method: str) -> Stream:
+        """A stream to ``span``'s server's ``method``: direct when offered and allowed, else (or if that fails)
+        through its relays when it is relayed, else p2p (see :mod:`core.client.transports`)."""
         address = self.direct_address(span)
         if address is not None:
             try:
                 return await open_direct_stream(address, span.peer_id, method)
             except (OSError, asyncio.TimeoutError, RemoteCallError) as error:
                 self.direct_failed(span, address, error)
-        return await self.open_stream(span.peer_id, method)
+        if self.is_relayed(span):
+            return await self.open_relayed_stream(span, method)
+        return await open_p2p_stream(await self.get_p2p(), span.peer_id, method)
+
+    async def open_relayed_stream(self, span: RemoteSpanInfo, method: str) -> Stream:
+        """A circuit to ``span``'s server through the first of its relays that takes us there."""
+        now, reasons = time.monotonic(), []
+        relays = sorted(span.server_info.relays, key=lambda relay: self.relay_failures.get(relay, 0.0) > now)
+        for relay in relays:
+            try:
+                return await open_relay_circuit(await self.get_p2p(), relay, span.peer_id, method)
+            except Exception as error:
+                logger.info("Relay %s did not take us to %s: %s", relay, span.peer_id, error)
+                self.relay_failures[relay] = time.monotonic() + RELAY_RETRY_AFTER
+                reasons.append(f"{relay}: {error or type(error).__name__}")
+        raise RemoteCallError(f"server {span.peer_id} is reachable only through relays, and none took us there: "
+                              + "; ".join(reasons))
 
     async def _call(
         self, span: RemoteSpanInfo, method: str, tensors: Sequence[torch.Tensor], metadata: dict[str, Any] | None = None
@@ -252,7 +269,7 @@ class RemoteSequenceManager:
         timeout = self.config.request_timeout
         packed = pack_metadata(metadata) if metadata else b""
         request = runtime_pb2.ExpertRequest(uid=uid, tensors=serialize_tensors(tensors), metadata=packed)
-        if should_stream(tensors) or self.direct_address(span) is not None:
+        if should_stream(tensors) or self.direct_address(span) is not None or self.is_relayed(span):
             # one request frame, one answer frame (see BlockRequestHandler.rpc_forward_stream)
             reader, writer = await self.open_call_stream(span, f"{method}_stream")
             try:

@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 
 MODELS_KEY = "blossom.models"
 MAX_PINGS = 16
+MAX_RELAYS = 4
 
 
 class ServerState(str, enum.Enum):
@@ -61,11 +62,14 @@ class ServerInfo:
     claimed_at: float = 0.0  # DHT time when a JOINING server claimed this span (earlier claims win)
     direct_address: str = ""  # "host:port" taking inference sessions over plain TCP (core.server.direct), if any
     announced_at: float = 0.0  # DHT time of this announcement: a newer one shows the server is (back) alive
+    reachability: str = ""  # "direct" or "relayed" (core.relay_protocol.Reachability); "" from older servers
+    relays: tuple[str, ...] = ()  # peer ids of relays through which clients reach a relayed server
 
     def to_record(self) -> dict[str, Any]:
         """A msgpack-friendly dict."""
         record = asdict(self)
         record["state"] = self.state.value
+        record["relays"] = list(self.relays)
         return record
 
     @classmethod
@@ -92,6 +96,8 @@ class ServerInfo:
                 claimed_at=float(record.get("claimed_at", 0.0)),
                 direct_address=str(record.get("direct_address", ""))[:64],
                 announced_at=float(record.get("announced_at", 0.0)),
+                reachability=str(record.get("reachability", ""))[:16],
+                relays=tuple(str(peer)[:64] for peer in list(record.get("relays", ()))[:MAX_RELAYS]),
             )
             speeds = (info.throughput, info.inference_rps, info.forward_rps, info.network_rps, info.claimed_at,
                       info.announced_at)

@@ -224,6 +224,14 @@ class BlockRequestHandler(ServicerBase):
             "cache_bytes_left": self.cache_budget.free_bytes, "version": __version__,
         }))
 
+    async def rpc_info_stream(
+        self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext
+    ) -> AsyncIterator[runtime_pb2.ExpertResponse]:
+        """:meth:`rpc_info` over a stream, one answer per request: how clients ping a server through a relay
+        (relays carry streams, not hivemind's unary calls)."""
+        async for request in requests:
+            yield await self.rpc_info(request, context)
+
     async def rpc_forward(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
         """Blocks' outputs for a whole sequence: tensors ``[hidden]`` -> ``[hidden]``.
 

@@ -1,6 +1,7 @@
 """The block server's lifecycle: join the DHT, choose and load blocks, serve RPCs, announce, move, shut down."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import tempfile
@@ -21,6 +22,7 @@ from core.dht.records import compute_spans, get_block_servers
 from core.dht.schema import ModelInfo, RemoteSpanInfo, ServerInfo, ServerState
 from core.direct_protocol import DIRECT_METHODS
 from core.errors import InvalidRequestError
+from core.relay_protocol import MAX_RELAYS_ANNOUNCED, Reachability
 from core.models.registry import family_for_config, get_family
 from core.server.announcer import Announcer
 from core.server.backend import SpanBackend, SpanLimits, kv_bytes_per_token
@@ -30,7 +32,9 @@ from core.server.handler import BlockRequestHandler
 from core.server.memory_cache import KVCacheBudget
 from core.server.network import measure_upload, ping_many
 from core.server.placement import quantize_linear_layers, resolve_device, resolve_dtype
+from core.server.reachability import ReachabilityKeeper, ReachabilityStatus, helpers_are_local, peer_ids_of
 from core.server.rebalancer import Rebalancer
+from core.server.relay import RelayService
 from core.server.stats import ServingStats
 from core.server.throughput import Throughput, ThroughputCache, combine, compute_speed, network_rps
 from core.utils.event_loop import EventLoopThread
@@ -57,6 +61,8 @@ class ServerStatus:
     throughput: float
     addresses: tuple[str, ...]
     peer_id: str = ""
+    reachability: str = ""
+    """How clients reach this server, in one line (:meth:`ReachabilityStatus.describe`)."""
 
 
 class BlockServer:
@@ -86,6 +92,9 @@ class BlockServer:
         self._claimed_at = 0.0
         self._direct: DirectListener | None = None
         self._direct_address = ""
+        self._relay: RelayService | None = None
+        self._keeper: ReachabilityKeeper | None = None
+        self.reachability = ReachabilityStatus(Reachability.UNREACHABLE, reason="not checked yet")
 
     # ---- start -----------------------------------------------------------------------------
     def start(self) -> ServerStatus:
@@ -102,6 +111,7 @@ class BlockServer:
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.torch_dtype, self.device, getattr(torch, manifest.torch_dtype))
 
+        dht_started_at = time.monotonic()
         node = create_dht(cfg.initial_peers, host_maddrs=cfg.host_maddrs, announce_maddrs=cfg.announce_maddrs,
                           identity_path=cfg.identity_path, persistent_identity=True)
         self.dht = node.dht
@@ -130,8 +140,9 @@ class BlockServer:
         self._loop.run(self._register_handlers())
         self._measure_network(backend.hidden_size)
         self._refresh_pings()
+        self._learn_reachability(dht_started_at)
 
-        self._state = ServerState.ONLINE
+        self._state = ServerState.ONLINE if self.is_reachable else ServerState.JOINING
         self._announcer.announce()
         self._announcer.start()
         if cfg.block_indices is None and cfg.balance_quality > 0:
@@ -139,8 +150,54 @@ class BlockServer:
             self._rebalancer.start()
         addresses = tuple(str(addr) for addr in self.dht.get_visible_maddrs())
         self.status = ServerStatus(self.dht_prefix, start, end, self.total_blocks, str(self.dtype).removeprefix("torch."),
-                                   str(self.device), self._throughput.throughput, addresses, self.peer_id)
+                                   str(self.device), self._throughput.throughput, addresses, self.peer_id,
+                                   self.reachability.describe())
         return self.status
+
+    # ---- reachability (core.server.reachability) ---------------------------------------------
+    @property
+    def is_reachable(self) -> bool:
+        return self.reachability.reachability != Reachability.UNREACHABLE
+
+    def _learn_reachability(self, dht_started_at: float) -> None:
+        """Ask other peers to dial this server back, else reserve relays; then keep that up in the background."""
+        cfg = self.config
+        if not cfg.initial_peers:  # the first peer of a new swarm: whoever joins dials it
+            self.reachability = ReachabilityStatus(Reachability.DIRECT, reason="not checked: this server started the swarm")
+            return
+        self._keeper = ReachabilityKeeper(self._p2p, self._loop, self._relay_candidates,
+                                          helpers_are_local(cfg.initial_peers), dht_started_at,
+                                          self._on_reachability_change)
+        self.reachability = self._keeper.check()
+        self._keeper.start()
+
+    def _relay_candidates(self) -> list[str]:
+        """Peers that may dial back and relay: the initial peers, then servers that are directly reachable."""
+        peers = peer_ids_of(self.config.initial_peers)
+        try:
+            peers += [span.peer_id for span in self.swarm_spans()
+                      if span.server_info.reachability == Reachability.DIRECT.value]
+        except Exception:
+            logger.debug("Could not read the swarm's servers", exc_info=True)
+        return [peer for peer in dict.fromkeys(peers) if peer != self.peer_id]
+
+    def _on_reachability_change(self, status: ReachabilityStatus) -> None:
+        self.reachability = status
+        if self.status is not None:
+            self.status = dataclasses.replace(self.status, reachability=status.describe())
+        if self._announcer is None or self._stopped.is_set():
+            return  # still starting: start() announces with the outcome
+        if self._state != ServerState.OFFLINE:
+            self._state = ServerState.ONLINE if self.is_reachable else ServerState.JOINING
+        self._announcer.announce()
+
+    def _relay_refusal(self) -> str | None:
+        """Why this server does not relay for others right now (None: it does)."""
+        if not self.config.relay_service:
+            return "this peer's relay service is turned off"
+        if self.reachability.reachability != Reachability.DIRECT:
+            return "this peer cannot be dialled itself"
+        return None
 
     def _make_info(self) -> ServerInfo:
         cfg = self.config
@@ -154,6 +211,7 @@ class BlockServer:
             max_length=cfg.max_length, inference_rps=self._throughput.inference_rps,
             forward_rps=self._throughput.forward_rps, network_rps=self._throughput.network_rps,
             next_pings=dict(self._next_pings), claimed_at=self._claimed_at, direct_address=self._direct_address,
+            reachability=self.reachability.reachability.value, relays=self.reachability.relays[:MAX_RELAYS_ANNOUNCED],
         )
 
     def _load_backend(self, start: int, end: int) -> SpanBackend:
@@ -203,6 +261,8 @@ class BlockServer:
         assert self.dht is not None and self._handler is not None
         self._p2p = await self.dht.replicate_p2p()
         await self._handler.add_p2p_handlers(self._p2p)
+        self._relay = RelayService(self._p2p, self._relay_refusal)
+        await self._relay.add_p2p_handlers()
         if self.config.direct_port is not None:
             bind, announced = direct_hosts(self.config.host_maddrs, self.config.announce_maddrs,
                                            [str(maddr) for maddr in await self._p2p.get_visible_maddrs()])
@@ -215,6 +275,8 @@ class BlockServer:
     async def _unregister_handlers(self) -> None:
         if self._direct is not None:
             await self._direct.stop()
+        if self._relay is not None:
+            await self._relay.remove_p2p_handlers()
         if self._p2p is not None and self._handler is not None:
             await self._handler.remove_p2p_handlers(self._p2p)
             await self._p2p.shutdown()
@@ -300,13 +362,11 @@ class BlockServer:
             backend = self._load_backend(*new_span)
             self._handler.backend = backend  # sessions still on the old blocks end with a retriable error
             self._handler.draining = False
-            self._state = ServerState.ONLINE
+            self._state = ServerState.ONLINE if self.is_reachable else ServerState.JOINING
             self._refresh_pings()
             self._announcer.announce()
             if self.status is not None:
-                self.status = ServerStatus(self.status.dht_prefix, new_span[0], new_span[1], self.total_blocks,
-                                           self.status.torch_dtype, self.status.device, self.status.throughput,
-                                           self.status.addresses, self.peer_id)
+                self.status = dataclasses.replace(self.status, start_block=new_span[0], end_block=new_span[1])
 
     # ---- stop ------------------------------------------------------------------------------
     def drain(self, timeout: float) -> bool:
@@ -342,6 +402,8 @@ class BlockServer:
             return
         self._stopped.set()
         began = time.perf_counter()
+        if self._keeper is not None:
+            self._keeper.stop()
         self.drain(self.config.shutdown_timeout)
         if self._loop is not None:
             try:

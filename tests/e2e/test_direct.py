@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from benchmarks.tiny_swarm import cache_free_bytes
 from core import AutoDistributedModelForCausalLM
-from core.client.sequence_manager import open_direct_stream
+from core.client.transports import open_direct_stream
 from core.config import ClientConfig
 from core.direct_protocol import hello, parse_direct_address, server_greeting
 from core.errors import RemoteCallError
@@ -88,7 +88,7 @@ def test_forward_and_backward_go_direct_with_the_same_numbers(direct_swarm, monk
                 def refuse(*args, **kwargs):
                     raise AssertionError("a p2p call was made although the server has a direct port")
 
-                monkeypatch.setattr(manager, "open_stream", refuse)
+                monkeypatch.setattr("core.client.sequence_manager.open_p2p_stream", refuse)
                 monkeypatch.setattr(manager, "get_stub", refuse)
             results[name] = (manager.call(span, "rpc_forward", [hidden]),
                              manager.call(span, "rpc_backward", [hidden, grad]))

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from tests.netlab import Host, Lab, lab_unavailable_reason, require_lab, upnp_unavailable_reason
+from tests.netlab import (
+    Host,
+    Lab,
+    lab_unavailable_reason,
+    require_lab,
+)
 
 pytestmark = pytest.mark.skipif(lab_unavailable_reason() is not None,
                                 reason=lab_unavailable_reason() or "")
