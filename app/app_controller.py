@@ -18,6 +18,7 @@ from app.bridges.swarm import SwarmBridge
 from app.bridges.tasks import run_in_background
 from app.bridges.tuning import TuningBridge, TuningRequest
 from app.settings import AppSettings, SettingsStore, build_serve_request
+from app.swarms import KnownSwarm, SwarmListError, known_swarms, load_bundled_swarms, load_import, with_imported
 from app.worker.controller import WorkerController
 from app.worker.messages import StatusEvent, WorkerState
 from core.hardware import HardwareReport, Recommendation, detect_hardware, recommend
@@ -49,6 +50,7 @@ class AppController(QObject):
         self.model_status = ""
         self.recommendation: Recommendation | None = None
         self.swarm_peers: tuple[str, ...] = ()
+        self.bundled_swarms, self.bundled_swarms_problem = load_bundled_swarms()
         self._start_when_ready = False
         self._model_preparing = False
         self._quitting = False
@@ -140,6 +142,35 @@ class AppController(QObject):
         self._refresh_swarm_peers()
         self._refresh_targets()
 
+    # ---- known swarms (app.swarms) --------------------------------------------------------------
+    def known_swarms(self) -> list[KnownSwarm]:
+        """The swarms the Settings tab offers: bundled, imported, then the user's saved peers."""
+        return known_swarms(self.bundled_swarms, self.settings)
+
+    def import_swarms(self, source: str) -> tuple[str, bool]:
+        """Add the swarms of a file (its path) or a ``blossom://join`` link; returns (what happened, success)."""
+        try:
+            swarms = load_import(source)
+        except SwarmListError as error:
+            return f"Could not import swarms: {error}", False
+        if not swarms:
+            return f"{source} lists no swarm; nothing was imported", False
+        imported = with_imported(self.settings.imported_swarms, swarms)
+        self.update_settings(dataclasses.replace(self.settings, imported_swarms=imported))
+        names = ", ".join(f"'{swarm.name}'" for swarm in swarms)
+        plural = "s" if len(swarms) != 1 else ""
+        return f"Imported {len(swarms)} swarm{plural}: {names}. Choose one and press Join.", True
+
+    def join_swarm(self, settings: AppSettings) -> str:
+        """Store ``settings`` (joined to a swarm: its peers and model) and (re)start serving with them;
+        returns why not ("" when under way)."""
+        problems = settings.problems()
+        if problems:
+            return problems[0]
+        self.update_settings(settings)
+        self.restart_serving()
+        return ""
+
     def set_prompts_path(self, path: str) -> None:
         """Use these trained prompts in the chat (empty: none)."""
         self.update_settings(dataclasses.replace(self.settings, prompts_path=path))
@@ -157,6 +188,9 @@ class AppController(QObject):
             self.serve_problem.emit(problems[0])
             return False
         if self.worker.running:
+            if self.worker.stopping:  # e.g. restarting for new settings: start once this worker is gone
+                self._start_when_ready = True
+                return True
             return False
         request = build_serve_request(self.settings, self.model.path, self.recommendation)
         self.worker.start(request)

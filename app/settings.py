@@ -33,6 +33,8 @@ class AppSettings:
 
     ``model``: empty for the bundled SmolLM2 demo, else a converted model folder or Hub repo.
     ``swarm_mode``: ``"private"`` (a swarm on this PC) or ``"join"`` (``initial_peers``).
+    ``saved_swarms``: initial peers the user saved by name; ``imported_swarms``: swarms imported from
+    files or join links, as objects of the swarm file format (see :mod:`app.swarms`).
     ``override`` makes ``num_blocks`` / ``torch_dtype`` / ``quant_type`` / ``device`` replace the
     recommendation; ``more_blocks`` asks the recommendation for int8/nf4 on small cards.
     """
@@ -41,6 +43,7 @@ class AppSettings:
     swarm_mode: str = PRIVATE
     initial_peers: list[str] = field(default_factory=list)
     saved_swarms: dict[str, list[str]] = field(default_factory=dict)
+    imported_swarms: list[dict] = field(default_factory=list)
     public_name: str = ""
     port: int = 0
     more_blocks: bool = False

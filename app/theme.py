@@ -26,6 +26,8 @@ STATE_TEXT_COLORS = {
     "error": BAD,
 }
 
+REACHABILITY_COLORS = {"good": GOOD, "neutral": TEXT, "bad": BAD}
+
 STYLESHEET = f"""
 QMainWindow, QWidget#page {{ background: {WINDOW}; }}
 QFrame#card {{ background: {CARD}; border: 1px solid {BORDER}; border-radius: 10px; }}

@@ -61,7 +61,7 @@ def one_round(first: object, whole: object, blocks: object, half: int, inputs: l
 
 async def ping_loop(p2p: object, peer: str, count: int) -> list[float]:
     """``count`` sequential rpc_info round trips, timed on the event loop itself."""
-    from core.server.network import ping
+    from core.network import ping
 
     return [await ping(p2p, peer) for _ in range(count)]
 

@@ -109,7 +109,7 @@ def client_probe(converted: str) -> None:
     """In a fresh process: print the client's memory growth for ``from_pretrained`` and its parameters' bytes."""
     import gc
 
-    from core.client.sequence_manager import shutdown_client_dht
+    from core.dht.node import shutdown_client_dht
     from core.dht.node import create_dht
     from core.models.auto import AutoDistributedModelForCausalLM
 

@@ -27,7 +27,7 @@ PHASES = ("DHT join", "client weights", "route (DHT read + pings)", "session + f
 
 def fresh_client(model: object, swarm: object, prompt: torch.Tensor, dtype: torch.dtype) -> list[float]:
     """Seconds of each phase for one new client (shut down afterwards)."""
-    from core.client.sequence_manager import shutdown_client_dht
+    from core.dht.node import shutdown_client_dht
     from core.dht.node import create_dht
     from core.models.auto import AutoDistributedModelForCausalLM
 

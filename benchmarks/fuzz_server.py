@@ -35,7 +35,8 @@ import torch
 
 from benchmarks.fuzz_requests import CALL_TIMEOUT, Fuzzer
 from benchmarks.tiny_swarm import cache_free_bytes, mib, prepare_tiny_model, process_rss, reference_tokens
-from core.client.sequence_manager import RemoteSequenceManager, shutdown_client_dht
+from core.client.sequence_manager import RemoteSequenceManager
+from core.dht.node import shutdown_client_dht
 from core.config import ClientConfig
 from core.dht.node import create_dht
 from core.launcher import LocalSwarm

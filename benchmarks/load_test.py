@@ -144,7 +144,7 @@ def run_load(swarm: LocalSwarm, original: Path, converted: Path, clients: int = 
              seed: int = 0) -> LoadReport:
     """Run ``clients`` concurrent greedy generations against ``swarm``; returns the figures."""
     from core import AutoDistributedModelForCausalLM
-    from core.client.sequence_manager import shutdown_client_dht
+    from core.dht.node import shutdown_client_dht
     from core.dht.node import create_dht
 
     report = LoadReport(clients, new_tokens)

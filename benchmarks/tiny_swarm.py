@@ -43,16 +43,14 @@ def reference_tokens(original: Path, prompts: torch.Tensor, new_tokens: int) -> 
 
 def cache_free_bytes(p2p: "P2P", spans: Sequence["RemoteSpanInfo"], timeout: float = 30.0) -> list[int]:
     """Free KV-cache bytes each server of ``spans`` reports through its ``rpc_info``."""
-    from hivemind.p2p import PeerID
     from hivemind.proto import runtime_pb2
 
-    from core.server.handler import BlockRequestHandler
+    from core.network import call_info
     from core.utils.event_loop import shared_loop
     from core.wire import unpack_metadata
 
     async def ask(span: "RemoteSpanInfo") -> int:
-        stub = BlockRequestHandler.get_stub(p2p, PeerID.from_base58(span.peer_id))
-        response = await stub.rpc_info(runtime_pb2.ExpertRequest(), timeout=timeout)
+        response = await call_info(p2p, span.peer_id, runtime_pb2.ExpertRequest(), timeout)
         return int(unpack_metadata(response.metadata)["cache_bytes_left"])
 
     return [shared_loop().run(ask(span), timeout=timeout + 5) for span in spans]

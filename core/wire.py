@@ -3,26 +3,23 @@
 Nothing received is ever unpickled: tensors are raw buffers with a dtype from an allow-list, and
 metadata is a msgpack map of plain values. Malformed input raises :class:`InvalidRequestError`.
 Errors travel back inside a response's metadata (``{"error": {"code", "message"}}``).
-Streams carry frames as hivemind writes them (marker byte, 8-byte length, payload): clients write and
-read them directly (:func:`write_message`, :func:`read_message`), one frame per request or answer.
+Streams carry frames as hivemind writes them (marker byte, 8-byte length, payload); :mod:`core.frames`
+owns that format, and clients write and read them directly (:func:`write_message`, :func:`read_message`,
+re-exported here), one frame per request or answer.
 """
 from __future__ import annotations
 
-import asyncio
-from typing import Any, Iterable, Sequence, TypeVar
+from typing import Any, Iterable, Sequence
 
 import msgpack
 import torch
-from google.protobuf.message import Message
 from hivemind.compression import deserialize_torch_tensor, serialize_torch_tensor
-from hivemind.p2p import P2P
 from hivemind.proto import runtime_pb2
-from hivemind.proto.p2pd_pb2 import RPCError
 from hivemind.utils.streaming import combine_from_streaming, split_for_streaming
 
-from core.errors import BlossomError, InvalidRequestError, RemoteCallError, error_from_code
+from core.errors import BlossomError, InvalidRequestError, error_from_code
+from core.frames import END_OF_STREAM_FRAME, SMALL_FRAME_BYTES, read_message, write_message  # noqa: F401 (re-exported)
 
-M = TypeVar("M", bound=Message)
 BLOCK_HANDLER_NAME = "BlockRequestHandler"
 """hivemind names a servicer's RPC handles after its class: ``BlockRequestHandler.rpc_inference``."""
 
@@ -95,6 +92,24 @@ def unpack_metadata(raw: bytes) -> dict[str, Any]:
     return metadata
 
 
+def check_prompts_shape(prompts: torch.Tensor, hidden: torch.Tensor, num_blocks: int) -> None:
+    """Raise :class:`InvalidRequestError` unless deep ``prompts`` fit ``num_blocks`` blocks and the
+    ``[batch, seq_len, hidden]`` states ``hidden``: ``[num_blocks, batch, pre_seq_len <= seq_len, hidden]``
+    with at least one prompt position. Clients check before sending, servers on receipt."""
+    batch, seq_len, hidden_size = hidden.shape
+    if (
+        prompts.dim() != 4
+        or prompts.shape[0] != num_blocks
+        or prompts.shape[1] != batch
+        or not 1 <= prompts.shape[2] <= seq_len
+        or prompts.shape[3] != hidden_size
+    ):
+        raise InvalidRequestError(
+            f"prompts must have shape [num_blocks={num_blocks}, batch={batch}, pre_seq_len<={seq_len}, "
+            f"{hidden_size}], got {list(prompts.shape)}"
+        )
+
+
 def error_response(error: BlossomError) -> runtime_pb2.ExpertResponse:
     """A response that carries ``error`` back to the caller."""
     return runtime_pb2.ExpertResponse(metadata=pack_metadata({"error": {"code": error.code, "message": str(error)}}))
@@ -121,62 +136,6 @@ UNARY_LIMIT_BYTES = 2 * 2**20  # hivemind's unary messages are capped at 4 MiB; 
 STREAM_ABOVE_BYTES = 64 * 2**10
 """Requests larger than this go over a stream: hivemind's unary path costs about twice a stream's round
 trip per byte, and above this size that outweighs opening a stream (benchmarks/README.md)."""
-SMALL_FRAME_BYTES = 64 * 2**10  # frames up to this size are joined into one write (one syscall, one wake-up)
-END_OF_STREAM_FRAME = P2P.ERROR_MARKER + (0).to_bytes(P2P.HEADER_LEN, P2P.BYTEORDER)
-"""What hivemind callers send to end their side of a stream (an empty error frame); servers read it as the end."""
-
-
-async def read_message(reader: asyncio.StreamReader, message_type: type[M], peer: str, max_bytes: int) -> M | None:
-    """Read one stream frame written by :func:`write_message` (or hivemind); ``None`` at the end of the stream.
-
-    A server's answer that is cut off, malformed or over ``max_bytes`` raises :class:`RemoteCallError`
-    (worth retrying elsewhere), as does an error frame from hivemind's own stream handlers.
-    """
-    try:
-        marker = await reader.readexactly(1)
-    except asyncio.IncompleteReadError:
-        return None
-    try:
-        length = check_frame_header(marker, await reader.readexactly(P2P.HEADER_LEN), peer, max_bytes)
-        payload = await reader.readexactly(length)
-    except asyncio.IncompleteReadError:
-        raise RemoteCallError(f"server {peer} closed the stream in the middle of an answer") from None
-    return decode_frame(marker, payload, message_type, peer)
-
-
-def check_frame_header(marker: bytes, length_bytes: bytes, peer: str, max_bytes: int) -> int:
-    """The payload length a frame header announces, or :class:`RemoteCallError` if the header is bad."""
-    length = int.from_bytes(length_bytes, P2P.BYTEORDER)
-    if marker not in (P2P.MESSAGE_MARKER, P2P.ERROR_MARKER) or length > max_bytes:
-        raise RemoteCallError(f"server {peer} sent a malformed frame (marker {bytes(marker)!r}, {length} bytes)")
-    return length
-
-
-def decode_frame(marker: bytes, payload: bytes, message_type: type[M], peer: str) -> M | None:
-    """A frame's message; ``None`` for an end-of-stream frame; :class:`RemoteCallError` for an error frame
-    or a payload that is not a ``message_type``."""
-    if marker == P2P.ERROR_MARKER:
-        if not payload:
-            return None
-        raise RemoteCallError(f"server {peer} failed: {RPCError.FromString(payload).message}")
-    try:
-        return message_type.FromString(payload)
-    except Exception as error:  # protobuf raises DecodeError and others on bytes that are not the message
-        raise RemoteCallError(f"server {peer} sent an answer that is not a valid {message_type.__name__}") from error
-
-
-def write_message(writer: asyncio.StreamWriter, message: Message) -> None:
-    """Queue one stream frame (marker, 8-byte length, payload) as hivemind's stream handlers read it.
-
-    Small frames go out as a single write; large ones as header + payload, never copied into one buffer.
-    """
-    payload = message.SerializeToString()
-    header = P2P.MESSAGE_MARKER + len(payload).to_bytes(P2P.HEADER_LEN, P2P.BYTEORDER)
-    if len(payload) <= SMALL_FRAME_BYTES:
-        writer.write(header + payload)
-    else:
-        writer.write(header)
-        writer.write(payload)
 
 
 def split_tensors_for_streaming(tensors: Iterable[torch.Tensor]) -> list[runtime_pb2.Tensor]:

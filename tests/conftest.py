@@ -75,7 +75,7 @@ def client_dht_factory() -> Iterator:
         return node
 
     yield start
-    from core.client.sequence_manager import shutdown_client_dht
+    from core.dht.node import shutdown_client_dht
 
     for node in nodes:
         shutdown_client_dht(node)

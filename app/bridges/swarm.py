@@ -137,7 +137,7 @@ class SwarmBridge(QObject):
         dht, self._dht = self._dht, None
         if dht is not None:
             try:
-                from core.client.sequence_manager import shutdown_client_dht
+                from core.dht.node import shutdown_client_dht
 
                 shutdown_client_dht(dht)
             except Exception:

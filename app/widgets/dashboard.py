@@ -6,7 +6,8 @@ from PySide6.QtWidgets import QGridLayout, QHBoxLayout, QLabel, QPlainTextEdit, 
 
 from app.formatting import format_blocks, format_count, format_duration, format_rate
 from app.icons import render_pixmap
-from app.theme import STATE_TEXT_COLORS
+from app.reachability import ReachabilityLine
+from app.theme import REACHABILITY_COLORS, STATE_TEXT_COLORS
 from app.widgets.common import Card, StatTile, button, wrapped_label
 from app.widgets.hardware_panel import HardwareCard, RecommendationCard
 from app.worker.messages import StatusEvent, WorkerState
@@ -39,6 +40,9 @@ class StatusCard(Card):
         self.title = QLabel(STATE_TITLES[WorkerState.STOPPED])
         self.title.setObjectName("stateTitle")
         self.subtitle = wrapped_label("", "muted")
+        self.reachability = wrapped_label("", "reachability")
+        self.reachability.hide()
+        self.reachability_line: ReachabilityLine | None = None
         self.start_button = button("Start serving", primary=True, tooltip="Serve blocks of the model to the swarm")
         self.pause_button = button("Pause", tooltip="Stop taking new work and free the memory once open sessions end")
         self.resume_button = button("Resume", primary=True, tooltip="Serve the same blocks again")
@@ -48,6 +52,7 @@ class StatusCard(Card):
         text.setSpacing(2)
         text.addWidget(self.title)
         text.addWidget(self.subtitle)
+        text.addWidget(self.reachability)
         row = QHBoxLayout()
         row.setSpacing(14)
         row.addWidget(self.icon, 0, Qt.AlignmentFlag.AlignTop)
@@ -81,6 +86,15 @@ class StatusCard(Card):
     def show_problem(self, text: str) -> None:
         self.problem.setText(text)
         self.problem.setVisible(bool(text))
+
+    def show_reachability(self, line: ReachabilityLine | None) -> None:
+        """How others reach this PC (hidden when ``None``); the technical line is the tooltip."""
+        self.reachability.setVisible(line is not None)
+        if line is not None and line != self.reachability_line:
+            self.reachability.setText(line.text)
+            self.reachability.setToolTip(line.tooltip)
+            self.reachability.setStyleSheet(f"color: {REACHABILITY_COLORS[line.tone]};")
+        self.reachability_line = line
 
     def show_note(self, text: str) -> None:
         self.note.setText(text)
@@ -138,8 +152,8 @@ class DashboardTab(QWidget):
         self.status.stop_button.clicked.connect(self.stop_requested)
         self.status.restart_button.clicked.connect(self.restart_requested)
 
-    def show_status(self, status: StatusEvent, swarm_label: str) -> None:
-        """Update the state, the subtitle and the counters from a worker status."""
+    def show_status(self, status: StatusEvent, swarm_label: str, reachability: ReachabilityLine | None = None) -> None:
+        """Update the state, the subtitle, how others reach this PC and the counters from a worker status."""
         state = status.state
         if state in (WorkerState.SERVING, WorkerState.PAUSING) and status.total_blocks:
             subtitle = (f"Blocks {format_blocks(status.start_block, status.end_block)} of {status.model_name} "
@@ -151,6 +165,7 @@ class DashboardTab(QWidget):
         else:
             subtitle = status.detail or (swarm_label if state == WorkerState.STOPPED else "")
         self.status.show_state(state, subtitle)
+        self.status.show_reachability(reachability if state == WorkerState.SERVING else None)
         if state == WorkerState.ERROR:
             self.status.show_problem("")
         serving = state == WorkerState.SERVING

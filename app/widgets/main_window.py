@@ -15,6 +15,7 @@ from app.bridges.swarm import SwarmSnapshot
 from app.bridges.tuning import TuningRequest
 from app.conversation import Conversation
 from app.icons import app_icon
+from app.reachability import describe_reachability
 from app.settings import AppSettings
 from app.widgets.chat import ChatTab
 from app.widgets.dashboard import STATE_TITLES, DashboardTab
@@ -115,6 +116,8 @@ class MainWindow(QMainWindow):
         c.swarm.busy_changed.connect(self.swarm.show_busy)
         # settings
         self.settings.apply_requested.connect(c.update_settings)
+        self.settings.join_requested.connect(self._on_join_requested)
+        self.settings.import_requested.connect(self._on_import_requested)
         # tray
         self.tray.pause_requested.connect(c.pause_serving)
         self.tray.resume_requested.connect(c.resume_serving)
@@ -127,6 +130,8 @@ class MainWindow(QMainWindow):
         settings = self.controller.settings
         self._on_settings(settings)
         self.settings.show_location(self.controller.store.location)
+        if self.controller.bundled_swarms_problem:
+            self.settings.show_swarm_message(self.controller.bundled_swarms_problem, error=True)
         self.chat.offer_prompts(settings.prompts_path, use=bool(settings.prompts_path))
         self._on_status(self.controller.worker.status)
         self.swarm.show_no_swarm()
@@ -140,11 +145,12 @@ class MainWindow(QMainWindow):
         return f"joined swarm ({len(settings.initial_peers)} initial peer{'s' if len(settings.initial_peers) != 1 else ''})"
 
     def _on_status(self, status: StatusEvent) -> None:
-        self.dashboard.show_status(status, self.swarm_description())
+        reachability = describe_reachability(status, self.controller.worker.last_request)
+        self.dashboard.show_status(status, self.swarm_description(), reachability)
         self.swarm.set_own_peer_id(status.peer_id)
         detail = status.detail if status.state != WorkerState.SERVING else (
             f"Blocks {status.start_block}–{status.end_block - 1} of {status.model_name}")
-        self.tray.show_state(status.state, detail)
+        self.tray.show_state(status.state, detail, reachability.text if reachability else "")
         self.state_label.setText(STATE_TITLES[status.state] + (f": {detail}" if detail else ""))
 
     def _on_state(self, state: WorkerState) -> None:
@@ -175,12 +181,26 @@ class MainWindow(QMainWindow):
         self.dashboard.recommendation.show_settings(settings)
         self.chat.show_settings(settings)
         self.settings.show_settings(settings)
+        self.settings.show_swarms(self.controller.known_swarms())
         description = self.swarm_description()
         self.swarm_label.setText(description[:1].upper() + description[1:])
 
     def _on_swarm_peers(self, peers: tuple[str, ...]) -> None:
         if not peers:
             self.swarm.show_no_swarm()
+
+    # ---- known swarms ----------------------------------------------------------------------------
+    def _on_join_requested(self, settings: AppSettings) -> None:
+        problem = self.controller.join_swarm(settings)
+        if problem:
+            self.settings.show_swarm_message(problem, error=True)
+            return
+        self.settings.show_swarm_message("Joining: serving starts on the Dashboard.")
+        self.tabs.setCurrentWidget(self.dashboard)
+
+    def _on_import_requested(self, source: str) -> None:
+        message, ok = self.controller.import_swarms(source)
+        self.settings.show_swarm_message(message, error=not ok)
 
     # ---- chat and tuning ----------------------------------------------------------------------
     def _on_sampling(self, sampling: Sampling) -> None:

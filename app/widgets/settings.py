@@ -1,21 +1,23 @@
-"""The settings tab: which model, which swarm (private, pasted peers or a saved swarm), this node's name and port."""
+"""The settings tab: which model, which swarm (private, a known swarm joined in one click, or pasted peers),
+this node's name and port."""
 from __future__ import annotations
 
 import dataclasses
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QButtonGroup,
     QCheckBox,
-    QComboBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QInputDialog,
     QLineEdit,
     QPlainTextEdit,
     QRadioButton,
+    QScrollArea,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -24,13 +26,21 @@ from PySide6.QtWidgets import (
 from app.autostart import Autostart, AutostartError, describe
 from app.bridges.model import DEMO_LABEL
 from app.settings import JOIN, PRIVATE, AppSettings, parse_peers
+from app.swarms import IMPORTED, SAVED, KnownSwarm
 from app.widgets.common import button, wrapped_label
+from app.widgets.swarm_chooser import SwarmChooser
 
 
 class SettingsTab(QWidget):
-    """Edits a copy of the settings; ``apply_requested`` hands the edited copy over."""
+    """Edits a copy of the settings; ``apply_requested`` hands the edited copy over.
+
+    ``join_requested`` hands over the edited settings joined to the chosen swarm (its peers and model);
+    ``import_requested`` a swarm file's path or a join link to add to the known swarms.
+    """
 
     apply_requested = Signal(object)  # AppSettings
+    join_requested = Signal(object)  # AppSettings, joined to a known swarm
+    import_requested = Signal(str)
 
     def __init__(self, parent: QWidget | None = None, autostart: Autostart | None = None) -> None:
         super().__init__(parent)
@@ -50,10 +60,8 @@ class SettingsTab(QWidget):
         self.swarm_group = QButtonGroup(self)
         self.swarm_group.addButton(self.private_swarm)
         self.swarm_group.addButton(self.join_swarm)
-        self.saved_swarms = QComboBox()
-        self.saved_swarms.setMinimumWidth(220)
-        self.save_swarm = button("Save as…")
-        self.delete_swarm = button("Delete")
+        self.swarm_chooser = SwarmChooser()
+        self.save_swarm = button("Save as…", tooltip="Keep these initial peers under a name in the list above")
         self.peers = QPlainTextEdit()
         self.peers.setPlaceholderText("Initial peers, one per line, e.g.\n/ip4/203.0.113.5/tcp/31337/p2p/QmXyz…")
         self.peers.setFixedHeight(90)
@@ -91,12 +99,11 @@ class SettingsTab(QWidget):
         swarm_layout = QVBoxLayout(swarm_box)
         swarm_layout.addWidget(self.private_swarm)
         swarm_layout.addWidget(self.join_swarm)
-        saved_row = QHBoxLayout()
-        saved_row.addWidget(self.saved_swarms, 1)
-        saved_row.addWidget(self.save_swarm)
-        saved_row.addWidget(self.delete_swarm)
-        swarm_layout.addLayout(saved_row)
-        swarm_layout.addWidget(self.peers)
+        swarm_layout.addWidget(self.swarm_chooser)
+        peers_row = QHBoxLayout()
+        peers_row.addWidget(self.peers, 1)
+        peers_row.addWidget(self.save_swarm, 0, Qt.AlignmentFlag.AlignTop)
+        swarm_layout.addLayout(peers_row)
 
         node_box = QGroupBox("This node")
         form = QFormLayout(node_box)
@@ -106,10 +113,13 @@ class SettingsTab(QWidget):
         form.addRow("", self.start_on_login)
 
         buttons = QHBoxLayout()
-        buttons.addWidget(wrapped_label("A new model or swarm is used the next time serving starts.", "muted"), 1)
+        buttons.addWidget(wrapped_label("A new model or swarm is used the next time serving starts (Join restarts "
+                                        "serving at once).", "muted"), 1)
         buttons.addWidget(self.revert_button)
         buttons.addWidget(self.apply_button)
-        layout = QVBoxLayout(self)
+        content = QWidget()
+        content.setObjectName("page")
+        layout = QVBoxLayout(content)
         layout.setContentsMargins(16, 16, 16, 16)
         layout.setSpacing(12)
         layout.addWidget(model_box)
@@ -119,6 +129,13 @@ class SettingsTab(QWidget):
         layout.addLayout(buttons)
         layout.addStretch(1)
         layout.addWidget(self.location)
+        scroll = QScrollArea()  # small screens: the tab scrolls instead of making the window taller
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
 
     def _connect_signals(self) -> None:
         self.apply_button.clicked.connect(self._apply)
@@ -126,9 +143,11 @@ class SettingsTab(QWidget):
         self.browse_model.clicked.connect(self._choose_model)
         self.custom_model.toggled.connect(self._update_enabled)
         self.join_swarm.toggled.connect(self._update_enabled)
-        self.saved_swarms.activated.connect(self._use_saved_swarm)
+        self.swarm_chooser.swarm_selected.connect(self._show_swarm_peers)
+        self.swarm_chooser.join_requested.connect(self._join)
+        self.swarm_chooser.delete_requested.connect(self._delete_swarm)
+        self.swarm_chooser.import_requested.connect(self.import_requested)
         self.save_swarm.clicked.connect(self._save_swarm)
-        self.delete_swarm.clicked.connect(self._delete_swarm)
         self.start_on_login.toggled.connect(self._set_start_on_login)
 
     # ---- editing ------------------------------------------------------------------------------
@@ -137,20 +156,29 @@ class SettingsTab(QWidget):
         self.model_path.setEnabled(custom)
         self.browse_model.setEnabled(custom)
         join = self.join_swarm.isChecked()
-        for widget in (self.saved_swarms, self.save_swarm, self.delete_swarm, self.peers, self.port):
+        for widget in (self.save_swarm, self.peers, self.port):
             widget.setEnabled(join)
-        self.delete_swarm.setEnabled(join and self.saved_swarms.currentIndex() > 0)
+        for widget in (self.save_swarm, self.peers):  # pasting peers is for joining; the list above always works
+            widget.setVisible(join)
 
     def _choose_model(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Converted model folder", self.model_path.text())
         if path:
             self.model_path.setText(path)
 
-    def _use_saved_swarm(self, index: int) -> None:
-        name = self.saved_swarms.itemText(index)
-        if index > 0 and name in self.settings.saved_swarms:
-            self.peers.setPlainText("\n".join(self.settings.saved_swarms[name]))
-        self._update_enabled()
+    def _show_swarm_peers(self, swarm: KnownSwarm) -> None:
+        self.peers.setPlainText("\n".join(swarm.initial_peers))
+
+    def _join(self, swarm: KnownSwarm) -> None:
+        """The form's settings joined to ``swarm``; handed over when they can be used."""
+        settings = swarm.applied_to(self.edited())
+        problems = settings.problems()
+        if swarm.model is None and not settings.model and self.custom_model.isChecked():
+            problems.insert(0, "Enter the converted model's folder or repo, or choose the bundled demo model")
+        self.problem.setText(problems[0] if problems else "")
+        self.problem.setVisible(bool(problems))
+        if not problems:
+            self.join_requested.emit(settings)
 
     def _save_swarm(self) -> None:
         name, ok = QInputDialog.getText(self, "Save swarm", "Name of this swarm:")
@@ -163,14 +191,20 @@ class SettingsTab(QWidget):
         saved[name] = parse_peers(self.peers.toPlainText())
         self.settings = dataclasses.replace(self.settings, saved_swarms=saved)
         self._apply()
-        self.saved_swarms.setCurrentText(name)
+        self.swarm_chooser.select(name, SAVED)
 
-    def _delete_swarm(self) -> None:
-        name = self.saved_swarms.currentText()
-        if name in self.settings.saved_swarms:
-            saved = {key: value for key, value in self.settings.saved_swarms.items() if key != name}
+    def _delete_swarm(self, swarm: KnownSwarm) -> None:
+        if swarm.source == SAVED:
+            saved = {key: value for key, value in self.settings.saved_swarms.items() if key != swarm.name}
             self.settings = dataclasses.replace(self.settings, saved_swarms=saved)
-            self._apply()
+        elif swarm.source == IMPORTED:
+            kept = [item for item in self.settings.imported_swarms
+                    if not (isinstance(item, dict) and item.get("name") == swarm.name)]
+            self.settings = dataclasses.replace(self.settings, imported_swarms=kept)
+        else:
+            return
+        self._apply()
+        self.swarm_chooser.show_message(f"Forgot '{swarm.name}'.")
 
     def _set_start_on_login(self, enabled: bool) -> None:
         """Applied at once (it is the desktop's setting, not Blossom's): write or remove the login entry."""
@@ -219,15 +253,17 @@ class SettingsTab(QWidget):
         self.public_name.setText(settings.public_name)
         self.port.setValue(settings.port)
         self.start_at_launch.setChecked(settings.start_serving_at_launch)
-        current = self.saved_swarms.currentText()
-        self.saved_swarms.clear()
-        self.saved_swarms.addItem("Saved swarms…")
-        self.saved_swarms.addItems(sorted(settings.saved_swarms))
-        if current in settings.saved_swarms:
-            self.saved_swarms.setCurrentText(current)
         self.problem.hide()
         self.show_start_on_login()
         self._update_enabled()
+
+    def show_swarms(self, swarms: list[KnownSwarm]) -> None:
+        """The swarms to choose from (bundled, imported, saved)."""
+        self.swarm_chooser.show_swarms(swarms)
+
+    def show_swarm_message(self, text: str, error: bool = False) -> None:
+        """The outcome of an import or a join (empty: none)."""
+        self.swarm_chooser.show_message(text, error)
 
     def show_location(self, text: str) -> None:
         self.location.setText(f"Settings are stored in {text}")

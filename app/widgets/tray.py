@@ -65,12 +65,12 @@ class TrayIcon(QObject):
     def hide(self) -> None:
         self.icon.hide()
 
-    def show_state(self, state: WorkerState, detail: str = "") -> None:
-        """Switch the icon, tooltip and menu to ``state``."""
+    def show_state(self, state: WorkerState, detail: str = "", reachability: str = "") -> None:
+        """Switch the icon, tooltip and menu to ``state``; the tooltip also says how others reach this PC."""
         self.state = state
         self.icon.setIcon(state_icon(ICON_FOR_STATE[state]))
         title = STATE_TITLES[state]
-        self.icon.setToolTip(f"Blossom: {title}" + (f"\n{detail}" if detail else ""))
+        self.icon.setToolTip("\n".join(filter(None, (f"Blossom: {title}", detail, reachability))))
         self.status_action.setText(title)
         texts = {WorkerState.SERVING: "Pause serving", WorkerState.PAUSED: "Resume serving",
                  WorkerState.ERROR: "Restart serving"}

@@ -4,14 +4,21 @@ Nothing here blocks: QProcess delivers output through the event loop, so the win
 responsive while the worker imports torch, loads blocks or drains sessions. A worker that dies
 without being asked to is reported through :attr:`WorkerController.crashed` with the reason it gave
 (its last fatal error, or the tail of its stderr and its exit code).
+
+The worker can run under a command prefix: ``command_prefix=["ip", "netns", "exec", "lab-pc"]``, or
+the environment variable :data:`PREFIX_VARIABLE` (``BLOSSOM_WORKER_PREFIX="ip netns exec lab-pc"``,
+split like a shell would) when no prefix is passed. Tests use it to run the worker inside a network
+namespace behind a simulated home router (``tests/e2e/test_app_from_home.py``); unset, nothing changes.
 """
 from __future__ import annotations
 
 import collections
 import logging
+import os
+import shlex
 import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, Sequence
 
 from PySide6.QtCore import QByteArray, QObject, QProcess, QProcessEnvironment, QTimer, Signal
 
@@ -36,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 STDERR_TAIL = 40
+PREFIX_VARIABLE = "BLOSSOM_WORKER_PREFIX"
 
 
 class WorkerController(QObject):
@@ -49,9 +57,11 @@ class WorkerController(QObject):
     exited = Signal()  # the worker process is gone (after a stop or a crash)
 
     def __init__(self, parent: QObject | None = None, log_path: Path | None = None,
-                 python: str = sys.executable) -> None:
+                 python: str = sys.executable, command_prefix: Sequence[str] | None = None) -> None:
         super().__init__(parent)
         self.python = python
+        self.command_prefix = (list(command_prefix) if command_prefix is not None
+                               else shlex.split(os.environ.get(PREFIX_VARIABLE, "")))
         self.log_path = log_path
         self.state = WorkerState.STOPPED
         self.status = StatusEvent(WorkerState.STOPPED)
@@ -71,6 +81,16 @@ class WorkerController(QObject):
     def running(self) -> bool:
         """A worker process exists (it may still be starting or stopping)."""
         return self._process is not None
+
+    @property
+    def stopping(self) -> bool:
+        """A worker process exists and was asked to stop (or killed)."""
+        return self._process is not None and self._stop_requested
+
+    @property
+    def command(self) -> list[str]:
+        """The worker's command line: the prefix (if any), then ``python -m app.worker``."""
+        return [*self.command_prefix, *python_command(["-m", "app.worker"], self.python)]  # a frozen bundle has no -m
 
     @property
     def process_id(self) -> int:
@@ -94,7 +114,7 @@ class WorkerController(QObject):
         environment.insert("PYTHONPATH", str(PACKAGE_ROOT) + (":" + pythonpath if pythonpath else ""))
         environment.insert("PYTHONUNBUFFERED", "1")
         process.setProcessEnvironment(environment)
-        program, *arguments = python_command(["-m", "app.worker"], self.python)  # a frozen bundle has no -m
+        program, *arguments = self.command
         process.setProgram(program)
         process.setArguments(arguments)
         process.readyReadStandardOutput.connect(self._read_stdout)
@@ -216,7 +236,7 @@ class WorkerController(QObject):
     def _on_process_error(self, error: QProcess.ProcessError) -> None:
         if error != QProcess.ProcessError.FailedToStart or self._process is None:
             return
-        reason = f"Could not start the worker ({self.python} -m app.worker): {self._process.errorString()}"
+        reason = f"Could not start the worker ({shlex.join(self.command)}): {self._process.errorString()}"
         process, self._process = self._process, None
         process.deleteLater()
         self.last_error = reason

@@ -92,6 +92,13 @@ class StatusEvent:
 
     ``swarm_peers`` are the multiaddrs clients (the chat, tuning and swarm tabs) join through;
     ``peers`` counts the other servers of this model seen in the swarm.
+
+    How others reach this server (while serving; empty otherwise), as the server last learned it
+    (:class:`core.server.reachability.ReachabilityStatus`): ``reachability`` is ``"direct"``,
+    ``"relayed"`` or ``"unreachable"``; ``reachability_detail`` its one technical line;
+    ``reachability_address`` the ``host:port`` others dialled (direct); ``reachability_reason`` why
+    there is no direct connection (relayed, unreachable); ``reachability_via_router`` is true when
+    that address is not one of this PC's own (a port the home router maps to it).
     """
 
     state: WorkerState
@@ -112,6 +119,11 @@ class StatusEvent:
     device: str = ""
     peer_id: str = ""
     swarm_peers: tuple[str, ...] = ()
+    reachability: str = ""
+    reachability_detail: str = ""
+    reachability_address: str = ""
+    reachability_reason: str = ""
+    reachability_via_router: bool = False
 
     @property
     def num_blocks(self) -> int:

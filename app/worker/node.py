@@ -41,6 +41,16 @@ def release_memory() -> None:
         pass
 
 
+def is_own_address(host: str) -> bool:
+    """Whether ``host`` (an IPv4 address) belongs to one of this PC's network interfaces (True when unknown)."""
+    try:
+        import psutil
+
+        return any(address.address == host for addresses in psutil.net_if_addrs().values() for address in addresses)
+    except Exception:
+        return True
+
+
 def resident_memory() -> int:
     """This process's resident memory in bytes (0 when unknown)."""
     try:
@@ -76,6 +86,7 @@ class WorkerNode:
         self._done_tokens = 0
         self._serving_since = 0.0
         self._samples: collections.deque[tuple[float, int]] = collections.deque()
+        self._own_address: dict[str, bool] = {}
         self._lock = threading.RLock()
 
     # ---- state --------------------------------------------------------------------------------
@@ -238,6 +249,19 @@ class WorkerNode:
         own = getattr(self.status_info, "peer_id", "")
         self.peers = len({span.peer_id for span in spans if span.peer_id != own})
 
+    def _reachability(self, server: Any) -> dict[str, Any]:
+        """The server's reachability as StatusEvent fields (read each time: the server's keeper updates it)."""
+        status = getattr(server, "reachability", None)
+        if status is None:
+            return {}
+        address = status.address
+        host = address.rsplit(":", 1)[0]
+        if host and host not in self._own_address:
+            self._own_address[host] = is_own_address(host)
+        return dict(reachability=status.reachability.value, reachability_detail=status.describe(),
+                    reachability_address=address, reachability_reason=status.reason,
+                    reachability_via_router=bool(host) and not self._own_address[host])
+
     def snapshot(self) -> StatusEvent:
         """The current status; safe to call from any thread."""
         with self._lock:
@@ -275,5 +299,6 @@ class WorkerNode:
                 device=getattr(info, "device", ""),
                 peer_id=getattr(info, "peer_id", "") if self.state == WorkerState.SERVING else "",
                 swarm_peers=self.swarm_peers,
+                **(self._reachability(server) if server is not None and self.state == WorkerState.SERVING else {}),
             )
 

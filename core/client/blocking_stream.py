@@ -4,8 +4,8 @@ hivemind opens every stream as its own unix-socket connection to the local p2p d
 connection is a TCP socket to the server). Once open, :class:`BlockingStream` takes that socket away
 from asyncio, so an inference step writes its frame and reads the answer directly from the thread
 that asked for it: no hand-off to the event-loop thread and back, no tasks, one ``sendall`` and a
-few ``recv_into`` per hop (benchmarks/README.md measures what that saves). Frames are hivemind's
-(see :mod:`core.wire`).
+few ``recv_into`` per hop (benchmarks/README.md measures what that saves). Frames are hivemind's,
+written and read by :mod:`core.frames` (its blocking-socket face); this class owns the socket.
 """
 from __future__ import annotations
 
@@ -15,10 +15,8 @@ import os
 import socket
 
 from google.protobuf.message import Message
-from hivemind.p2p import P2P
 
-from core.errors import RemoteCallError
-from core.wire import END_OF_STREAM_FRAME, SMALL_FRAME_BYTES, M, check_frame_header, decode_frame
+from core.frames import END_OF_STREAM_FRAME, M, recv_message, send_message
 
 logger = logging.getLogger(__name__)
 
@@ -43,40 +41,13 @@ class BlockingStream:
         return cls(sock, peer, timeout, pending)
 
     def write(self, message: Message) -> None:
-        """Send one frame."""
-        payload = message.SerializeToString()
-        header = P2P.MESSAGE_MARKER + len(payload).to_bytes(P2P.HEADER_LEN, P2P.BYTEORDER)
-        if len(payload) <= SMALL_FRAME_BYTES:
-            self.sock.sendall(header + payload)  # one system call, one wake-up of the daemon
-        else:
-            self.sock.sendall(header)
-            self.sock.sendall(payload)
+        """Send one frame (a small one in one system call: one wake-up of the daemon)."""
+        send_message(self.sock, message)
 
     def read(self, message_type: type[M], max_bytes: int) -> M | None:
         """Receive one frame: the message, or ``None`` at the end of the stream. Cut-off, malformed or
         oversized answers and hivemind error frames raise :class:`RemoteCallError`."""
-        header = self._receive(1 + P2P.HEADER_LEN, at_start=True)
-        if header is None:
-            return None
-        marker = bytes(header[:1])
-        payload = self._receive(check_frame_header(marker, bytes(header[1:]), self.peer, max_bytes))
-        return decode_frame(marker, bytes(payload), message_type, self.peer)
-
-    def _receive(self, size: int, at_start: bool = False) -> bytearray | None:
-        """Exactly ``size`` bytes; ``None`` if the stream ended cleanly before the first of them (``at_start``)."""
-        data = self._pending[:size]
-        del self._pending[:size]
-        buffer = bytearray(size)
-        buffer[: len(data)] = data
-        view, received = memoryview(buffer), len(data)
-        while received < size:
-            count = self.sock.recv_into(view[received:])
-            if count == 0:
-                if at_start and received == 0:
-                    return None
-                raise RemoteCallError(f"server {self.peer} closed the stream in the middle of an answer")
-            received += count
-        return buffer
+        return recv_message(self.sock, message_type, self.peer, max_bytes, self._pending)
 
     def close(self) -> None:
         """Say goodbye (the end-of-stream frame) and close the connection."""

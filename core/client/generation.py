@@ -42,12 +42,11 @@ class GenerationSession:
         self.sent = 0
 
     def __enter__(self) -> "GenerationSession":
-        self.model._active_sessions.append(self)
+        self.model.session_opened(self)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self in self.model._active_sessions:
-            self.model._active_sessions.remove(self)
+        self.model.session_closed(self)
         self.close()
 
     def close(self) -> None:
@@ -128,7 +127,7 @@ def generate(
     """Generate up to ``max_new_tokens`` tokens; returns every token of the session (prompt included)."""
     if max_new_tokens < 0:
         raise InvalidRequestError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    session = session or (model._active_sessions[-1] if model._active_sessions else None)
+    session = session or model.active_session
     owns_session = session is None
     if owns_session:
         if input_ids is None:

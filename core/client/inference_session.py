@@ -16,7 +16,7 @@ from core.client.blocking_stream import BlockingStream
 from core.client.sequence_manager import MAX_RESPONSE_BYTES, RemoteSequenceManager, is_retriable
 from core.dht.schema import RemoteSpanInfo
 from core.errors import BlossomError, InvalidRequestError, RemoteCallError, SequenceTooLongError, SessionExpiredError
-from core.wire import deserialize_tensors, pack_metadata, raise_if_error, serialize_tensors
+from core.wire import check_prompts_shape, deserialize_tensors, pack_metadata, raise_if_error, serialize_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -183,15 +183,7 @@ class InferenceSession:
     def _check_prompts(self, prompts: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         if self.position != 0:
             raise InvalidRequestError("deep prompts can only be sent with the first step of a session")
-        batch, new_tokens, hidden_size = hidden.shape
-        expected = (self.end - self.start, batch, hidden_size)
-        if prompts.dim() != 4 or (prompts.shape[0], prompts.shape[1], prompts.shape[3]) != expected or not (
-            1 <= prompts.shape[2] <= new_tokens
-        ):
-            raise InvalidRequestError(
-                f"prompts must have shape [num_blocks={expected[0]}, batch={batch}, pre_seq_len<={new_tokens}, "
-                f"{hidden_size}], got {list(prompts.shape)}"
-            )
+        check_prompts_shape(prompts, hidden, self.end - self.start)
         return prompts
 
     def _open(self, start: int, end: int) -> list[_ServerSession]:

@@ -10,6 +10,7 @@ from core.client.inference_session import InferenceSession
 from core.client.sequence_manager import RemoteSequenceManager, is_retriable
 from core.dht.schema import RemoteSpanInfo
 from core.errors import InvalidRequestError, RemoteCallError
+from core.wire import check_prompts_shape
 
 logger = logging.getLogger(__name__)
 
@@ -63,18 +64,7 @@ class RemoteSequential(nn.Module):
         return _RemoteSequentialFunction.apply(hidden_states, prompts, self, wants_grad)
 
     def _check_prompts(self, prompts: torch.Tensor, hidden_states: torch.Tensor) -> None:
-        batch, seq_len, _ = hidden_states.shape
-        if (
-            prompts.dim() != 4
-            or prompts.shape[0] != len(self)
-            or prompts.shape[1] != batch
-            or not 1 <= prompts.shape[2] <= seq_len
-            or prompts.shape[3] != self.hidden_size
-        ):
-            raise InvalidRequestError(
-                f"prompts must have shape [num_blocks={len(self)}, batch={batch}, pre_seq_len<={seq_len}, "
-                f"{self.hidden_size}], got {list(prompts.shape)}"
-            )
+        check_prompts_shape(prompts, hidden_states, len(self))  # hidden_states already passed _check
         if not prompts.is_floating_point():
             raise InvalidRequestError(f"prompts must be a float tensor, got {prompts.dtype}")
 
@@ -105,7 +95,7 @@ class RemoteSequential(nn.Module):
         if prompts is not None:
             metadata["prompts"] = True
             tensors = [*tensors, self._span_prompts(prompts, span).contiguous()]
-        outputs, answered = self.manager.call_with_metadata(span, method, tensors, metadata or None)
+        outputs, answered = self.manager.call(span, method, tensors, metadata or None)
         if prompts is None and len(outputs) != 1:
             raise RemoteCallError(f"server {span.peer_id} answered {len(outputs)} tensors to {method}, expected 1")
         if prompts is not None and len(outputs) != (2 if method == "rpc_backward" else 1):
@@ -155,7 +145,7 @@ class RemoteSequential(nn.Module):
         ``graph_ids`` (one per hop, from the forward) name the graphs the servers kept.
         """
         graph_ids = graph_ids or [None] * len(route)
-        for span, hidden, graph_id in zip(reversed(route), reversed(inputs), reversed(graph_ids)):
+        for span, hidden, graph_id in zip(reversed(route), reversed(inputs), reversed(graph_ids), strict=False):
             grad = self._backward_range(hidden, grad, span, prompts, grad_prompts, graph_id)
         return grad
 

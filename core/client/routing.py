@@ -13,19 +13,11 @@ import heapq
 import random
 from typing import Collection, Literal, Mapping, Sequence
 
-from core.dht.schema import RemoteSpanInfo
+from core.dht.schema import RemoteSpanInfo, uncovered_blocks
 from core.errors import MissingBlocksError
 
 DEFAULT_HOP_COST = 0.01  # seconds assumed per hop when a server's round trip is not measured
 RouteMode = Literal["latency", "throughput"]
-
-
-def uncovered_blocks(spans: Sequence[RemoteSpanInfo], start: int, end: int) -> list[int]:
-    """Blocks in ``[start, end)`` that no span holds."""
-    covered = set()
-    for span in spans:
-        covered.update(range(max(span.start, start), min(span.end, end)))
-    return [index for index in range(start, end) if index not in covered]
 
 
 def step_time(span: RemoteSpanInfo, num_blocks: int) -> float:

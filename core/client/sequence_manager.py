@@ -13,21 +13,30 @@ from typing import Any, Sequence
 
 import hivemind
 import torch
-from hivemind.p2p import P2P, PeerID
+from hivemind.p2p import P2P
 from hivemind.proto import runtime_pb2
 
 from core.client.routing import RouteMode, make_route, uncovered_blocks
+from core.client.transports import (
+    Stream,
+    open_direct_stream,
+    open_p2p_stream,
+    open_relay_circuit,
+)
 from core.config import ClientConfig
 from core.dht.records import compute_spans, get_block_servers
 from core.dht.schema import RemoteSpanInfo, block_key
-from core.client.transports import Stream, open_direct_stream, open_p2p_stream, open_relay_circuit
 from core.direct_protocol import may_connect_directly, parse_direct_address
-from core.relay_protocol import Reachability
 from core.errors import (
-    BlossomError, MissingBlocksError, RemoteCallError, ServerFullError, SessionExpiredError, UnknownBlocksError,
+    BlossomError,
+    MissingBlocksError,
+    RemoteCallError,
+    ServerFullError,
+    SessionExpiredError,
+    UnknownBlocksError,
 )
-from core.server.handler import BlockRequestHandler
-from core.server.network import ping_many
+from core.network import call_unary, ping_many
+from core.relay_protocol import Reachability
 from core.utils.event_loop import shared_loop
 from core.wire import (
     END_OF_STREAM_FRAME,
@@ -210,9 +219,6 @@ class RemoteSequenceManager:
             self._p2p = await self.dht.replicate_p2p()
         return self._p2p
 
-    async def get_stub(self, peer_id: str):  # -> StubBase
-        return BlockRequestHandler.get_stub(await self.get_p2p(), PeerID.from_base58(peer_id))
-
     @staticmethod
     def is_relayed(span: RemoteSpanInfo) -> bool:
         """Whether clients reach ``span``'s server only through its relays (it announced so)."""
@@ -283,28 +289,18 @@ class RemoteSequenceManager:
             if response is None:
                 raise RemoteCallError(f"server {span.peer_id} closed the stream without answering {method}")
         else:
-            response = await getattr(await self.get_stub(span.peer_id), method)(request, timeout=timeout)
+            response = await call_unary(await self.get_p2p(), span.peer_id, method, request, timeout)
         answered = raise_if_error(response, span.peer_id)
         return deserialize_tensors(list(response.tensors), MAX_RESPONSE_ELEMENTS), answered
 
-    def call(self, span: RemoteSpanInfo, method: str, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Synchronously call ``rpc_forward`` / ``rpc_backward`` of one server; connection errors become
-        :class:`RemoteCallError`."""
-        outputs = self.call_all(span, method, tensors)
-        if len(outputs) != 1:
-            raise RemoteCallError(f"server {span.peer_id} answered {len(outputs)} tensors to {method}, expected 1")
-        return outputs[0]
-
-    def call_all(
-        self, span: RemoteSpanInfo, method: str, tensors: Sequence[torch.Tensor], metadata: dict[str, Any] | None = None
-    ) -> list[torch.Tensor]:
-        """Like :meth:`call`, with request ``metadata`` (e.g. ``{"prompts": True}``) and every tensor answered."""
-        return self.call_with_metadata(span, method, tensors, metadata)[0]
-
-    def call_with_metadata(
+    def call(
         self, span: RemoteSpanInfo, method: str, tensors: Sequence[torch.Tensor], metadata: dict[str, Any] | None = None
     ) -> tuple[list[torch.Tensor], dict[str, Any]]:
-        """Like :meth:`call_all`, also returning the answer's metadata (e.g. ``{"graph_id": ...}``)."""
+        """Call ``rpc_forward`` / ``rpc_backward`` of ``span``'s server and wait for the answer: every tensor
+        answered and the answer's metadata (e.g. ``{"graph_id": ...}``). ``metadata`` goes with the request
+        (e.g. ``{"prompts": True}``). The one way to call a server: the transport (a unary p2p call for small
+        tensors, else a stream: direct, through a relay, or p2p) is chosen here. Connection failures become
+        :class:`RemoteCallError`; a server's typed error is raised as that type."""
         try:
             return self.loop.run(self._call(span, method, tensors, metadata), timeout=self.config.request_timeout + 5)
         except BlossomError:
@@ -312,20 +308,3 @@ class RemoteSequenceManager:
         except Exception as error:
             raise RemoteCallError(f"server {span.peer_id} (blocks {span.start}..{span.end - 1}) failed: "
                                   f"{type(error).__name__}: {error}") from error
-
-
-def shutdown_client_dht(dht: hivemind.DHT) -> None:
-    """Close the DHT's P2P replica on the client loop it was made on, then stop the DHT.
-
-    hivemind keeps one replica per DHT; left to the garbage collector it is torn down outside
-    any event loop and raises.
-    """
-    replica = getattr(dht, "_p2p_replica", None)
-    if replica is not None:
-        try:
-            shared_loop().run(replica.shutdown(), timeout=10)
-        except Exception:
-            logger.debug("Could not close the P2P replica cleanly", exc_info=True)
-        dht._p2p_replica = None
-    dht.shutdown()
-

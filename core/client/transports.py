@@ -13,7 +13,12 @@ from hivemind.p2p import P2P, PeerID
 
 from core.direct_protocol import MAX_GREETING_BYTES, check_greeting, hello
 from core.errors import RemoteCallError
-from core.relay_protocol import MAX_HELLO_BYTES, RELAY_HANDLE, parse_relay_answer, relay_hello
+from core.relay_protocol import (
+    MAX_HELLO_BYTES,
+    RELAY_HANDLE,
+    parse_relay_answer,
+    relay_hello,
+)
 from core.wire import block_rpc_handle
 
 DIRECT_CONNECT_TIMEOUT = 5.0

@@ -1,4 +1,5 @@
-"""Starting a hivemind DHT node the Blossom way: every node signs its own records and checks others'."""
+"""Starting and stopping hivemind DHT nodes the Blossom way: every node signs its own records and checks
+others'. The one owner of a DHT node's life: servers, ``run_dht`` and clients all start theirs here."""
 from __future__ import annotations
 
 import logging
@@ -10,6 +11,8 @@ import hivemind
 from hivemind.dht.crypto import RSASignatureValidator
 
 from core.dht.identity import ensure_identity_file, load_private_key, record_validator
+from core.errors import InvalidRequestError
+from core.utils.event_loop import shared_loop
 
 logger = logging.getLogger(__name__)
 
@@ -60,5 +63,25 @@ def create_dht(
 
 
 def client_dht(initial_peers: Sequence[str]) -> hivemind.DHT:
-    """A read-only DHT node joined to a swarm: what scripts pass as ``dht=`` to Blossom's client classes."""
+    """A read-only DHT node joined to a swarm: what scripts pass as ``dht=`` to Blossom's client classes.
+    Stop it with :func:`shutdown_client_dht`."""
+    if not initial_peers:
+        raise InvalidRequestError("pass initial_peers=[...] (a multiaddr printed by run_dht or run_server) or dht=")
     return create_dht(initial_peers, client_mode=True).dht
+
+
+def shutdown_client_dht(dht: hivemind.DHT) -> None:
+    """Close the DHT's P2P replica on the client loop it was made on, then stop the DHT.
+
+    hivemind keeps one replica per DHT; left to the garbage collector it is torn down outside
+    any event loop and raises.
+    """
+    replica = getattr(dht, "_p2p_replica", None)
+    if replica is not None:
+        try:
+            shared_loop().run(replica.shutdown(), timeout=10)
+        except Exception:
+            logger.debug("Could not close the P2P replica cleanly", exc_info=True)
+        dht._p2p_replica = None
+    dht.shutdown()
+

@@ -23,7 +23,14 @@ from hivemind.dht.node import DHTNode
 from hivemind.utils import get_dht_time
 
 from core.dht.identity import owner_of_subkey, record_validator
-from core.dht.schema import MODELS_KEY, ModelInfo, RemoteSpanInfo, ServerInfo, ServerState, block_key
+from core.dht.schema import (
+    MODELS_KEY,
+    ModelInfo,
+    RemoteSpanInfo,
+    ServerInfo,
+    ServerState,
+    block_key,
+)
 from core.errors import LookupTimeoutError
 
 logger = logging.getLogger(__name__)

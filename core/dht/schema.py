@@ -11,7 +11,7 @@ import enum
 import logging
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -156,3 +156,11 @@ class RemoteSpanInfo:
     @property
     def length(self) -> int:
         return self.end - self.start
+
+
+def uncovered_blocks(spans: Sequence[RemoteSpanInfo], start: int, end: int) -> list[int]:
+    """Blocks in ``[start, end)`` that no span holds."""
+    covered = set()
+    for span in spans:
+        covered.update(range(max(span.start, start), min(span.end, end)))
+    return [index for index in range(start, end) if index not in covered]

@@ -10,9 +10,8 @@ from typing import Sequence
 
 import hivemind
 
-from core.client.routing import uncovered_blocks
 from core.dht.records import compute_spans, get_block_servers, get_models
-from core.dht.schema import ServerState
+from core.dht.schema import ServerState, uncovered_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +101,7 @@ def get_swarm_status(
     initial_peers: Sequence[str], dht_prefix: str | None = None, total_blocks: int | None = None
 ) -> list[ModelSwarm]:
     """:func:`fetch_swarm_status` through a client DHT node of its own (started and stopped here)."""
-    from core.client.sequence_manager import shutdown_client_dht
-    from core.dht.node import create_dht
+    from core.dht.node import create_dht, shutdown_client_dht
 
     dht = create_dht(initial_peers, client_mode=True).dht
     try:

@@ -22,10 +22,10 @@ from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassi
 from core.client.generation import GenerationSession, generate
 from core.client.ptune import PromptTuning, check_tuning_args
 from core.client.remote_sequential import RemoteSequential
-from core.client.sequence_manager import RemoteSequenceManager, shutdown_client_dht
+from core.client.sequence_manager import RemoteSequenceManager
 from core.config import ClientConfig
 from core.convert import default_dht_prefix, load_client_state
-from core.dht.node import create_dht
+from core.dht.node import client_dht, shutdown_client_dht
 from core.errors import ConversionError, InvalidRequestError
 
 logger = logging.getLogger(__name__)
@@ -42,13 +42,6 @@ class DistributedConfigMixin:
         if not getattr(config, "dht_prefix", None):
             config.dht_prefix = default_dht_prefix(str(pretrained_model_name_or_path))
         return config
-
-
-def start_client_dht(initial_peers: Sequence[str]) -> hivemind.DHT:
-    """A client-mode DHT node joined to the swarm through ``initial_peers``."""
-    if not initial_peers:
-        raise InvalidRequestError("pass initial_peers=[...] (a multiaddr printed by run_dht or run_server) or dht=")
-    return create_dht(initial_peers, client_mode=True).dht
 
 
 class DistributedModelBase(nn.Module):
@@ -79,7 +72,7 @@ class DistributedModelBase(nn.Module):
         self.config = config
         self.client_config = client_config or ClientConfig(initial_peers=tuple(initial_peers))
         self._owns_dht = dht is None
-        self.dht = dht or start_client_dht(initial_peers or self.client_config.initial_peers)
+        self.dht = dht or client_dht(initial_peers or self.client_config.initial_peers)
         dht_prefix = self.client_config.dht_prefix or config.dht_prefix
         manager = RemoteSequenceManager(self.dht, dht_prefix, config.num_hidden_layers, self.client_config)
         self._build_local_modules(config)
@@ -275,6 +268,20 @@ class DistributedModelForCausalLM(DistributedModelBase):
     def inference_session(self, max_length: int) -> GenerationSession:
         """A session that keeps the servers' KV cache across ``generate`` calls made inside it."""
         return GenerationSession(self, max_length)
+
+    @property
+    def active_session(self) -> GenerationSession | None:
+        """The innermost ``with model.inference_session(...)`` block open now; ``generate`` continues it."""
+        return self._active_sessions[-1] if self._active_sessions else None
+
+    def session_opened(self, session: GenerationSession) -> None:
+        """Called by a session entering its ``with`` block."""
+        self._active_sessions.append(session)
+
+    def session_closed(self, session: GenerationSession) -> None:
+        """Called by a session leaving its ``with`` block."""
+        if session in self._active_sessions:
+            self._active_sessions.remove(session)
 
     def generate(self, input_ids: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         """Generate tokens like Hugging Face ``generate`` (see :func:`core.client.generation.generate`)."""

@@ -10,6 +10,7 @@ from transformers import PretrainedConfig
 from transformers.cache_utils import DynamicCache
 
 from core.errors import InvalidRequestError, SequenceTooLongError
+from core.wire import check_prompts_shape
 
 logger = logging.getLogger(__name__)
 
@@ -86,18 +87,7 @@ class SpanBackend:
         """Raise :class:`InvalidRequestError` unless ``prompts`` fits ``[end - start, batch, p <= seq, hidden]``."""
         if prompts.dtype not in HIDDEN_DTYPES:
             raise InvalidRequestError(f"prompts must be float32, float16 or bfloat16, got {prompts.dtype}")
-        batch, seq_len, hidden_size = hidden.shape
-        if (
-            prompts.dim() != 4
-            or prompts.shape[0] != end - start
-            or prompts.shape[1] != batch
-            or not 1 <= prompts.shape[2] <= seq_len
-            or prompts.shape[3] != hidden_size
-        ):
-            raise InvalidRequestError(
-                f"prompts must have shape [num_blocks={end - start}, batch={batch}, pre_seq_len<={seq_len}, "
-                f"{hidden_size}], got {list(prompts.shape)}"
-            )
+        check_prompts_shape(prompts, hidden, end - start)
         if not torch.isfinite(prompts).all():
             raise InvalidRequestError("prompts contain NaN or Inf values")
 
@@ -176,7 +166,7 @@ class SpanBackend:
                 f"grad_outputs shape {list(grad_output.shape)} must equal the inputs' shape {list(output.shape)}"
             )
         grads = torch.autograd.grad(output, inputs, self._to_device(grad_output))
-        return [grad.to(device="cpu", dtype=original.dtype) for grad, original in zip(grads, like)]
+        return [grad.to(device="cpu", dtype=original.dtype) for grad, original in zip(grads, like, strict=False)]
 
     def _inputs_requiring_grad(self, hidden: torch.Tensor, prompts: torch.Tensor | None) -> list[torch.Tensor]:
         """Device copies of what the client sent, as the leaves a backward differentiates against."""

@@ -4,8 +4,9 @@ hivemind's own stream transport reads whatever length a frame header announces b
 it, and drops the connection without a word when the bytes are not a valid protobuf. Servers are
 reached by strangers, so the block server serves its streaming RPCs (on p2p streams and on direct
 connections alike) through :func:`make_bounded_stream_handler` instead. It speaks the same frame
-format as hivemind's ``P2P.iterate_protobuf_handler``: a marker byte, an 8-byte length, then the
-payload. It also:
+format as hivemind's ``P2P.iterate_protobuf_handler`` (a marker byte, an 8-byte length, then the
+payload), read and written by :mod:`core.frames` (its asyncio face); this module adds the server's
+policies. It also:
 
 - refuses a frame longer than ``max_message_bytes`` before reading its payload, then discards that
   payload as it arrives (never holding it), so the stream stays in step and the caller gets the answer;
@@ -29,10 +30,11 @@ import logging
 from contextlib import closing
 from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 from hivemind.p2p import P2P, P2PContext
 from hivemind.p2p.p2p_daemon_bindings.datastructures import StreamInfo
 
+from core import frames
 from core.errors import InvalidRequestError
 
 logger = logging.getLogger(__name__)
@@ -60,27 +62,24 @@ async def read_frame(reader: asyncio.StreamReader, message_type: type[M], max_me
     Raises :class:`InvalidRequestError` for an oversized or malformed frame and
     ``asyncio.IncompleteReadError`` when the connection closes (mid-frame or between frames).
     """
-    marker = await reader.readexactly(1)
-    if marker not in (P2P.MESSAGE_MARKER, P2P.ERROR_MARKER):
-        raise InvalidRequestError(f"malformed stream frame (marker byte {marker!r}); the connection is out of step")
-    length = int.from_bytes(await reader.readexactly(P2P.HEADER_LEN), P2P.BYTEORDER)
-    if length > max_message_bytes:
-        raise OversizedFrameError(
-            f"a message of {length} bytes is over this server's limit of {max_message_bytes} bytes; "
-            f"send fewer tokens per step or split the request into a stream of smaller parts",
-            length,
-        )
-    payload = await reader.readexactly(length)
-    if marker == P2P.ERROR_MARKER:
-        return None  # hivemind callers end their stream with an (empty) error frame
-    message = message_type()
     try:
-        message.ParseFromString(payload)
-    except (DecodeError, ValueError) as error:
+        return await frames.read_frame(reader, message_type, max_message_bytes)
+    except frames.ErrorFrameError:
+        return None  # hivemind callers end their stream with an (empty) error frame; any error frame ends it
+    except frames.BadMarkerError as error:
         raise InvalidRequestError(
-            f"a {length}-byte message is not a valid {message_type.__name__} ({error}); the request is corrupt"
+            f"malformed stream frame (marker byte {error.marker!r}); the connection is out of step") from None
+    except frames.FrameTooLargeError as error:
+        raise OversizedFrameError(
+            f"a message of {error.length} bytes is over this server's limit of {max_message_bytes} bytes; "
+            f"send fewer tokens per step or split the request into a stream of smaller parts",
+            error.length,
         ) from None
-    return message
+    except frames.UndecodableFrameError as error:
+        raise InvalidRequestError(
+            f"a {error.length}-byte message is not a valid {message_type.__name__} ({error.cause}); "
+            f"the request is corrupt"
+        ) from None
 
 
 async def _linger(
@@ -153,7 +152,8 @@ def make_bounded_stream_handler(
         async def respond() -> None:
             async for response in handler(requests(), context):
                 try:
-                    await P2P.send_protobuf(response, writer)
+                    frames.write_message(writer, response)
+                    await writer.drain()
                 except Exception:  # the caller went away; it learns nothing more
                     logger.debug("Could not send a response on %s to %s", name, stream_info.peer_id, exc_info=True)
                     return

@@ -104,6 +104,12 @@ class BlockRequestHandler(ServicerBase):
                 registrations.append(p2p.add_protobuf_handler(name, method, rpc.request_type, balanced=balanced))
         await asyncio.gather(*registrations)
 
+    def swap_backend(self, backend: SpanBackend) -> None:
+        """Serve ``backend``'s blocks from now on and take new sessions again (after a move); sessions still
+        on the old blocks end with a retriable error."""
+        self.backend = backend
+        self.draining = False
+
     def begin_draining(self) -> None:
         """Refuse new inference sessions (with a retriable "server full" error); open ones go on."""
         self.draining = True

@@ -67,16 +67,16 @@ def peer_ids_of(maddrs: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(str(maddr).rsplit("/p2p/", 1)[1] for maddr in maddrs if "/p2p/" in str(maddr)))
 
 
-def candidate_addresses(visible_maddrs: Sequence[str], include_loopback: bool) -> list[str]:
-    """``host:port`` of every IPv4 TCP address libp2p lists for this peer (loopback only on one machine)."""
+def candidate_addresses(visible_maddrs: Sequence[str]) -> list[str]:
+    """``host:port`` of every IPv4 TCP address libp2p lists for this peer, loopback aside (another machine's
+    loopback is not this one's)."""
     found: list[str] = []
     for maddr in map(str, visible_maddrs):
         parts = maddr.split("/")
         if len(parts) < 5 or parts[1] != "ip4" or parts[3] != "tcp" or "p2p-circuit" in parts:
             continue
-        if ipaddress.IPv4Address(parts[2]).is_loopback and not include_loopback:
-            continue
-        if ipaddress.IPv4Address(parts[2]).is_unspecified:
+        address = ipaddress.IPv4Address(parts[2])
+        if address.is_loopback or address.is_unspecified:
             continue
         found.append(f"{parts[2]}:{parts[4]}")
     return list(dict.fromkeys(found))[:MAX_DIAL_BACK_ADDRESSES]
@@ -146,11 +146,11 @@ class ReachabilityKeeper(threading.Thread):
     first, then directly reachable servers); ``on_change(status)`` is called when the status changes.
     """
 
-    def __init__(self, p2p: P2P, loop: EventLoopThread, helpers: Callable[[], list[str]], include_loopback: bool,
-                 started_at: float, on_change: Callable[[ReachabilityStatus], None]) -> None:
+    def __init__(self, p2p: P2P, loop: EventLoopThread, helpers: Callable[[], list[str]], started_at: float,
+                 on_change: Callable[[ReachabilityStatus], None]) -> None:
         super().__init__(name="blossom-reachability", daemon=True)
         self.p2p, self.loop, self.helpers = p2p, loop, helpers
-        self.include_loopback, self.started_at, self.on_change = include_loopback, started_at, on_change
+        self.started_at, self.on_change = started_at, on_change
         self.status = ReachabilityStatus(Reachability.UNREACHABLE, reason="not checked yet")
         self._stop_event = threading.Event()
         self._last_direct_check = 0.0
@@ -169,7 +169,7 @@ class ReachabilityKeeper(threading.Thread):
         helpers = self.helpers()
         result = self._dial_back(helpers)
         wait = self.started_at + PORT_MAPPING_WAIT - time.monotonic()
-        if not result.address and result.answered and wait > 0 and not self.include_loopback:
+        if not result.address and result.answered and wait > 0:
             logger.info("Not dialable yet; waiting %.0f s for a router port mapping before asking again", wait)
             if self._stop_event.wait(wait):
                 return ReachabilityStatus(Reachability.UNREACHABLE, reason="stopping")
@@ -183,7 +183,7 @@ class ReachabilityKeeper(threading.Thread):
 
     def _dial_back(self, helpers: list[str]) -> DialBackResult:
         maddrs = [str(m) for m in self.loop.run(self.p2p.get_visible_maddrs(latest=True), timeout=CALL_TIMEOUT)]
-        candidates = candidate_addresses(maddrs, self.include_loopback)
+        candidates = candidate_addresses(maddrs)
         return self.loop.run(dial_back(self.p2p, helpers, candidates), timeout=DIAL_BACK_TIMEOUT + 2 * CALL_TIMEOUT)
 
     def _find_relays(self, keep: Sequence[str]) -> ReachabilityStatus:

@@ -2,30 +2,31 @@
 
 Every so often (a random period averaging ``mean_period``, so servers don't all decide at once)
 the rebalancer reads the swarm and asks :func:`core.server.block_selection.choose_move` whether
-this server should hold other blocks; if so, :meth:`BlockServer.move_to` hands its sessions off
-and re-announces. Blocks orphaned by servers that left are re-covered this way when spares exist.
+this server should hold other blocks; if so, ``move_to`` (the server's :meth:`BlockServer.move_to`)
+hands its sessions off and re-announces. Blocks orphaned by servers that left are re-covered this way when spares exist.
 """
 from __future__ import annotations
 
 import logging
 import random
 import threading
-from typing import TYPE_CHECKING
+from typing import Callable
 
+from core.dht.schema import RemoteSpanInfo
 from core.server.block_selection import choose_move
-
-if TYPE_CHECKING:
-    from core.server.server import BlockServer
 
 logger = logging.getLogger(__name__)
 
 
 class Rebalancer(threading.Thread):
-    """Background thread checking the balance of the swarm for one server."""
+    """Background thread checking the balance of the swarm for server ``peer_id``: ``read_spans()`` gives
+    the swarm's spans now, ``move_to(start)`` moves the server's span to begin at ``start``."""
 
-    def __init__(self, server: "BlockServer", mean_period: float, balance_quality: float) -> None:
+    def __init__(self, peer_id: str, total_blocks: int, read_spans: Callable[[], list[RemoteSpanInfo]],
+                 move_to: Callable[[int], None], mean_period: float, balance_quality: float) -> None:
         super().__init__(name="blossom-rebalancer", daemon=True)
-        self.server, self.mean_period, self.balance_quality = server, mean_period, balance_quality
+        self.peer_id, self.total_blocks, self.read_spans, self.move_to = peer_id, total_blocks, read_spans, move_to
+        self.mean_period, self.balance_quality = mean_period, balance_quality
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -37,11 +38,10 @@ class Rebalancer(threading.Thread):
 
     def check(self) -> bool:
         """Move now if the swarm would be meaningfully stronger; returns whether the server moved."""
-        spans = self.server.swarm_spans()
-        new_start = choose_move(spans, self.server.peer_id, self.server.total_blocks, self.balance_quality)
+        new_start = choose_move(self.read_spans(), self.peer_id, self.total_blocks, self.balance_quality)
         if new_start is None or self._stop_event.is_set():
             return False
-        self.server.move_to(new_start)
+        self.move_to(new_start)
         return True
 
     def stop(self) -> None:

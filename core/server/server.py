@@ -10,12 +10,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import hivemind
 import torch
 from hivemind.utils import get_dht_time
 
 from core import __version__
 from core.config import ServerConfig
 from core.convert import load_blocks, load_manifest
+from core.convert.manifest import Manifest
 from core.dht.identity import owner_subkey
 from core.dht.node import create_dht
 from core.dht.records import compute_spans, get_block_servers
@@ -30,7 +32,7 @@ from core.server.block_selection import choose_best_start, claim_is_contested
 from core.server.direct import DirectListener, direct_hosts
 from core.server.handler import BlockRequestHandler
 from core.server.memory_cache import KVCacheBudget
-from core.server.network import measure_upload, ping_many
+from core.network import measure_upload, ping_many
 from core.server.placement import quantize_linear_layers, resolve_device, resolve_dtype
 from core.server.reachability import ReachabilityKeeper, ReachabilityStatus, helpers_are_local, peer_ids_of
 from core.server.rebalancer import Rebalancer
@@ -75,8 +77,19 @@ class BlockServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.dht = None
+        self.dht: hivemind.DHT | None = None
         self.stats = ServingStats()
+        # known once start() has read the model's manifest and joined the DHT
+        self.manifest: Manifest | None = None
+        self.dht_prefix = ""
+        self.total_blocks = 0
+        self.device: torch.device | None = None
+        self.dtype: torch.dtype | None = None
+        self.peer_id = ""
+        self._speed_cache: ThroughputCache | None = None
+        self._speed_key = ""
+        self._kv_per_token = 0
+        self._budget: KVCacheBudget | None = None
         self._loop: EventLoopThread | None = None
         self._handler: BlockRequestHandler | None = None
         self._announcer: Announcer | None = None
@@ -146,7 +159,8 @@ class BlockServer:
         self._announcer.announce()
         self._announcer.start()
         if cfg.block_indices is None and cfg.balance_quality > 0:
-            self._rebalancer = Rebalancer(self, cfg.mean_balance_check_period, cfg.balance_quality)
+            self._rebalancer = Rebalancer(self.peer_id, self.total_blocks, self.swarm_spans, self.move_to,
+                                          cfg.mean_balance_check_period, cfg.balance_quality)
             self._rebalancer.start()
         addresses = tuple(str(addr) for addr in self.dht.get_visible_maddrs())
         self.status = ServerStatus(self.dht_prefix, start, end, self.total_blocks, str(self.dtype).removeprefix("torch."),
@@ -165,8 +179,10 @@ class BlockServer:
         if not cfg.initial_peers:  # the first peer of a new swarm: whoever joins dials it
             self.reachability = ReachabilityStatus(Reachability.DIRECT, reason="not checked: this server started the swarm")
             return
-        self._keeper = ReachabilityKeeper(self._p2p, self._loop, self._relay_candidates,
-                                          helpers_are_local(cfg.initial_peers), dht_started_at,
+        if helpers_are_local(cfg.initial_peers):  # a swarm on this machine (127.0.0.1): it dials us on loopback
+            self.reachability = ReachabilityStatus(Reachability.DIRECT, reason="not checked: the swarm is on this machine")
+            return
+        self._keeper = ReachabilityKeeper(self._p2p, self._loop, self._relay_candidates, dht_started_at,
                                           self._on_reachability_change)
         self.reachability = self._keeper.check()
         self._keeper.start()
@@ -202,7 +218,7 @@ class BlockServer:
     def _make_info(self) -> ServerInfo:
         cfg = self.config
         start, end = self._span
-        budget = getattr(self, "_budget", None)
+        budget = self._budget
         cache_tokens_left = budget.free_bytes // max(self._kv_per_token, 1) if budget is not None else 0
         return ServerInfo(
             state=self._state, throughput=self._throughput.throughput, start_block=start, end_block=end,
@@ -360,8 +376,7 @@ class BlockServer:
             self._loop.run(self._handler.wait_for_sessions(self.config.shutdown_timeout),
                            timeout=self.config.shutdown_timeout + 5)
             backend = self._load_backend(*new_span)
-            self._handler.backend = backend  # sessions still on the old blocks end with a retriable error
-            self._handler.draining = False
+            self._handler.swap_backend(backend)  # sessions still on the old blocks end with a retriable error
             self._state = ServerState.ONLINE if self.is_reachable else ServerState.JOINING
             self._refresh_pings()
             self._announcer.announce()

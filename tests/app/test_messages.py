@@ -29,6 +29,10 @@ MESSAGES = [
     StopCommand(),
     StatusEvent(WorkerState.SERVING, "ok", "m", 4, 12, 30, 2, 10, 200, 1, 3.5, 49.7, 8.0, "bfloat16", "nf4", "cuda:1",
                 "QmPeer", ("/ip4/127.0.0.1/tcp/5/p2p/Qm2",)),
+    StatusEvent(WorkerState.SERVING, reachability="relayed", reachability_detail="reachable through relay QmR (…)",
+                reachability_reason="a home router or firewall blocks incoming connections"),
+    StatusEvent(WorkerState.SERVING, reachability="direct", reachability_address="10.77.0.2:34407",
+                reachability_via_router=True),
     LogEvent("WARNING", "core.server: something ✿ happened"),
     ErrorEvent("could not load block 3", fatal=True),
 ]

@@ -25,7 +25,7 @@ async def _raw_store(dht, node, key: str, subkey, value, expiration: float) -> b
 @pytest.fixture(scope="module")
 def swarm():
     """A bootstrap node, an honest server node and an attacker node, all signing their own records."""
-    from core.client.sequence_manager import shutdown_client_dht
+    from core.dht.node import shutdown_client_dht
 
     bootstrap = create_dht(host_maddrs=LOCAL)
     peers = [str(addr) for addr in bootstrap.dht.get_visible_maddrs()]

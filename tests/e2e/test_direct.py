@@ -17,6 +17,7 @@ from core.client.transports import open_direct_stream
 from core.config import ClientConfig
 from core.direct_protocol import hello, parse_direct_address, server_greeting
 from core.errors import RemoteCallError
+from tests.remote_calls import call_one
 from tests.numerics import assert_same_computation, reference_greedy
 
 NEW_TOKENS = 8
@@ -89,9 +90,9 @@ def test_forward_and_backward_go_direct_with_the_same_numbers(direct_swarm, monk
                     raise AssertionError("a p2p call was made although the server has a direct port")
 
                 monkeypatch.setattr("core.client.sequence_manager.open_p2p_stream", refuse)
-                monkeypatch.setattr(manager, "get_stub", refuse)
-            results[name] = (manager.call(span, "rpc_forward", [hidden]),
-                             manager.call(span, "rpc_backward", [hidden, grad]))
+                monkeypatch.setattr("core.client.sequence_manager.call_unary", refuse)
+            results[name] = (call_one(manager, span, "rpc_forward", [hidden]),
+                             call_one(manager, span, "rpc_backward", [hidden, grad]))
         for direct_result, p2p_result, what in zip(results["direct"], results["p2p"], ("outputs", "gradients")):
             assert_same_computation(direct_result, p2p_result, what)  # the same server and input; another transport
 
@@ -107,10 +108,10 @@ def test_a_backward_over_direct_connections_uses_the_graph_its_forward_kept(dire
         full = _cache_free(manager, span)
         torch.manual_seed(3)
         hidden, grad = torch.randn(2, 200, 64), torch.randn(2, 200, 64)
-        _, answered = manager.call_with_metadata(span, "rpc_forward", [hidden], {"keep_graph": True})
+        _, answered = manager.call(span, "rpc_forward", [hidden], {"keep_graph": True})
         assert _cache_free(manager, span) < full  # the kept graph is charged to the KV budget
         # a new connection, the same client: the graph is found (taken and freed), not left to expire
-        manager.call_with_metadata(span, "rpc_backward", [hidden, grad], {"graph_id": answered["graph_id"]})
+        manager.call(span, "rpc_backward", [hidden, grad], {"graph_id": answered["graph_id"]})
         assert _cache_free(manager, span) == full
 
 

@@ -36,6 +36,7 @@ from core.errors import BlossomError, InvalidRequestError, ServerFullError
 from core.launcher import ChildProcess, LocalSwarm, parse_addresses
 from core.models.registry import get_family
 from core.wire import pack_metadata, serialize_tensors, unpack_metadata
+from tests.remote_calls import call_one, handler_stub
 from tests.numerics import assert_matches_reference, assert_same_computation, reference_greedy
 
 HIDDEN = 64
@@ -97,7 +98,7 @@ def _session(faults: Faults, span: RemoteSpanInfo, max_length: int):
 
 
 def _stub(faults: Faults, span: RemoteSpanInfo):
-    return faults.manager.loop.run(faults.manager.get_stub(span.peer_id), timeout=30)
+    return handler_stub(faults.manager, span.peer_id)
 
 
 def _cache_free(manager: RemoteSequenceManager, span: RemoteSpanInfo) -> int:
@@ -165,10 +166,10 @@ def test_the_server_created_its_identity_file_owner_only(faults):
 def test_requests_over_the_configured_limits_are_refused(faults):
     span = faults.first_span
     with pytest.raises(InvalidRequestError, match=r"batch size 5 is over this server's limit of 4"):
-        faults.manager.call(span, "rpc_forward", [torch.randn(5, 1, HIDDEN)])
+        call_one(faults.manager, span, "rpc_forward", [torch.randn(5, 1, HIDDEN)])
     with pytest.raises(InvalidRequestError, match=r"tensor 0: 5120 elements is over this server's limit of 4096; "
                                                   r"send smaller batches"):  # 80 tokens of 64 values; 64 tokens allowed
-        faults.manager.call(span, "rpc_forward", [torch.randn(2, 40, HIDDEN)])
+        call_one(faults.manager, span, "rpc_forward", [torch.randn(2, 40, HIDDEN)])
 
     # a stream message larger than the server takes is refused from its header, before its payload is read
     limit = (2 + span.end - span.start) * MAX_TOKENS * HIDDEN * 4 + 128 * 1024
@@ -180,7 +181,7 @@ def test_requests_over_the_configured_limits_are_refused(faults):
     assert error["code"] == "invalid_request" and error["message"].startswith(
         f"a message of {oversized.ByteSize()} bytes is over this server's limit of {limit} bytes")
     probe = torch.randn(1, 3, HIDDEN)
-    assert faults.manager.call(span, "rpc_forward", [probe]).shape == probe.shape  # and it serves on
+    assert call_one(faults.manager, span, "rpc_forward", [probe]).shape == probe.shape  # and it serves on
 
 
 # ---- the KV-cache budget -------------------------------------------------------------------------
@@ -305,7 +306,7 @@ def test_sigterm_finishes_open_sessions_refuses_new_ones_and_exits_0(faults):
             "code": "server_full", "message": "this server is shutting down and takes no new sessions; "
                                               "use another server"}
         probe = torch.randn(1, 2, HIDDEN)
-        assert faults.manager.call(span, "rpc_forward", [probe]).shape == probe.shape  # stateless calls still served
+        assert call_one(faults.manager, span, "rpc_forward", [probe]).shape == probe.shape  # stateless calls still served
 
         outputs.append(session.step(hidden[:, 3:4]))  # the open session goes on...
         outputs.append(session.step(hidden[:, 4:5]))

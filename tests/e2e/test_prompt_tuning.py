@@ -363,10 +363,10 @@ def test_servers_refuse_malformed_prompts(swarms):
     ]
     for prompts, message in cases:
         with pytest.raises(InvalidRequestError, match=message):
-            manager.call_all(span, "rpc_forward", [hidden, prompts], metadata={"prompts": True})
+            manager.call(span, "rpc_forward", [hidden, prompts], metadata={"prompts": True})
     with pytest.raises(InvalidRequestError, match="expected 3 tensor"):
-        manager.call_all(span, "rpc_backward", [hidden, hidden], metadata={"prompts": True})
-    grads = manager.call_all(span, "rpc_backward", [hidden, hidden, torch.zeros(4, 2, 2, 64)], metadata={"prompts": True})
+        manager.call(span, "rpc_backward", [hidden, hidden], metadata={"prompts": True})
+    grads = manager.call(span, "rpc_backward", [hidden, hidden, torch.zeros(4, 2, 2, 64)], metadata={"prompts": True})[0]
     assert [list(grad.shape) for grad in grads] == [[2, 5, 64], [4, 2, 2, 64]]
     with model.transformer_blocks.inference_session(max_length=8) as session:
         session.step(hidden, prompts=torch.zeros(4, 2, 2, 64))

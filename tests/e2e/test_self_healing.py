@@ -50,9 +50,7 @@ class KillOnToken:
     def put(self, tokens: torch.Tensor) -> None:
         self.calls += 1
         if self.calls == self.after:
-            (session,) = self.model._active_sessions
-            last_hop = session.inference._sessions[-1]
-            self.killed = last_hop.span.peer_id
+            self.killed = self.model.active_session.inference.route[-1].peer_id
             self.processes[self.killed].kill()
 
     def end(self) -> None:
@@ -162,13 +160,13 @@ def test_forward_and_backward_survive_killed_servers(tiny_checkpoints, swarm_fac
     local = AutoModelForCausalLM.from_pretrained(original).eval()
     manager = model.transformer_blocks.manager
     used: list[str] = []
-    original_call = manager.call_with_metadata  # every forward/backward call goes through it
+    original_call = manager.call  # every forward/backward call goes through it
 
     def recording_call(span, method, tensors, metadata=None):
         used.append(span.peer_id)
         return original_call(span, method, tensors, metadata)
 
-    manager.call_with_metadata = recording_call
+    manager.call = recording_call
     torch.manual_seed(3)
     input_ids = torch.randint(3, model.config.vocab_size, (2, 9))
     embeds = model.get_input_embeddings()(input_ids).detach()

@@ -35,6 +35,7 @@ from core.errors import (
 )
 from core.launcher import ChildProcess, LocalSwarm
 from core.models.registry import get_family
+from tests.remote_calls import call_one, handler_stub
 from tests.numerics import assert_matches_reference, assert_same_computation
 from core.wire import pack_metadata, raise_if_error, serialize_tensors, unpack_metadata
 
@@ -83,7 +84,7 @@ def _first_contact(manager: RemoteSequenceManager, span: RemoteSpanInfo, timeout
     deadline = time.monotonic() + timeout
     while True:
         try:
-            manager.call(span, "rpc_forward", [torch.zeros(1, 1, HIDDEN)])
+            call_one(manager, span, "rpc_forward", [torch.zeros(1, 1, HIDDEN)])
             return
         except RemoteCallError:
             if time.monotonic() > deadline:
@@ -93,13 +94,13 @@ def _first_contact(manager: RemoteSequenceManager, span: RemoteSpanInfo, timeout
 
 def _forward_all(manager: RemoteSequenceManager, first: RemoteSpanInfo, second: RemoteSpanInfo,
                  hidden: torch.Tensor) -> torch.Tensor:
-    return manager.call(second, "rpc_forward", [manager.call(first, "rpc_forward", [hidden])])
+    return call_one(manager, second, "rpc_forward", [call_one(manager, first, "rpc_forward", [hidden])])
 
 
 # ---- raw wire helpers ------------------------------------------------------------------------
 
 def _stub(setup: Setup, span: RemoteSpanInfo):
-    return setup.manager.loop.run(setup.manager.get_stub(span.peer_id), timeout=TIMEOUT)
+    return handler_stub(setup.manager, span.peer_id, TIMEOUT)
 
 
 def _uid(setup: Setup, start: int, end: int) -> str:
@@ -156,7 +157,7 @@ def _expect_error(response: runtime_pb2.ExpertResponse, error_class: type[Blosso
 def _expect_call_error(setup: Setup, span: RemoteSpanInfo, method: str, tensors: list[torch.Tensor],
                        error_class: type[BlossomError], pattern: str) -> None:
     with pytest.raises(error_class, match=pattern) as info:
-        setup.manager.call(span, method, tensors)
+        call_one(setup.manager, span, method, tensors)
     assert type(info.value) is error_class
     assert span.peer_id in str(info.value), "the error should name the server that refused"
 
@@ -407,8 +408,9 @@ def test_servers_survive_and_still_compute_exactly(setup):
         assert_matches_reference(output, span(setup.probe), "the probe's outputs")
 
     grad = torch.randn_like(setup.probe)
-    remote_grad = setup.manager.call(first, "rpc_backward", [setup.probe, setup.manager.call(
-        second, "rpc_backward", [setup.manager.call(first, "rpc_forward", [setup.probe]), grad])])
+    middle = call_one(setup.manager, first, "rpc_forward", [setup.probe])
+    middle_grad = call_one(setup.manager, second, "rpc_backward", [middle, grad])
+    remote_grad = call_one(setup.manager, first, "rpc_backward", [setup.probe, middle_grad])
     local_input = setup.probe.clone().requires_grad_(True)
     span(local_input).backward(grad)
     assert_matches_reference(remote_grad, local_input.grad, "the probe's gradients")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from core import ClientConfig, DistributedBloomConfig, get_remote_module
-from core.client.sequence_manager import shutdown_client_dht
+from core.dht.node import shutdown_client_dht
 from core.errors import LookupTimeoutError
 
 

@@ -10,12 +10,11 @@ from core.server.handler import BlockRequestHandler
 from core.wire import block_rpc_handle
 
 
-def test_candidates_are_the_ipv4_tcp_addresses_without_loopback_unless_the_swarm_is_local():
+def test_candidates_are_the_ipv4_tcp_addresses_without_loopback():
     maddrs = ["/ip4/127.0.0.1/tcp/4001/p2p/QmA", "/ip4/10.78.1.2/tcp/4001/p2p/QmA", "/ip6/::1/tcp/4001/p2p/QmA",
               "/ip4/10.77.0.3/tcp/34407/p2p/QmA", "/ip4/10.77.0.3/tcp/34407/p2p/QmA",
               "/ip4/10.77.0.1/tcp/31337/p2p/QmR/p2p-circuit/p2p/QmA", "/ip4/0.0.0.0/tcp/1/p2p/QmA"]
-    assert candidate_addresses(maddrs, include_loopback=False) == ["10.78.1.2:4001", "10.77.0.3:34407"]
-    assert candidate_addresses(maddrs, include_loopback=True)[0] == "127.0.0.1:4001"
+    assert candidate_addresses(maddrs) == ["10.78.1.2:4001", "10.77.0.3:34407"]
 
 
 def test_peer_ids_and_local_swarms_are_read_from_initial_peers():

@@ -1,4 +1,5 @@
-"""Measuring the network between peers: round-trip pings and upload speed, both over ``rpc_info``."""
+"""Measuring the network between peers: round-trip pings and upload speed, both over the block servers'
+``rpc_info``. Clients and servers both use it."""
 from __future__ import annotations
 
 import asyncio
@@ -10,20 +11,30 @@ import torch
 from hivemind.p2p import P2P, PeerID
 from hivemind.proto import runtime_pb2
 
-from core.server.handler import BlockRequestHandler
-from core.wire import serialize_tensors
+from core.wire import block_rpc_handle, serialize_tensors
 
 logger = logging.getLogger(__name__)
 
 UPLOAD_PAYLOAD_ELEMENTS = 256 * 1024  # 1 MiB of float32, under the unary message limit
 
 
+async def call_unary(p2p: P2P, peer_id: str, method: str, request: runtime_pb2.ExpertRequest,
+                     timeout: float) -> runtime_pb2.ExpertResponse:
+    """A unary call of the block servers' RPC ``method`` (what hivemind's stubs do, without the handler class)."""
+    return await asyncio.wait_for(p2p.call_protobuf_handler(
+        PeerID.from_base58(peer_id), block_rpc_handle(method), request, runtime_pb2.ExpertResponse), timeout)
+
+
+async def call_info(p2p: P2P, peer_id: str, request: runtime_pb2.ExpertRequest,
+                    timeout: float) -> runtime_pb2.ExpertResponse:
+    return await call_unary(p2p, peer_id, "rpc_info", request, timeout)
+
+
 async def ping(p2p: P2P, peer_id: str, timeout: float = 5.0) -> float | None:
     """Round-trip seconds of an ``rpc_info`` call to ``peer_id``; ``None`` if it did not answer in time."""
-    stub = BlockRequestHandler.get_stub(p2p, PeerID.from_base58(peer_id))
     began = time.perf_counter()
     try:
-        await stub.rpc_info(runtime_pb2.ExpertRequest(), timeout=timeout)
+        await call_info(p2p, peer_id, runtime_pb2.ExpertRequest(), timeout)
     except Exception as error:
         logger.debug("No answer from %s: %s", peer_id, error)
         return None
@@ -45,14 +56,13 @@ async def ping_many(p2p: P2P, peer_ids: Iterable[str], timeout: float = 5.0) -> 
 
 async def measure_upload(p2p: P2P, peer_id: str, rounds: int = 3, timeout: float = 10.0) -> float | None:
     """Bytes per second this peer uploads to ``peer_id`` (best of a few 1 MiB sends); ``None`` on failure."""
-    stub = BlockRequestHandler.get_stub(p2p, PeerID.from_base58(peer_id))
     payload = serialize_tensors([torch.zeros(UPLOAD_PAYLOAD_ELEMENTS)])
     size = sum(len(tensor.buffer) for tensor in payload)
     best: float | None = None
     for _ in range(rounds):
         began = time.perf_counter()
         try:
-            await stub.rpc_info(runtime_pb2.ExpertRequest(tensors=payload), timeout=timeout)
+            await call_info(p2p, peer_id, runtime_pb2.ExpertRequest(tensors=payload), timeout)
         except Exception as error:
             logger.debug("Upload measurement to %s failed: %s", peer_id, error)
             return best
