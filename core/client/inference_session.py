@@ -20,6 +20,8 @@ from core.wire import check_prompts_shape, deserialize_tensors, pack_metadata, r
 
 logger = logging.getLogger(__name__)
 
+LAST_WORD_TIMEOUT = 2.0
+"""Seconds to wait for a closed stream's last answer after a send to it failed."""
 REPLAY_WINDOW_BYTES = 128 * 1024
 """Hidden states a replay writes ahead of the server's answers: small enough that the unread answers
 and the unread requests fit in the sockets' buffers, so neither side blocks the other."""
@@ -48,6 +50,20 @@ class _ServerSession:
         """Send one step's hidden states (deep ``prompts`` with the first) and return the blocks' outputs."""
         self._send(hidden, prompts)
         return self._receive(hidden)
+
+    def _last_word(self, error: OSError) -> BaseException:
+        """Why the server closed the stream a send just failed on: the answer it sent before closing (e.g.
+        :class:`SessionExpiredError` for an idle session), else the send's own error."""
+        try:
+            self._stream.sock.settimeout(LAST_WORD_TIMEOUT)  # the server is gone: its answer is buffered or never
+            response = self._stream.read(runtime_pb2.ExpertResponse, MAX_RESPONSE_BYTES)
+            if response is not None:
+                raise_if_error(response, self.span.peer_id)
+        except BlossomError as reason:
+            return reason
+        except Exception:
+            pass
+        return error
 
     def replay(self, steps: list[torch.Tensor], prompts: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Send another session's ``steps`` exactly as they were sent (``prompts`` with the first) and
@@ -79,7 +95,11 @@ class _ServerSession:
             fields["prompts"] = True  # deep prompts follow the hidden states, added to this step's first positions
         tensors = [hidden] if prompts is None else [hidden, prompts.contiguous()]
         metadata = pack_metadata(fields) if fields else b""
-        self._stream.write(runtime_pb2.ExpertRequest(uid=self.uid, tensors=serialize_tensors(tensors), metadata=metadata))
+        try:
+            self._stream.write(runtime_pb2.ExpertRequest(uid=self.uid, tensors=serialize_tensors(tensors),
+                                                         metadata=metadata))
+        except OSError as error:
+            raise self._last_word(error) from error
         if prompts is not None and not self.history:
             self.prompts = prompts
 

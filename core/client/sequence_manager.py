@@ -229,9 +229,10 @@ class RemoteSequenceManager:
 
     # ---- direct connections (servers' --direct_port, core.direct_protocol) ---------------------
     def direct_address(self, span: RemoteSpanInfo) -> tuple[str, int] | None:
-        """Where to reach ``span``'s server directly, if it offers it and this client's policy allows it."""
+        """Where to reach ``span``'s server directly, if it offers it, can be dialled (it is not relayed) and this
+        client's policy allows it."""
         address = parse_direct_address(span.server_info.direct_address)
-        if address is None or span.peer_id in self.direct_failures \
+        if address is None or self.is_relayed(span) or span.peer_id in self.direct_failures \
                 or not may_connect_directly(address[0], self.config.direct_connections):
             return None
         return address

@@ -59,7 +59,7 @@ class CheckpointSource(ABC):
     def get(self, key: str) -> torch.Tensor:
         """The tensor ``key`` (on CPU)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (an optional hook: most sources hold no open files)
         """Release open files."""
 
     def __enter__(self) -> CheckpointSource:

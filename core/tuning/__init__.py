@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from core.tuning.config import TUNING_MODES, StepReport, TrainingConfig, TrainingResult
+from core.tuning.config import TUNING_MODES, StepReport, TrainingConfig, TrainingResult  # noqa: F401 (the public API, in __all__)
 
 _LAZY = {
     "train_prompts": "core.tuning.trainer",

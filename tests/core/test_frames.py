@@ -65,7 +65,7 @@ def _socket_read(data: bytes, read, pending: bytes = b"", close: bool = True):
 def test_the_format_is_hivemind_s() -> None:
     assert frames.encode_frame(SMALL) == (_frame(SMALL.SerializeToString()),)  # one write for a small frame
     assert frames.encode_frame(LARGE) == (_frame(b"", length=LARGE.ByteSize()), LARGE.SerializeToString())
-    assert END_OF_STREAM_FRAME == _frame(b"", P2P.ERROR_MARKER)
+    assert _frame(b"", P2P.ERROR_MARKER) == END_OF_STREAM_FRAME
     assert wire.END_OF_STREAM_FRAME is END_OF_STREAM_FRAME and wire.read_message is frames.read_message
     assert wire.write_message is frames.write_message  # old import paths keep working
 
