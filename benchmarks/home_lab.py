@@ -19,6 +19,7 @@ import re
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from subprocess import Popen
 from typing import Sequence
@@ -89,6 +90,31 @@ def peer_id_of(server: LabProcess) -> str:
     return server.wait_for(r"/p2p/(\w+)").group(1)
 
 
+@dataclass
+class HomeScenario:
+    """The lab's first scenario: a bootstrap peer and a server of blocks 0..1 on the internet, a volunteer
+    serving blocks 2..3 from a PC behind a home router, and a public host for the client."""
+
+    bootstrap: str
+    user: object  # the client's host
+    home: object  # the volunteer's router (tests.netlab.Home)
+    first: LabProcess
+    volunteer: LabProcess
+    line: str  # the volunteer's reachability line
+
+
+def start_home_scenario(lab, log_dir: Path, converted: Path, upnp: bool = False) -> HomeScenario:
+    """Build :class:`HomeScenario` in ``lab`` (the router speaks UPnP when ``upnp``) and wait until both serve."""
+    seed, public, user = lab.add_public("seed"), lab.add_public("public"), lab.add_public("user")
+    home = lab.add_home("home", upnp=upnp)
+    pc = lab.add_host("pc", home=home)
+    _, bootstrap = start_bootstrap(seed, log_dir)
+    first = start_server(public, log_dir, "public-server", converted, [bootstrap], (0, 2))
+    volunteer = start_server(pc, log_dir, "home-server", converted, [bootstrap], (2, 4))
+    wait_until_serving(first)
+    return HomeScenario(bootstrap, user, home, first, volunteer, wait_until_serving(volunteer))
+
+
 def generate_in(host, log_dir: Path, name: str, converted: Path, initial_peers: Sequence[str], prompt: list[int],
                 new_tokens: int, timeout: float = START_TIMEOUT) -> dict:
     """Run a client on ``host`` that generates greedily; returns ``{"tokens": [...], "seconds_per_token": s}``."""
@@ -157,17 +183,10 @@ def measure(new_tokens: int) -> None:
             log_dir = Path(folder) / f"logs-upnp{int(upnp)}"
             log_dir.mkdir()
             with Lab() as lab:
-                seed, public = lab.add_public("seed"), lab.add_public("public")
-                user = lab.add_public("user")
-                home = lab.add_home("home", upnp=upnp)
-                pc = lab.add_host("pc", home=home)
-                _, bootstrap = start_bootstrap(seed, log_dir)
-                first = start_server(public, log_dir, "public-server", converted, [bootstrap], (0, 2))
-                volunteer = start_server(pc, log_dir, "home-server", converted, [bootstrap], (2, 4))
-                wait_until_serving(first)
-                line = wait_until_serving(volunteer)
-                result = generate_in(user, log_dir, "client", converted, [bootstrap], prompt, new_tokens)
-                rows.append((("direct (UPnP)" if upnp else "relayed"), line, result["seconds_per_token"],
+                scenario = start_home_scenario(lab, log_dir, converted, upnp)
+                result = generate_in(scenario.user, log_dir, "client", converted, [scenario.bootstrap], prompt,
+                                     new_tokens)
+                rows.append((("direct (UPnP)" if upnp else "relayed"), scenario.line, result["seconds_per_token"],
                              result["tokens"] == expected))
         print(f"{'home server':<16} {'ms/token':>9} {'same tokens':>12}  reachability")
         for label, line, seconds, same in rows:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from benchmarks.home_lab import (
-    LabProcess, generate_in, peer_id_of, start_bootstrap, start_server, wait_until_serving,
+    LabProcess, generate_in, peer_id_of, start_bootstrap, start_home_scenario, start_server, wait_until_serving,
 )
 from tests.netlab import Lab, lab_unavailable_reason, upnp_unavailable_reason
 from tests.numerics import reference_greedy
@@ -44,16 +44,11 @@ def converted(tiny_checkpoints):
 
 def test_a_home_server_with_default_flags_serves_an_internet_client(converted, expected, tmp_path):
     with Lab() as lab:
-        seed, public, user = lab.add_public("seed"), lab.add_public("public"), lab.add_public("user")
-        pc = lab.add_host("pc", home=lab.add_home("home"))
-        _, bootstrap = start_bootstrap(seed, tmp_path)
-        first = start_server(public, tmp_path, "public-server", converted, [bootstrap], (0, 2))
-        volunteer = start_server(pc, tmp_path, "home-server", converted, [bootstrap], (2, 4))
-        assert wait_until_serving(first).startswith(f"reachable directly at {public.ip}:")
-        line = wait_until_serving(volunteer)
-        assert line.startswith(f"reachable through relay {bootstrap.rsplit('/', 1)[1]}"), line
-        assert "is online" in volunteer.text()
-        result = generate_in(user, tmp_path, "client", converted, [bootstrap], PROMPT, NEW_TOKENS)
+        scenario = start_home_scenario(lab, tmp_path, converted)
+        assert "reachable directly at 10.77.0." in scenario.first.text()
+        assert scenario.line.startswith(f"reachable through relay {scenario.bootstrap.rsplit('/', 1)[1]}"), scenario.line
+        assert "is online" in scenario.volunteer.text()
+        result = generate_in(scenario.user, tmp_path, "client", converted, [scenario.bootstrap], PROMPT, NEW_TOKENS)
         assert result["tokens"] == expected
 
 
@@ -102,15 +97,8 @@ def test_the_relay_dies_mid_generation_and_the_volunteer_finds_another(converted
 @pytest.mark.skipif(upnp_unavailable_reason() is not None, reason=str(upnp_unavailable_reason()))
 def test_a_router_with_upnp_maps_a_port_and_the_volunteer_is_dialled_directly(converted, expected, tmp_path):
     with Lab() as lab:
-        seed, user = lab.add_public("seed"), lab.add_public("user")
-        home = lab.add_home("home", upnp=True)
-        pc = lab.add_host("pc", home=home)
-        _, bootstrap = start_bootstrap(seed, tmp_path)
-        first = start_server(seed, tmp_path, "public-server", converted, [bootstrap], (0, 2))
-        volunteer = start_server(pc, tmp_path, "home-server", converted, [bootstrap], (2, 4))
-        wait_until_serving(first)
-        line = wait_until_serving(volunteer)
-        assert re.fullmatch(rf"reachable directly at {re.escape(home.wan_ip)}:\d+", line), line
-        assert "libp2p" in home.port_mappings() or "dnat" in home.port_mappings()
-        result = generate_in(user, tmp_path, "client", converted, [bootstrap], PROMPT, NEW_TOKENS)
+        scenario = start_home_scenario(lab, tmp_path, converted, upnp=True)
+        assert re.fullmatch(rf"reachable directly at {re.escape(scenario.home.wan_ip)}:\d+", scenario.line), scenario.line
+        assert "dnat" in scenario.home.port_mappings()  # the mapping is the router's, not a relay
+        result = generate_in(scenario.user, tmp_path, "client", converted, [scenario.bootstrap], PROMPT, NEW_TOKENS)
         assert result["tokens"] == expected

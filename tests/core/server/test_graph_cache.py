@@ -5,12 +5,11 @@ import asyncio
 import pytest
 import torch
 
-from core.models.registry import get_family
-from core.server.backend import SpanBackend, SpanLimits
+from core.server.backend import SpanBackend
 from core.server.graph_cache import GraphCache, KeptGraph
 from core.server.memory_cache import KVCacheBudget
 from tests.numerics import assert_same_computation
-from tests.tiny_models import tiny_llama_config
+from tests.tiny_models import tiny_span_backend
 
 
 def graph(owner: str = "alice", nbytes: int = 40) -> KeptGraph:
@@ -52,15 +51,7 @@ def test_graphs_expire_and_give_way_to_inference():
 
 @pytest.fixture(scope="module")
 def backend() -> SpanBackend:
-    torch.manual_seed(0)
-    config = tiny_llama_config(num_layers=2)
-    family = get_family("llama")
-    blocks = [family.make_block(config, index) for index in range(2)]
-    for block in blocks:
-        for parameter in block.parameters():
-            torch.nn.init.normal_(parameter, 0, 0.2)
-    span = family.make_span(config, blocks, 0).eval().requires_grad_(False)
-    return SpanBackend(config, span, 0, 2, torch.float32, torch.device("cpu"), SpanLimits(8, 1024, 128))
+    return tiny_span_backend()
 
 
 @pytest.mark.parametrize("with_prompts", [False, True])

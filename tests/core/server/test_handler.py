@@ -10,14 +10,12 @@ from hivemind.p2p import P2PContext, PeerID
 from hivemind.proto import runtime_pb2
 
 from core.errors import InvalidRequestError, SequenceTooLongError, UnknownBlocksError
-from core.models.registry import get_family
-from core.server.backend import SpanBackend, SpanLimits
 from core.server.handler import BlockRequestHandler
 from core.server.memory_cache import KVCacheBudget
 from core.server.stats import ServingStats
 from core.wire import deserialize_tensors, pack_metadata, raise_if_error, serialize_tensors
 from tests.numerics import assert_matches_reference, assert_same_computation
-from tests.tiny_models import tiny_llama_config
+from tests.tiny_models import tiny_span_backend
 
 PREFIX = "unit"
 HIDDEN = 64
@@ -26,15 +24,7 @@ CONTEXT = P2PContext(handle_name="test", local_id=PeerID(b"server"), remote_id=P
 
 @pytest.fixture(scope="module")
 def handler() -> BlockRequestHandler:
-    torch.manual_seed(0)
-    config = tiny_llama_config(num_layers=2)
-    family = get_family("llama")
-    blocks = [family.make_block(config, index) for index in range(2)]
-    for block in blocks:
-        for parameter in block.parameters():
-            torch.nn.init.normal_(parameter, 0, 0.2)
-    span = family.make_span(config, blocks, 0).eval().requires_grad_(False)
-    backend = SpanBackend(config, span, 0, 2, torch.float32, torch.device("cpu"), SpanLimits(8, 1024, 16))
+    backend = tiny_span_backend(max_length=16)
     handler = BlockRequestHandler(backend, PREFIX, KVCacheBudget(2**24), 1.0, ServingStats())
     yield handler
     handler.shutdown()
