@@ -16,12 +16,13 @@ from app.bridges.chat import ChatBridge, ChatTarget
 from app.bridges.model import PreparedModel, prepare_model
 from app.bridges.swarm import SwarmBridge
 from app.bridges.tasks import run_in_background
-from app.bridges.tuning import TuningBridge, TuningRequest
+from app.bridges.tuning import TuningBridge
 from app.settings import AppSettings, SettingsStore, build_serve_request
 from app.swarms import KnownSwarm, SwarmListError, known_swarms, load_bundled_swarms, load_import, with_imported
 from app.worker.controller import WorkerController
 from app.worker.messages import StatusEvent, WorkerState
 from core.hardware import HardwareReport, Recommendation, detect_hardware, recommend
+from core.tuning import TrainingConfig
 from core.utils.paths import blossom_home
 
 logger = logging.getLogger(__name__)
@@ -254,8 +255,11 @@ class AppController(QObject):
         self.swarm.set_peers(self.swarm_peers)
 
     # ---- prompt tuning ------------------------------------------------------------------------
-    def start_tuning(self, request: TuningRequest) -> str:
-        """Train prompts for the current model through the current swarm; returns why not ("" when started)."""
+    def start_tuning(self, request: TrainingConfig) -> str:
+        """Train prompts for the current model through the current swarm; returns why not ("" when started).
+
+        ``request`` is the run the tuning tab set up; its ``model_path`` and ``initial_peers`` are replaced here.
+        """
         if self.model is None:
             return self.model_status or "The model is not ready yet"
         if not self.swarm_peers:
@@ -264,7 +268,8 @@ class AppController(QObject):
             return "Choose a dataset file (.txt or .jsonl)"
         if self.tuning.busy:
             return "A training run is already going on"
-        self.tuning.start(request.to_config(self.model.path, self.swarm_peers))  # bad values: training_failed
+        config = dataclasses.replace(request, model_path=self.model.path, initial_peers=self.swarm_peers)
+        self.tuning.start(config)  # bad values: training_failed
         return ""
 
     def suggested_prompts_path(self, tuning_mode: str) -> str:

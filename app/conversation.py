@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from PySide6.QtCore import QObject, Signal
 
-from app.bridges.chat import ChatBridge, Sampling
+from app.bridges.chat import ChatBridge, ChatReply, Sampling
 
 
 @dataclass
@@ -75,10 +75,10 @@ class Conversation(QObject):
             self.turns[-1].content += text
             self.changed.emit()
 
-    def finish_reply(self, text: str, stopped: bool) -> None:
+    def finish_reply(self, reply: ChatReply) -> None:
         if self.turns and self.turns[-1].role == "assistant" and self.streaming:
-            self.turns[-1].content = text or self.turns[-1].content
-            self.turns[-1].stopped = stopped
+            self.turns[-1].content = reply.text or self.turns[-1].content
+            self.turns[-1].stopped = reply.stopped
         self._set_streaming(False)
         self.changed.emit()
 

@@ -1,8 +1,12 @@
 """The app's settings, kept across runs with QSettings, and what they mean for the block server.
 
 :class:`AppSettings` is a plain dataclass; :class:`SettingsStore` reads and writes it (any field
-missing or unreadable in storage keeps its default). :func:`build_serve_request` turns settings and
-a hardware recommendation into the :class:`~app.worker.messages.ServeRequest` the worker serves.
+missing or unreadable in storage keeps its default). :class:`ServingChoice` is the part the
+dashboard edits. :func:`build_serve_request` turns settings and a hardware recommendation into the
+:class:`~app.worker.messages.ServeRequest` the worker serves: the one place where settings become a
+request (the worker turns the request into a :class:`core.config.ServerConfig`, see
+:func:`app.worker.node.server_config`). The dtype and quantization choices are
+:data:`core.config.TORCH_DTYPES` and :data:`core.config.QUANT_TYPES`.
 """
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ from typing import Any
 
 from PySide6.QtCore import QSettings
 
-from app.worker.messages import ServeRequest
+from app.worker.messages import PUBLIC_HOST, ServeRequest
+from core.config import QUANT_TYPES, TORCH_DTYPES
 from core.hardware import Recommendation
 
 logger = logging.getLogger(__name__)
@@ -23,8 +28,25 @@ logger = logging.getLogger(__name__)
 ORGANIZATION = "Blossom"
 APPLICATION = "Blossom"
 PRIVATE, JOIN = "private", "join"
-DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
-QUANT_CHOICES = ("none", "int8", "nf4")
+
+
+@dataclass(frozen=True)
+class ServingChoice:
+    """What the user chose to serve on the dashboard: the :class:`AppSettings` fields of the same names.
+
+    With ``override`` on, ``num_blocks`` (0: as recommended), ``torch_dtype``, ``quant_type`` and
+    ``device`` (empty: as recommended) replace the recommendation's fields of the same names.
+    """
+
+    override: bool
+    num_blocks: int
+    torch_dtype: str
+    quant_type: str
+    device: str
+
+
+CHOSEN_FIELDS = tuple(item.name for item in dataclasses.fields(ServingChoice) if item.name != "override")
+"""What an override replaces: fields of :class:`AppSettings`, ``Recommendation`` and :class:`ServeRequest` alike."""
 
 
 @dataclass
@@ -73,11 +95,15 @@ class AppSettings:
             found.append(f"'{bad[0]}' is not a multiaddress like /ip4/1.2.3.4/tcp/31337/p2p/Qm…")
         if not 0 <= self.port <= 65535:
             found.append(f"Port must be 0..65535, got {self.port}")
-        if self.torch_dtype not in DTYPE_CHOICES:
+        if self.torch_dtype not in TORCH_DTYPES:
             found.append(f"Unknown dtype '{self.torch_dtype}'")
-        if self.quant_type not in QUANT_CHOICES:
+        if self.quant_type not in QUANT_TYPES:
             found.append(f"Unknown quantization '{self.quant_type}'")
         return found
+
+    def with_choice(self, choice: ServingChoice) -> AppSettings:
+        """These settings with the dashboard's ``choice``."""
+        return dataclasses.replace(self, **dataclasses.asdict(choice))
 
 
 def parse_peers(text: str) -> list[str]:
@@ -135,34 +161,28 @@ class SettingsStore:
         return self.qsettings.fileName()
 
 
+SHARED_FIELDS = tuple(item.name for item in dataclasses.fields(AppSettings)
+                      if item.name in {other.name for other in dataclasses.fields(ServeRequest)})
+""":class:`AppSettings` fields that are :class:`ServeRequest` fields too (``port``, ``public_name``, …)."""
+
+
 def build_serve_request(settings: AppSettings, model_path: str, recommendation: Recommendation | None,
                         identity_path: str | None = None, num_threads: int | None = None) -> ServeRequest:
     """What the worker should serve: the override when it is on, the recommendation otherwise.
 
-    A private swarm serves every block (it is the only server); joining a swarm serves the
-    recommended (or chosen) number of blocks where the swarm is weakest.
+    Settings fields that have a :class:`ServeRequest` field of the same name carry over. A private
+    swarm serves every block (it is the only server) on this PC only (see :class:`ServeRequest`);
+    joining a swarm serves the recommended (or chosen) number of blocks where the swarm is weakest.
     """
-    if settings.override or recommendation is None:
-        num_blocks = settings.num_blocks or None
-        dtype, quant, device = settings.torch_dtype, settings.quant_type, settings.device or None
-    else:
-        num_blocks = max(1, recommendation.num_blocks)
-        dtype, quant, device = recommendation.torch_dtype, recommendation.quant_type, recommendation.device
-    cache_tokens = recommendation.cache_tokens if recommendation is not None else None
-    if settings.private_swarm:
-        num_blocks = None
-    return ServeRequest(
-        model_path=model_path,
-        private_swarm=settings.private_swarm,
-        initial_peers=tuple(settings.initial_peers) if not settings.private_swarm else (),
-        host="127.0.0.1" if settings.private_swarm else "0.0.0.0",
-        port=settings.port if not settings.private_swarm else 0,
-        public_name=settings.public_name,
-        num_blocks=num_blocks,
-        torch_dtype=dtype,
-        quant_type=quant,
-        device=device,
-        attn_cache_tokens=cache_tokens,
-        num_threads=num_threads,
-        identity_path=identity_path,
+    values: dict[str, Any] = {name: getattr(settings, name) for name in SHARED_FIELDS}
+    if not settings.override and recommendation is not None:
+        values.update({name: getattr(recommendation, name) for name in CHOSEN_FIELDS})
+        values["num_blocks"] = max(1, recommendation.num_blocks)
+    values.update(
+        initial_peers=tuple(settings.initial_peers),
+        num_blocks=None if settings.private_swarm else values["num_blocks"] or None,  # 0: as the server decides
+        device=values["device"] or None,
     )
+    return ServeRequest(model_path=model_path, private_swarm=settings.private_swarm, host=PUBLIC_HOST,
+                        attn_cache_tokens=recommendation.cache_tokens if recommendation is not None else None,
+                        num_threads=num_threads, identity_path=identity_path, **values)

@@ -1,23 +1,21 @@
 """Chat with the swarm's model: the client model lives here, generation runs in a background thread.
 
-:class:`ChatBridge` (GUI thread) takes a conversation and sampling settings and emits the reply
-token by token (``token_received``), then ``reply_finished``; any failure (swarm incomplete,
-server lost, bad prompts file) arrives as ``reply_failed`` with a reason a person can act on.
-``stop()`` ends a reply early. The model is loaded on the first message and reloaded when the
-swarm, the model or the trained prompts change.
+:class:`ChatBridge` (GUI thread; a :class:`~app.bridges.job.JobBridge`) takes a conversation and
+sampling settings and emits the reply token by token (``token_received``), then ``reply_finished``
+with a :class:`ChatReply`; any failure (swarm incomplete, server lost, bad prompts file) arrives as
+``reply_failed`` with a reason a person can act on. ``stop()`` ends a reply early. The model is
+loaded on the first message and reloaded when the swarm, the model or the trained prompts change.
 """
 from __future__ import annotations
 
-import logging
+import functools
 import threading
 from dataclasses import dataclass
 from typing import Any
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, Signal, SignalInstance
 
-from app.formatting import describe_error
-
-logger = logging.getLogger(__name__)
+from app.bridges.job import JobBridge
 
 CONTEXT_TOKENS = 1024  # prompt + reply; older turns are dropped beyond this
 CONNECT_TIMEOUT = 20.0
@@ -39,6 +37,14 @@ class ChatTarget:
     model_path: str
     initial_peers: tuple[str, ...]
     prompts_path: str = ""
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    """A finished reply: its whole ``text``, and whether the user ``stopped`` it early."""
+
+    text: str
+    stopped: bool = False
 
 
 class GenerationStopped(Exception):
@@ -93,31 +99,30 @@ def build_input_ids(tokenizer: Any, messages: list[dict[str, str]], max_new_toke
         kept = kept[2:] if len(kept) > 2 else kept[1:]
 
 
-class ChatBridge(QObject):
-    """The chat tab's link to ``core``'s client."""
+class ChatBridge(JobBridge):
+    """The chat tab's link to ``core``'s client: one reply at a time."""
 
-    status_changed = Signal(str)  # what the chat is doing, for a status line
     reply_started = Signal()
     token_received = Signal(str)
-    reply_finished = Signal(str, bool)  # full reply, stopped early
-    reply_failed = Signal(str)
-    busy_changed = Signal(bool)
+
+    job_name = "Chat generation"
+    failure_status = "Not connected"
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.target: ChatTarget | None = None
-        self._model: Any = None
         self._tokenizer: Any = None
         self._loaded_for: ChatTarget | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._busy = False
-        self._closed = False
 
     @property
-    def busy(self) -> bool:
-        return self._busy
+    def reply_finished(self) -> SignalInstance:
+        """:attr:`finished`, with the :class:`ChatReply`."""
+        return self.finished
+
+    @property
+    def reply_failed(self) -> SignalInstance:
+        """:attr:`failed`, with the reason."""
+        return self.failed
 
     def set_target(self, target: ChatTarget | None) -> None:
         """Chat with this model through this swarm from the next message on."""
@@ -131,43 +136,22 @@ class ChatBridge(QObject):
             self.reply_failed.emit("No swarm to chat with yet: start serving on the Dashboard (private swarm) "
                                    "or join a swarm in Settings")
             return False
-        self._stop.clear()
-        self._busy = True
-        target = self.target
-        self._thread = threading.Thread(target=self._generate, args=(target, list(messages), sampling),
-                                        name="blossom-chat", daemon=True)
-        self.busy_changed.emit(True)
-        self.reply_started.emit()
-        self._thread.start()
+        job = functools.partial(self._generate, self.target, list(messages), sampling)
+        if not self.start_job(job, "blossom-chat"):
+            return False
+        self.reply_started.emit()  # in this thread, so before any token the job sends
         return True
 
-    def stop(self) -> None:
-        """End the current reply after the token being computed."""
-        self._stop.set()
-
-    def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop generating and leave the swarm."""
-        self._stop.set()
-        self._closed = True
-        if self._thread is not None:
-            self._thread.join(timeout)
-        if self._lock.acquire(timeout=0.1):  # else the thread is still busy and unloads when it ends
-            try:
-                self._unload()
-            finally:
-                self._lock.release()
-
     # ---- background thread --------------------------------------------------------------------
-    def _generate(self, target: ChatTarget, messages: list[dict[str, str]], sampling: Sampling) -> None:
+    def _generate(self, target: ChatTarget, messages: list[dict[str, str]], sampling: Sampling) -> ChatReply:
         streamer: SignalStreamer | None = None
-        outcome: tuple[Signal, tuple] | None = None
         try:
             with self._lock:
                 self._ensure_model(target)
                 import torch
 
                 input_ids = build_input_ids(self._tokenizer, messages, sampling.max_new_tokens)
-                streamer = SignalStreamer(self._tokenizer, self.token_received.emit, self._stop)
+                streamer = SignalStreamer(self._tokenizer, self.token_received.emit, self.stop_event)
                 self.status_changed.emit("Generating…")
                 sample = sampling.temperature > 0
                 with torch.no_grad():
@@ -175,25 +159,11 @@ class ChatBridge(QObject):
                                          temperature=sampling.temperature if sample else 1.0,
                                          top_p=sampling.top_p if sample else 1.0, streamer=streamer,
                                          max_length=input_ids.shape[1] + sampling.max_new_tokens)
-            self.status_changed.emit(self._connected_text(target))
-            outcome = (self.reply_finished, (streamer.text, False))
+            stopped = False
         except GenerationStopped:
-            self.status_changed.emit(self._connected_text(target))
-            outcome = (self.reply_finished, (streamer.text if streamer else "", True))
-        except Exception as error:
-            logger.warning("Chat generation failed: %s", describe_error(error), exc_info=True)
-            self.status_changed.emit("Not connected")
-            with self._lock:
-                self._unload()  # reconnect on the next message: the swarm may have changed
-            outcome = (self.reply_failed, (describe_error(error),))
-        finally:
-            if self._closed:
-                with self._lock:
-                    self._unload()
-            self._busy = False  # before the outcome: a reply may be asked for as soon as this one is shown
-            self.busy_changed.emit(False)
-            if outcome is not None:
-                outcome[0].emit(*outcome[1])
+            stopped = True
+        self.status_changed.emit(self._connected_text(target))
+        return ChatReply(streamer.text if streamer else "", stopped)
 
     def _connected_text(self, target: ChatTarget) -> str:
         prompts = " with trained prompts" if target.prompts_path else ""
@@ -231,9 +201,5 @@ class ChatBridge(QObject):
         self._model, self._loaded_for = model, target
 
     def _unload(self) -> None:
-        model, self._model, self._loaded_for = self._model, None, None
-        if model is not None:
-            try:
-                model.shutdown()
-            except Exception:
-                logger.debug("The chat model did not shut down cleanly", exc_info=True)
+        self._loaded_for = None
+        super()._unload()

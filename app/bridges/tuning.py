@@ -1,68 +1,47 @@
 """Prompt tuning from the app: ``core.tuning.train_prompts`` in a background thread, reported step by step.
 
-:class:`TuningBridge` emits ``step_reported`` after every optimizer step (for the progress bar
-and the loss plot), then ``training_finished`` or ``training_failed``. The trained model is kept
-so ``save()`` can write its prompts afterwards; the chat tab then loads that file.
+:class:`TuningBridge` (a :class:`~app.bridges.job.JobBridge`) takes a
+:class:`core.tuning.TrainingConfig` and emits ``step_reported`` after every optimizer step (for the
+progress bar and the loss plot), then ``training_finished`` (a :class:`core.tuning.TrainingResult`)
+or ``training_failed``. The trained model is kept so ``save()`` can write its prompts afterwards;
+the chat tab then loads that file.
 """
 from __future__ import annotations
 
-import logging
-import threading
-from dataclasses import dataclass
-from typing import Any
+import functools
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, Signal, SignalInstance
 
-from app.formatting import describe_error
-from core.tuning import StepReport, TrainingConfig, TrainingResult
-
-logger = logging.getLogger(__name__)
+from app.bridges.job import JobBridge
+from app.bridges.tasks import run_in_background
+from core.tuning import TrainingConfig, TrainingResult
 
 
-@dataclass(frozen=True)
-class TuningRequest:
-    """What the user asked to train; the model and the swarm are added by the app (see :meth:`to_config`)."""
-
-    dataset_path: str
-    tuning_mode: str = "ptune"
-    pre_seq_len: int = 16
-    steps: int = 100
-    learning_rate: float = 1e-2
-    batch_size: int = 4
-    max_seq_len: int = 128
-
-    def to_config(self, model_path: str, initial_peers: tuple[str, ...]) -> TrainingConfig:
-        return TrainingConfig(model_path=model_path, initial_peers=tuple(initial_peers),
-                              dataset_path=self.dataset_path, tuning_mode=self.tuning_mode,
-                              pre_seq_len=self.pre_seq_len, steps=self.steps, learning_rate=self.learning_rate,
-                              batch_size=self.batch_size, max_seq_len=self.max_seq_len)
-
-
-class TuningBridge(QObject):
+class TuningBridge(JobBridge):
     """Runs one prompt-tuning job at a time."""
 
-    status_changed = Signal(str)
     step_reported = Signal(object)  # StepReport
-    training_finished = Signal(object)  # TrainingResult
-    training_failed = Signal(str)
     prompts_saved = Signal(str)  # path
     save_failed = Signal(str)
-    busy_changed = Signal(bool)
+
+    job_name = "Prompt tuning"
+    failure_status = "Failed"
+    shutdown_timeout = 30.0
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.config: TrainingConfig | None = None
         self.result: TrainingResult | None = None
-        self._model: Any = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._busy = False
-        self._closed = False
 
     @property
-    def busy(self) -> bool:
-        return self._busy
+    def training_finished(self) -> SignalInstance:
+        """:attr:`finished`, with the :class:`~core.tuning.TrainingResult`."""
+        return self.finished
+
+    @property
+    def training_failed(self) -> SignalInstance:
+        """:attr:`failed`, with the reason."""
+        return self.failed
 
     @property
     def has_prompts(self) -> bool:
@@ -78,88 +57,37 @@ class TuningBridge(QObject):
             self.training_failed.emit("; ".join(problems))
             return False
         self.config, self.result = config, None
-        self._stop.clear()
-        self._busy = True
-        self._thread = threading.Thread(target=self._train, args=(config,), name="blossom-tuning", daemon=True)
-        self.busy_changed.emit(True)
-        self._thread.start()
-        return True
-
-    def stop(self) -> None:
-        """Stop before the next step; the steps done so far are kept."""
-        self._stop.set()
+        return self.start_job(functools.partial(self._train, config), "blossom-tuning")
 
     def save(self, path: str) -> None:
         """Write the trained prompts to ``path`` in a background thread (``prompts_saved`` / ``save_failed``)."""
         if not self.has_prompts or self.busy:
             self.save_failed.emit("Train some prompts first")
             return
-        threading.Thread(target=self._save, args=(path,), name="blossom-save-prompts", daemon=True).start()
-
-    def shutdown(self, timeout: float = 30.0) -> None:
-        """Stop training and leave the swarm."""
-        self._stop.set()
-        self._closed = True
-        if self._thread is not None:
-            self._thread.join(timeout)
-        if self._lock.acquire(timeout=0.1):  # else the thread is still busy and unloads when it ends
-            try:
-                self._unload()
-            finally:
-                self._lock.release()
+        run_in_background(functools.partial(self._save, path), self.prompts_saved.emit, self.save_failed.emit,
+                          "blossom-save-prompts")
 
     # ---- background threads -------------------------------------------------------------------
-    def _train(self, config: TrainingConfig) -> None:
-        outcome: tuple[Signal, object] | None = None
-        try:
-            with self._lock:
-                self._unload()
-                self.status_changed.emit("Connecting to the swarm…")
-                from core.models.auto import AutoDistributedModelForCausalLM
-                from core.tuning import train_prompts
+    def _train(self, config: TrainingConfig) -> TrainingResult:
+        with self._lock:
+            self._unload()
+            self.status_changed.emit("Connecting to the swarm…")
+            from core.models.auto import AutoDistributedModelForCausalLM
+            from core.tuning import train_prompts
 
-                self._model = AutoDistributedModelForCausalLM.from_pretrained(
-                    config.model_path, initial_peers=config.initial_peers, tuning_mode=config.tuning_mode,
-                    pre_seq_len=config.pre_seq_len)
-                self.status_changed.emit("Training…")
-                result = train_prompts(config, on_step=self._on_step, stop_event=self._stop, model=self._model)
-            self.result = result
-            done = "Stopped" if result.stopped else "Finished"
-            self.status_changed.emit(f"{done} after {result.steps_done} of {config.steps} steps")
-            outcome = (self.training_finished, result)
-        except Exception as error:
-            logger.warning("Prompt tuning failed: %s", describe_error(error), exc_info=True)
-            with self._lock:
-                self._unload()
-            self.status_changed.emit("Failed")
-            outcome = (self.training_failed, describe_error(error))
-        finally:
-            if self._closed:
-                with self._lock:
-                    self._unload()
-            self._busy = False  # before the outcome: a new run may start as soon as this one is shown
-            self.busy_changed.emit(False)
-            if outcome is not None:
-                outcome[0].emit(outcome[1])
+            self._model = AutoDistributedModelForCausalLM.from_pretrained(
+                config.model_path, initial_peers=config.initial_peers, tuning_mode=config.tuning_mode,
+                pre_seq_len=config.pre_seq_len)
+            self.status_changed.emit("Training…")
+            result = train_prompts(config, on_step=self.step_reported.emit, stop_event=self.stop_event,
+                                   model=self._model)
+        self.result = result
+        done = "Stopped" if result.stopped else "Finished"
+        self.status_changed.emit(f"{done} after {result.steps_done} of {config.steps} steps")
+        return result
 
-    def _on_step(self, report: StepReport) -> None:
-        self.step_reported.emit(report)
+    def _save(self, path: str) -> str:
+        from core.tuning import save_prompts
 
-    def _save(self, path: str) -> None:
-        try:
-            from core.tuning import save_prompts
-
-            with self._lock:
-                saved = save_prompts(self._model, path)
-        except Exception as error:
-            self.save_failed.emit(describe_error(error))
-        else:
-            self.prompts_saved.emit(saved)
-
-    def _unload(self) -> None:
-        model, self._model = self._model, None
-        if model is not None:
-            try:
-                model.shutdown()
-            except Exception:
-                logger.debug("The tuning model did not shut down cleanly", exc_info=True)
+        with self._lock:
+            return save_prompts(self._model, path)

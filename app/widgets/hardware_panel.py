@@ -4,8 +4,9 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QCheckBox, QComboBox, QGridLayout, QHBoxLayout, QLabel, QSpinBox, QWidget
 
-from app.settings import DTYPE_CHOICES, QUANT_CHOICES, AppSettings
+from app.settings import AppSettings, ServingChoice
 from app.widgets.common import Card, wrapped_label
+from core.config import QUANT_TYPES, TORCH_DTYPES
 from core.hardware import HardwareReport, ModelFootprint, Recommendation, fits, format_memory
 
 
@@ -50,7 +51,7 @@ class RecommendationCard(Card):
     """The recommended blocks and precision with their one-line reason, and the user's override."""
 
     more_blocks_toggled = Signal(bool)
-    override_changed = Signal(bool, int, str, str, str)  # on, blocks (0 = auto), dtype, quant, device
+    override_changed = Signal(object)  # ServingChoice
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__("What to serve", parent)
@@ -67,9 +68,9 @@ class RecommendationCard(Card):
         self.blocks.setSpecialValueText("auto")
         self.blocks.setToolTip("How many blocks to serve (auto: as recommended)")
         self.dtype = QComboBox()
-        self.dtype.addItems(DTYPE_CHOICES)
+        self.dtype.addItems(TORCH_DTYPES)
         self.quant = QComboBox()
-        self.quant.addItems(QUANT_CHOICES)
+        self.quant.addItems(QUANT_TYPES)
         self.device = QComboBox()
         self.device.addItem("auto", "")
         self.device.addItem("cpu", "cpu")
@@ -105,9 +106,14 @@ class RecommendationCard(Card):
 
     def _emit_override(self, *_: object) -> None:
         self.override_row.setVisible(self.override.isChecked())
-        self.override_changed.emit(self.override.isChecked(), self.blocks.value(), self.dtype.currentText(),
-                                   self.quant.currentText(), self.device.currentData() or "")
+        self.override_changed.emit(self.choice())
         self._update_warning()
+
+    def choice(self) -> ServingChoice:
+        """What the controls show now."""
+        return ServingChoice(override=self.override.isChecked(), num_blocks=self.blocks.value(),
+                             torch_dtype=self.dtype.currentText(), quant_type=self.quant.currentText(),
+                             device=self.device.currentData() or "")
 
     def show_hardware(self, report: HardwareReport) -> None:
         """Offer each GPU as a device."""

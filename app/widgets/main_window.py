@@ -12,11 +12,10 @@ from app.app_controller import AppController
 from app.bridges.chat import Sampling
 from app.bridges.model import PreparedModel
 from app.bridges.swarm import SwarmSnapshot
-from app.bridges.tuning import TuningRequest
 from app.conversation import Conversation
 from app.icons import app_icon
 from app.reachability import describe_reachability
-from app.settings import AppSettings
+from app.settings import AppSettings, ServingChoice
 from app.widgets.chat import ChatTab
 from app.widgets.dashboard import STATE_TITLES, DashboardTab
 from app.widgets.settings import SettingsTab
@@ -25,7 +24,7 @@ from app.widgets.tray import TrayIcon
 from app.widgets.tuning import TuningTab
 from app.worker.messages import StatusEvent, WorkerState
 from core.hardware import Recommendation
-from core.tuning import StepReport, TrainingResult
+from core.tuning import StepReport, TrainingConfig, TrainingResult
 
 logger = logging.getLogger(__name__)
 
@@ -172,10 +171,8 @@ class MainWindow(QMainWindow):
             self.swarm.set_preferred_model(model.name)
             self.tuning.suggested_path = self.controller.suggested_prompts_path(self.tuning.request().tuning_mode)
 
-    def _on_override_changed(self, on: bool, blocks: int, dtype: str, quant: str, device: str) -> None:
-        c = self.controller
-        c.update_settings(dataclasses.replace(c.settings, override=on, num_blocks=blocks, torch_dtype=dtype,
-                                              quant_type=quant, device=device))
+    def _on_override_changed(self, choice: ServingChoice) -> None:
+        self.controller.update_settings(self.controller.settings.with_choice(choice))
 
     def _on_settings(self, settings: AppSettings) -> None:
         self.dashboard.recommendation.show_settings(settings)
@@ -208,7 +205,7 @@ class MainWindow(QMainWindow):
         c.update_settings(dataclasses.replace(c.settings, temperature=sampling.temperature, top_p=sampling.top_p,
                                               max_new_tokens=sampling.max_new_tokens))
 
-    def _on_tuning_requested(self, request: TuningRequest) -> None:
+    def _on_tuning_requested(self, request: TrainingConfig) -> None:
         problem = self.controller.start_tuning(request)
         if problem:
             self.tuning.show_message(problem)

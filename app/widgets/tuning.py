@@ -1,5 +1,11 @@
-"""The prompt-tuning tab: dataset and settings, progress and live loss, stop, save, and "try in chat"."""
+"""The prompt-tuning tab: dataset and settings, progress and live loss, stop, save, and "try in chat".
+
+The run is set up as a :class:`core.tuning.TrainingConfig` (its defaults are the controls' starting
+values); the app adds the model and the swarm (:meth:`app.app_controller.AppController.start_tuning`).
+"""
 from __future__ import annotations
+
+import dataclasses
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
@@ -17,18 +23,19 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.bridges.tuning import TuningRequest
 from app.widgets.common import Card, button, wrapped_label
 from app.widgets.loss_plot import LossPlot
+from core.tuning import TUNING_MODES, TrainingConfig
 
-MODES = (("ptune", "Prompt tuning (ptune): trainable tokens before the input"),
-         ("deep_ptune", "Deep prompt tuning (deep_ptune): also a prompt for every block"))
+MODE_LABELS = {"ptune": "Prompt tuning (ptune): trainable tokens before the input",
+               "deep_ptune": "Deep prompt tuning (deep_ptune): also a prompt for every block"}
+DEFAULTS = TrainingConfig(model_path="", initial_peers=(), dataset_path="")
 
 
 class TuningTab(QWidget):
     """Thin view over the tuning bridge's reports."""
 
-    start_requested = Signal(object)  # TuningRequest
+    start_requested = Signal(object)  # TrainingConfig without model_path and initial_peers
     stop_requested = Signal()
     save_requested = Signal(str)  # path
     try_in_chat_requested = Signal(str)  # path of saved prompts
@@ -42,25 +49,26 @@ class TuningTab(QWidget):
         self.dataset.setPlaceholderText("A .txt file (one example per line) or .jsonl ({\"text\": …} per line)")
         self.browse = button("Browse…")
         self.mode = QComboBox()
-        for value, label in MODES:
-            self.mode.addItem(label, value)
+        for mode in TUNING_MODES:
+            self.mode.addItem(MODE_LABELS.get(mode, mode), mode)
+        self.mode.setCurrentIndex(TUNING_MODES.index(DEFAULTS.tuning_mode))
         self.prompt_length = QSpinBox()
         self.prompt_length.setRange(1, 512)
-        self.prompt_length.setValue(16)
+        self.prompt_length.setValue(DEFAULTS.pre_seq_len)
         self.steps = QSpinBox()
         self.steps.setRange(1, 1_000_000)
-        self.steps.setValue(100)
+        self.steps.setValue(DEFAULTS.steps)
         self.learning_rate = QDoubleSpinBox()
         self.learning_rate.setDecimals(5)
         self.learning_rate.setRange(0.00001, 10.0)
         self.learning_rate.setSingleStep(0.001)
-        self.learning_rate.setValue(0.01)
+        self.learning_rate.setValue(DEFAULTS.learning_rate)
         self.batch_size = QSpinBox()
         self.batch_size.setRange(1, 256)
-        self.batch_size.setValue(4)
+        self.batch_size.setValue(DEFAULTS.batch_size)
         self.max_seq_len = QSpinBox()
         self.max_seq_len.setRange(8, 4096)
-        self.max_seq_len.setValue(128)
+        self.max_seq_len.setValue(DEFAULTS.max_seq_len)
         self.start_button = button("Start training", primary=True)
         self.stop_button = button("Stop")
         self.stop_button.setEnabled(False)
@@ -139,10 +147,12 @@ class TuningTab(QWidget):
         if path:
             self.save_requested.emit(path if path.endswith(".safetensors") else path + ".safetensors")
 
-    def request(self) -> TuningRequest:
-        return TuningRequest(self.dataset.text().strip(), self.mode.currentData(), self.prompt_length.value(),
-                             self.steps.value(), self.learning_rate.value(), self.batch_size.value(),
-                             self.max_seq_len.value())
+    def request(self) -> TrainingConfig:
+        """The run the controls describe (the app fills in ``model_path`` and ``initial_peers``)."""
+        return dataclasses.replace(DEFAULTS, dataset_path=self.dataset.text().strip(),
+                                   tuning_mode=self.mode.currentData(), pre_seq_len=self.prompt_length.value(),
+                                   steps=self.steps.value(), learning_rate=self.learning_rate.value(),
+                                   batch_size=self.batch_size.value(), max_seq_len=self.max_seq_len.value())
 
     def _start(self) -> None:
         self.show_message("")

@@ -36,14 +36,23 @@ class WorkerState(str, enum.Enum):
         return self in (WorkerState.STARTING, WorkerState.PAUSING, WorkerState.RESUMING, WorkerState.STOPPING)
 
 
+PRIVATE_HOST = "127.0.0.1"
+PUBLIC_HOST = "0.0.0.0"
+
+
 @dataclass(frozen=True)
 class ServeRequest:
-    """What the worker serves and where.
+    """What the worker serves and where: the block server's settings that the GUI decides.
 
     ``private_swarm``: start a swarm of this PC's own (a DHT peer on 127.0.0.1 that lives as long as
-    the worker) instead of joining ``initial_peers``. ``block_indices`` pins the blocks; otherwise
-    ``num_blocks`` (or all blocks) go where the swarm is weakest. On pause and stop, open inference
-    sessions get up to ``drain_timeout`` seconds to finish.
+    the worker) instead of joining ``initial_peers``; such a request always listens on
+    :data:`PRIVATE_HOST`, any free port, and joins no one (the constructor makes it so, whatever it
+    is given). ``block_indices`` pins the blocks; otherwise ``num_blocks`` (or all blocks) go where
+    the swarm is weakest. On pause and stop, open inference sessions get up to ``drain_timeout``
+    seconds to finish.
+
+    Fields with the name of a :class:`core.config.ServerConfig` field mean the same and have the
+    same default; the worker maps the others (:func:`app.worker.node.server_config`).
     """
 
     model_path: str
@@ -62,6 +71,12 @@ class ServeRequest:
     throughput: float | str = "auto"
     identity_path: str | None = None
     drain_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.private_swarm:  # the swarm of this PC only: never reachable from the network
+            object.__setattr__(self, "host", PRIVATE_HOST)
+            object.__setattr__(self, "port", 0)
+            object.__setattr__(self, "initial_peers", ())
 
 
 @dataclass(frozen=True)
@@ -198,6 +213,7 @@ def decode(line: str | bytes) -> Message:
 
 
 __all__ = [
+    "PRIVATE_HOST", "PUBLIC_HOST",
     "Command", "ErrorEvent", "Event", "LogEvent", "Message", "PauseCommand", "ResumeCommand", "ServeRequest",
     "StartCommand", "StatusEvent", "StopCommand", "WorkerState", "decode", "encode",
 ]

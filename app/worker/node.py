@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import dataclasses
 import gc
 import logging
 import threading
@@ -16,13 +17,41 @@ import time
 from typing import Any, Callable
 
 from app.formatting import describe_error
-from app.worker.messages import ErrorEvent, Event, ServeRequest, StatusEvent, WorkerState
+from app.worker.messages import PRIVATE_HOST, ErrorEvent, Event, ServeRequest, StatusEvent, WorkerState
+from core.config import ServerConfig
 from core.errors import BlossomError
 
 logger = logging.getLogger(__name__)
 
-PRIVATE_HOST = "127.0.0.1"
 RATE_WINDOW = 10.0  # seconds of history for the tokens-per-second figure
+
+RENAMED_FIELDS = {"model_path": "converted_model_name_or_path", "num_threads": "torch_threads",
+                  "drain_timeout": "shutdown_timeout"}
+""":class:`ServeRequest` fields whose :class:`ServerConfig` field has another name."""
+WORKER_FIELDS = ("private_swarm", "host", "port")
+""":class:`ServeRequest` fields the worker turns into other things: its own DHT peer, ``host_maddrs``, ``direct_port``."""
+
+
+def server_config(request: ServeRequest, swarm_peers: tuple[str, ...], span: tuple[int, int] | None = None,
+                  throughput: float | None = None) -> ServerConfig:
+    """The block server's config for ``request``, joined through ``swarm_peers``.
+
+    Every other request field goes to the config field of the same name (or its
+    :data:`RENAMED_FIELDS` name); a request field the config lacks fails here, loudly. After a pause
+    the server comes back on the same ``span`` with its measured ``throughput``.
+    """
+    values = {RENAMED_FIELDS.get(item.name, item.name): getattr(request, item.name)
+              for item in dataclasses.fields(ServeRequest) if item.name not in WORKER_FIELDS}
+    values.update(
+        initial_peers=swarm_peers,
+        host_maddrs=(f"/ip4/{request.host}/tcp/{request.port}",),
+        direct_port=0 if request.private_swarm else None,  # this PC only (127.0.0.1): chat skips the p2p daemons
+    )
+    if span is not None:
+        values.update(num_blocks=None, block_indices=span)
+    if throughput is not None:
+        values["throughput"] = throughput
+    return ServerConfig(**values)
 
 
 def release_memory() -> None:
@@ -167,33 +196,10 @@ class WorkerNode:
         self.swarm_peers = tuple(str(addr) for addr in self.bootstrap.dht.get_visible_maddrs())
         logger.info("Private swarm's DHT peer: %s", self.swarm_peers[0])
 
-    def _server_config(self) -> Any:
-        from core.config import ServerConfig
-
-        req = self.request
-        host = PRIVATE_HOST if req.private_swarm else req.host
-        return ServerConfig(
-            converted_model_name_or_path=req.model_path,
-            num_blocks=None if self.span else req.num_blocks,
-            block_indices=self.span or req.block_indices,
-            initial_peers=self.swarm_peers,
-            host_maddrs=(f"/ip4/{host}/tcp/{req.port if not req.private_swarm else 0}",),
-            identity_path=req.identity_path,
-            throughput=self.throughput if self.throughput is not None else req.throughput,
-            torch_dtype=req.torch_dtype,
-            quant_type=req.quant_type,
-            public_name=req.public_name,
-            device=req.device,
-            attn_cache_tokens=req.attn_cache_tokens,
-            torch_threads=req.num_threads,
-            shutdown_timeout=req.drain_timeout,
-            direct_port=0 if req.private_swarm else None,  # this PC only (127.0.0.1): chat skips the p2p daemons
-        )
-
     def _start_server(self) -> None:
         from core.server.server import BlockServer
 
-        server = BlockServer(self._server_config())
+        server = BlockServer(server_config(self.request, self.swarm_peers, self.span, self.throughput))
         with self._lock:
             self.server = server
         try:

@@ -43,7 +43,7 @@ def make_window(qtbot, settings_store: SettingsStore, blossom_home: Path) -> Ite
     yield make
     for window in made:  # pytest-qt may have closed the window already, which starts the same shutdown
         window.controller.shutdown(kill_after=60)
-        qtbot.waitUntil(lambda: window.controller.closed, timeout=90_000)
+        qtbot.waitUntil(lambda window=window: window.controller.closed, timeout=90_000)
         window.controller.worker.kill()
 
 

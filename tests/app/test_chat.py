@@ -32,7 +32,7 @@ def test_chat_streams_the_swarms_greedy_reply(qtbot, make_window, app_swarm, tin
     window.controller.chat.token_received.connect(pieces.append)
     with qtbot.waitSignal(window.controller.chat.reply_finished, timeout=120_000) as finished:
         send(qtbot, window, "hello blossom")
-    reply, stopped = finished.args
+    reply, stopped = finished.args[0].text, finished.args[0].stopped
     assert not stopped and reply and "".join(pieces) == reply
     assert len(pieces) >= 2  # streamed piece by piece, not in one go
 
@@ -63,7 +63,7 @@ def test_stop_ends_a_reply_early_and_errors_show_in_the_chat(qtbot, make_window,
             send(qtbot, window, "the quick brown fox")
         assert window.chat.stop_button.isEnabled()
         qtbot.mouseClick(window.chat.stop_button, Qt.MouseButton.LeftButton)
-    reply, stopped = finished.args
+    reply, stopped = finished.args[0].text, finished.args[0].stopped
     assert stopped and window.conversation.turns[-1].stopped
     assert len(window.controller.chat._tokenizer(reply).input_ids) < 200
     assert "(stopped)" in window.chat.transcript_text()

@@ -74,7 +74,7 @@ def test_tuning_run_updates_the_loss_plot_and_its_prompts_work_in_chat(qtbot, ma
     with qtbot.waitSignal(window.controller.chat.reply_finished, timeout=120_000) as reply:
         window.chat.input.setPlainText("hello")
         qtbot.mouseClick(window.chat.send_button, Qt.MouseButton.LeftButton)
-    assert reply.args[0] and window.chat.status.text().endswith("with trained prompts")
+    assert reply.args[0].text and window.chat.status.text().endswith("with trained prompts")
 
 
 @pytest.mark.slow
