@@ -22,18 +22,26 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def on_termination(callback: Callable[[], None]) -> threading.Event:
-    """Call ``callback`` once on SIGINT or SIGTERM; returns an event set when that happens."""
+def on_termination(callback: Callable[[], None], again: Callable[[], None] | None = None) -> threading.Event:
+    """Call ``callback`` on the first SIGINT or SIGTERM and ``again`` (if given) on any later one; returns an
+    event set when the first came. Either may raise (e.g. ``KeyboardInterrupt``) to interrupt the main thread."""
     fired = threading.Event()
 
     def handle(signum: int, frame: object) -> None:
         if not fired.is_set():
             fired.set()
             callback()
+        elif again is not None:
+            again()
 
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)
     return fired
+
+
+def interrupt() -> None:
+    """Stop what the main thread is doing now (used from a signal handler)."""
+    raise KeyboardInterrupt
 
 
 def fail(error: BlossomError | ValueError) -> int:

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import threading
 
-from core.cli.common import fail, on_termination, setup_logging
+from core.cli.common import fail, interrupt, on_termination, setup_logging
 from core.config import QUANT_TYPES, TORCH_DTYPES, ServerConfig
 from core.errors import BlossomError
 
@@ -125,12 +126,28 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = config_from_args(args)
-        server = BlockServer(config)
-        stopping = threading.Event()
-        on_termination(stopping.set)
-        status = server.start()
     except (BlossomError, ValueError) as error:
         return fail(error)
+    server = BlockServer(config)
+    started, stopping = threading.Event(), threading.Event()
+    # The first Ctrl-C / SIGTERM interrupts a start-up at once, or ends serving after a drain; a second one
+    # interrupts the drain.
+    on_termination(lambda: stopping.set() if started.is_set() else interrupt(), again=interrupt)
+    try:
+        status = server.start()
+        started.set()
+    except KeyboardInterrupt:
+        print("Interrupted while starting; stopping.", flush=True)
+        server.shutdown(drain=False)
+        return 130
+    except (BlossomError, ValueError) as error:
+        server.shutdown(drain=False)
+        return fail(error)
+    except Exception as error:
+        logger.debug("Start-up failed", exc_info=True)
+        server.shutdown(drain=False)
+        print(f"error: {type(error).__name__}: {error} (run with --verbose for details)", file=sys.stderr)
+        return 1
     try:
         state = "is online" if server.is_reachable else "loaded its blocks but is NOT online"
         print(
@@ -147,10 +164,16 @@ def main(argv: list[str] | None = None) -> int:
             stats = server.stats.as_dict()
             logger.info("Served %d requests (%d tokens), %d open sessions, %d errors", stats["requests"],
                         stats["tokens"], stats["sessions_open"], stats["errors"])
-    finally:
-        print("Shutting down: marking blocks offline...", flush=True)
+    except KeyboardInterrupt:
+        pass
+    print("Shutting down: marking blocks offline (press Ctrl-C again to skip waiting for open sessions)...",
+          flush=True)
+    try:
         server.shutdown()
-        print("Server stopped.", flush=True)
+    except KeyboardInterrupt:
+        print("Not waiting for open sessions.", flush=True)
+        server.shutdown(drain=False)
+    print("Server stopped.", flush=True)
     return 0
 
 

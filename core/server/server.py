@@ -96,6 +96,7 @@ class BlockServer:
         self._rebalancer: Rebalancer | None = None
         self._p2p = None
         self._stopped = threading.Event()
+        self._closed = False
         self._move_lock = threading.Lock()
         self.status: ServerStatus | None = None
         self._state = ServerState.JOINING
@@ -410,16 +411,22 @@ class BlockServer:
                            "move to other servers)", self.stats.sessions_open, timeout)
         return finished
 
-    def shutdown(self) -> None:
-        """Drain (see :meth:`drain`, up to ``config.shutdown_timeout``), stop serving and leave the DHT.
-        Safe to call more than once."""
-        if self._stopped.is_set():
+    def shutdown(self, drain: bool = True) -> None:
+        """Drain (see :meth:`drain`, up to ``config.shutdown_timeout``; not with ``drain=False``), stop serving
+        and leave the DHT. Safe to call more than once, at any point of :meth:`start`, and again with
+        ``drain=False`` after a drain was interrupted (a second Ctrl-C)."""
+        if self._closed:
             return
+        first = not self._stopped.is_set()
         self._stopped.set()
         began = time.perf_counter()
         if self._keeper is not None:
             self._keeper.stop()
-        self.drain(self.config.shutdown_timeout)
+        if drain and first:
+            self.drain(self.config.shutdown_timeout)
+        elif self._announcer is not None:
+            self._announcer.stop()
+        self._closed = True
         if self._loop is not None:
             try:
                 self._loop.run(self._unregister_handlers(), timeout=10)

@@ -1,0 +1,57 @@
+"""``run_server`` ends on every error path and on the first SIGTERM at any moment of its start-up
+(a server that raised after its DHT had started used to hang, deaf to Ctrl-C and SIGTERM)."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import pytest
+
+from core.launcher import ChildProcess
+
+EXIT_TIMEOUT = 60.0
+
+
+def _server(converted, *args: str) -> ChildProcess:
+    return ChildProcess("server", ["-m", "core.cli.run_server", "--converted_model_name_or_path", str(converted),
+                                   "--host_maddrs", "/ip4/127.0.0.1/tcp/0", "--throughput", "10", *args])
+
+
+def _exit_code(server: ChildProcess) -> int:
+    try:
+        return server.process.wait(EXIT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        raise AssertionError(f"run_server did not exit within {EXIT_TIMEOUT:.0f} s:\n{server.tail()}") from None
+
+
+def test_blocks_past_the_model_end_the_server_with_one_clear_line(tiny_checkpoints, swarm_factory):
+    _, converted = tiny_checkpoints["llama"]
+    swarm = swarm_factory(converted, [])
+    server = _server(converted, "--initial_peers", *swarm.initial_peers, "--block_indices", "2:9")
+    try:
+        assert _exit_code(server) == 2
+        assert any(line.startswith("error: --block_indices 2:9 is past the model's 4 blocks") for line in server.lines)
+    finally:
+        server.kill()
+
+
+@pytest.mark.parametrize("phase", ["", "Loading blocks", "is online"])  # "": while importing and joining the DHT
+def test_a_sigterm_at_any_phase_of_the_start_ends_the_server(tiny_checkpoints, phase):
+    _, converted = tiny_checkpoints["llama"]
+    server = _server(converted, "--new_swarm", "--block_indices", "0:4")
+    try:
+        if phase:
+            server.wait_for_line(phase, 180)
+        else:
+            time.sleep(1.5)
+        server.process.send_signal(signal.SIGTERM)
+        code = _exit_code(server)
+        if phase:  # its own handler is installed: it says how it stopped
+            assert code in (0, 130)
+            assert "Server stopped." in server.lines or "Interrupted while starting; stopping." in server.lines
+        else:  # still importing: the default action ends it
+            assert code in (0, 130, -signal.SIGTERM)
+    finally:
+        server.kill()
