@@ -67,6 +67,12 @@ class RemoteCallError(BlossomError):
     code = "remote_call_failed"
 
 
+class SwarmJoinError(BlossomError):
+    """A DHT node could not start or reach the swarm through its initial peers."""
+
+    code = "swarm_join_failed"
+
+
 class LookupTimeoutError(BlossomError):
     """A DHT look-up got no answer in time."""
 
@@ -128,6 +134,7 @@ _ERRORS_BY_CODE: dict[str, type[BlossomError]] = {
         UnsupportedModelError,
         MissingBlocksError,
         LookupTimeoutError,
+        SwarmJoinError,
         PromptsMismatchError,
         DatasetError,
     )

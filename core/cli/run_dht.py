@@ -6,7 +6,8 @@ import logging
 import threading
 
 
-from core.cli.common import on_termination, setup_logging
+from core.cli.common import fail, on_termination, setup_logging
+from core.errors import BlossomError
 from core.dht.node import create_dht
 from core.server.relay import RelayService
 from core.utils.event_loop import EventLoopThread
@@ -33,12 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
     host_maddrs = args.host_maddrs or [f"/ip4/0.0.0.0/tcp/{args.port or 0}"]
-    dht = create_dht(
-        args.initial_peers,
-        host_maddrs=host_maddrs,
-        announce_maddrs=args.announce_maddrs or (),
-        identity_path=args.identity_path,
-    ).dht
+    try:
+        dht = create_dht(
+            args.initial_peers,
+            host_maddrs=host_maddrs,
+            announce_maddrs=args.announce_maddrs or (),
+            identity_path=args.identity_path,
+        ).dht
+    except BlossomError as error:
+        return fail(error)
     stop = threading.Event()
     on_termination(stop.set)
     loop = EventLoopThread("blossom-dht-loop")
@@ -50,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     for address in addresses:
         print(f"  {address}", flush=True)
     try:
-        while not stop.wait(60):
-            logger.info("DHT peer alive, %d address(es)", len(addresses))
+        stop.wait()
     finally:
         try:
             loop.run(relay.p2p.shutdown(), timeout=10)

@@ -160,10 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         print("Other servers and clients can join through this server with --initial_peers:", flush=True)
         for address in status.addresses:
             print(f"  {address}", flush=True)
+        reported: dict = {}
         while not stopping.wait(60):
             stats = server.stats.as_dict()
-            logger.info("Served %d requests (%d tokens), %d open sessions, %d errors", stats["requests"],
-                        stats["tokens"], stats["sessions_open"], stats["errors"])
+            del stats["uptime"]
+            if stats != reported:  # a line a minute only while something happens
+                logger.info("Served %d requests (%d tokens), %d open sessions, %d errors", stats["requests"],
+                            stats["tokens"], stats["sessions_open"], stats["errors"])
+                reported = stats
     except KeyboardInterrupt:
         pass
     print("Shutting down: marking blocks offline (press Ctrl-C again to skip waiting for open sessions)...",

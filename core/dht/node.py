@@ -9,9 +9,10 @@ from typing import Sequence
 
 import hivemind
 from hivemind.dht.crypto import RSASignatureValidator
+from hivemind.p2p.p2p_daemon_bindings.utils import P2PDaemonError
 
 from core.dht.identity import ensure_identity_file, load_private_key, record_validator
-from core.errors import InvalidRequestError
+from core.errors import InvalidRequestError, SwarmJoinError
 from core.utils.event_loop import shared_loop
 
 logger = logging.getLogger(__name__)
@@ -50,16 +51,36 @@ def create_dht(
         validator = record_validator(load_private_key(identity_path))
         kwargs["identity_path"] = identity_path
         kwargs["check_if_identity_free"] = existed
-    dht = hivemind.DHT(
-        initial_peers=list(initial_peers),
-        client_mode=client_mode,
-        host_maddrs=list(host_maddrs),
-        announce_maddrs=list(announce_maddrs) or None,
-        record_validators=[validator],
-        start=True,
-        **kwargs,
-    )
+    for address in initial_peers:
+        if not str(address).startswith("/") or "/p2p/" not in str(address):
+            raise SwarmJoinError(f"'{address}' is not a peer address: pass one that run_dht or run_server printed, "
+                                 f"like /ip4/203.0.113.5/tcp/31337/p2p/QmXyz...")
+    try:
+        dht = hivemind.DHT(
+            initial_peers=list(initial_peers),
+            client_mode=client_mode,
+            host_maddrs=list(host_maddrs),
+            announce_maddrs=list(announce_maddrs) or None,
+            record_validators=[validator],
+            start=True,
+            **kwargs,
+        )
+    except P2PDaemonError as error:
+        raise _join_error(error, initial_peers) from None
     return DHTNode(dht, validator, identity_path)
+
+
+def _join_error(error: P2PDaemonError, initial_peers: Sequence[str]) -> SwarmJoinError:
+    """The p2p daemon's start-up failure in words a person can act on."""
+    reason = str(error)
+    if "failed to connect to bootstrap peers" in reason:
+        return SwarmJoinError(f"could not reach any of --initial_peers ({', '.join(map(str, initial_peers))}). Check that "
+                              f"the peer is running and printed that address (its peer id changes unless it keeps "
+                              f"--identity_path), and that this machine can connect to it")
+    if "address already in use" in reason:
+        return SwarmJoinError("the port is in use by another program: choose another --port (or none, for a random "
+                              "one)")
+    return SwarmJoinError(f"the p2p daemon could not start: {reason.removeprefix('Daemon failed to start: ')}")
 
 
 def client_dht(initial_peers: Sequence[str]) -> hivemind.DHT:

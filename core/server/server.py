@@ -315,6 +315,9 @@ class BlockServer:
             self._span = (start, end)
             return start, end
         num_blocks = min(cfg.num_blocks or self.total_blocks, self.total_blocks)
+        if cfg.num_blocks and cfg.num_blocks > self.total_blocks:
+            logger.warning("--num_blocks %d is more than the model has: serving all %d blocks", cfg.num_blocks,
+                           self.total_blocks)
         others = [span for span in self.swarm_spans() if span.peer_id != self.peer_id]
         start = choose_best_start(others, self.total_blocks, num_blocks)
         for _ in range(MAX_CLAIM_ROUNDS):

@@ -55,3 +55,20 @@ def test_a_sigterm_at_any_phase_of_the_start_ends_the_server(tiny_checkpoints, p
             assert code in (0, 130, -signal.SIGTERM)
     finally:
         server.kill()
+
+
+@pytest.mark.parametrize("peer", ["/ip4/127.0.0.1/tcp/9/p2p/QmWLHvLzSZEzVvgCDUTXC7U8ZnEWJ8T2fMCML7Ukm1TyFL",
+                                  "127.0.0.1:31337"])
+@pytest.mark.parametrize("program", ["run_server", "run_dht"])
+def test_initial_peers_that_cannot_be_reached_end_in_one_clear_line(tiny_checkpoints, program, peer):
+    _, converted = tiny_checkpoints["llama"]
+    args = ["--converted_model_name_or_path", str(converted)] if program == "run_server" else []
+    process = ChildProcess(program, ["-m", f"core.cli.{program}", *args, "--initial_peers", peer])
+    try:
+        assert _exit_code(process) == 2
+        errors = [line for line in process.lines if line.startswith("error: ")]
+        assert len(errors) == 1 and ("could not reach any of --initial_peers" in errors[0]
+                                     or "is not a peer address" in errors[0]), process.tail()
+        assert not any("Traceback" in line for line in process.lines)
+    finally:
+        process.kill()
