@@ -19,7 +19,7 @@ import ipaddress
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from hivemind.p2p import P2P, PeerID
@@ -49,7 +49,6 @@ class ReachabilityStatus:
     address: str = ""  # the "host:port" others dialled (direct)
     relays: tuple[str, ...] = ()  # peer ids of the relays holding a reservation (relayed)
     reason: str = ""  # why no direct connection (relayed, unreachable)
-    checked_by: tuple[str, ...] = field(default=(), compare=False)  # peers that dialled back
 
     def describe(self) -> str:
         """One line a person can act on."""
@@ -102,7 +101,6 @@ class DialBackResult:
     """What the peers asked to dial back said."""
 
     address: str  # the first candidate that connected, or ""
-    by: tuple[str, ...]  # the peers that connected to it
     reason: str  # why none connected
     answered: int  # how many peers answered at all (0: the question is open, e.g. only older peers)
 
@@ -110,27 +108,26 @@ class DialBackResult:
 async def dial_back(p2p: P2P, helpers: Sequence[str], candidates: Sequence[str]) -> DialBackResult:
     """Ask ``helpers`` to dial ``candidates``."""
     if not candidates:
-        return DialBackResult("", (), "this server listens on no address others could dial", 1)
+        return DialBackResult("", "this server listens on no address others could dial", 1)
     asked = list(helpers)[:HELPERS_ASKED]
     if not asked:
-        return DialBackResult("", (), "no other peer to ask (pass --initial_peers)", 0)
+        return DialBackResult("", "no other peer to ask (pass --initial_peers)", 0)
     answers = await asyncio.gather(*(_call(p2p, peer, DIAL_BACK_HANDLE, {"addresses": list(candidates)})
                                      for peer in asked), return_exceptions=True)
-    reached: dict[str, list[str]] = {}
+    reached: set[str] = set()
     errors: list[str] = []
     for peer, answer in zip(asked, answers):
         if isinstance(answer, BaseException):
             errors.append(f"{peer[-8:]}: {answer or type(answer).__name__}")
             continue
-        for address in answer.get("reachable", []):
-            reached.setdefault(str(address), []).append(peer)
+        reached.update(str(address) for address in answer.get("reachable", []))
     answered = len(asked) - len(errors)
     for address in candidates:
         if address in reached:
-            return DialBackResult(address, tuple(reached[address]), "", answered)
+            return DialBackResult(address, "", answered)
     if not answered:
-        return DialBackResult("", (), "no peer answered a dial-back request (" + "; ".join(errors) + ")", 0)
-    return DialBackResult("", (), f"{answered} peer(s) could not connect to {', '.join(candidates)} "
+        return DialBackResult("", "no peer answered a dial-back request (" + "; ".join(errors) + ")", 0)
+    return DialBackResult("", f"{answered} peer(s) could not connect to {', '.join(candidates)} "
                                   f"(a home router or firewall blocks incoming connections)", answered)
 
 
@@ -176,7 +173,7 @@ class ReachabilityKeeper(threading.Thread):
             result = self._dial_back(helpers)
         self._last_direct_check = time.monotonic()
         if result.address:
-            return ReachabilityStatus(Reachability.DIRECT, address=result.address, checked_by=result.by)
+            return ReachabilityStatus(Reachability.DIRECT, address=result.address)
         if not result.answered:  # e.g. a swarm of older peers without the service: serve as before
             return ReachabilityStatus(Reachability.DIRECT, reason=f"not checked: {result.reason}")
         return ReachabilityStatus(Reachability.UNREACHABLE, reason=result.reason)
