@@ -156,10 +156,13 @@ class RemoteSequenceManager:
         """Servers to avoid now: banned ones, and failed ones whose record was not announced again since.
 
         A server killed without notice leaves its record in the DHT until it expires; once its ban runs
-        out, only a newer announcement (the server is back) makes it a candidate again.
+        out, only a newer announcement (the server is back) makes it a first choice again.
         """
+        return self._banned_now() | set(self._failed_records)
+
+    def _banned_now(self) -> set[str]:
         now = time.monotonic()
-        return {peer for peer, until in self._banned_until.items() if until > now} | set(self._failed_records)
+        return {peer for peer, until in self._banned_until.items() if until > now}
 
     def ban(self, peer_id: str, reason: BaseException | str) -> None:
         """Avoid ``peer_id`` for a while (repeated failures double the time) and read the swarm again
@@ -203,7 +206,11 @@ class RemoteSequenceManager:
                         spans = self.update()  # servers may have joined since the view was read
                         continue
                     logger.info("Only recently failed servers hold blocks %d..%d; trying them again", start, end - 1)
-                    return make_route(spans, start, end, dht_prefix=self.dht_prefix, mode=mode, pings=self.pings)
+                    try:  # those whose ban ran out first, then any
+                        return make_route(spans, start, end, banned=self._banned_now(), dht_prefix=self.dht_prefix,
+                                          mode=mode, pings=self.pings)
+                    except MissingBlocksError:
+                        return make_route(spans, start, end, dht_prefix=self.dht_prefix, mode=mode, pings=self.pings)
                 if time.monotonic() >= deadline:
                     usable = [s for s in spans if s.peer_id not in self.banned()]
                     raise MissingBlocksError(uncovered_blocks(usable, start, end), self.dht_prefix,

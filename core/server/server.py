@@ -438,9 +438,9 @@ class BlockServer:
             self._loop.stop()
         if self._handler is not None:
             self._handler.shutdown()
-        if self.dht is not None:
+        if self.dht is not None:  # nothing to report when the start failed before joining the swarm
             self.dht.shutdown()
-        logger.info("Server stopped in %.1f s", time.perf_counter() - began)
+            logger.info("Server stopped in %.1f s", time.perf_counter() - began)
 
 
 def _cache_path() -> Path:
