@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from hivemind.p2p import P2P, PeerID
 from hivemind.proto import runtime_pb2
@@ -153,12 +153,12 @@ class ReachabilityKeeper(threading.Thread):
         self._last_direct_check = 0.0
         self._why_not_direct = ""
 
-    def check(self) -> ReachabilityStatus:
-        """Decide now (a direct path, else relays); returns and keeps the status."""
+    def check(self, keep: Sequence[str] = ()) -> ReachabilityStatus:
+        """Decide now: a direct path, else relays (renewing ``keep`` first); returns and keeps the status."""
         status = self._check_direct()
         if status.reachability != Reachability.DIRECT:
             self._why_not_direct = status.reason
-            status = self._find_relays(keep=())
+            status = self._find_relays(keep)
         self._set(status)
         return status
 
@@ -184,17 +184,23 @@ class ReachabilityKeeper(threading.Thread):
         return self.loop.run(dial_back(self.p2p, helpers, candidates), timeout=DIAL_BACK_TIMEOUT + 2 * CALL_TIMEOUT)
 
     def _find_relays(self, keep: Sequence[str]) -> ReachabilityStatus:
-        """Renew ``keep`` and add relays among the helpers until :data:`RELAYS_WANTED` hold a reservation."""
+        """Renew ``keep`` and add relays among the helpers until :data:`RELAYS_WANTED` hold a reservation.
+        The helpers (a DHT look-up) are read only when the kept relays are not enough."""
+
+        def candidates() -> Iterator[str]:
+            yield from keep
+            yield from (helper for helper in self.helpers() if helper not in keep)
+
         relays: list[str] = []
         refusals: list[str] = []
-        for relay in [*keep, *(h for h in self.helpers() if h not in keep)]:
-            if len(relays) >= RELAYS_WANTED:
-                break
+        for relay in candidates():
             try:
                 self.loop.run(reserve(self.p2p, relay), timeout=CALL_TIMEOUT + 5)
                 relays.append(relay)
             except Exception as error:
                 refusals.append(f"{relay[-8:]}: {error or type(error).__name__}")
+            if len(relays) >= RELAYS_WANTED:
+                break
         reason = self._why_not_direct
         if relays:
             return ReachabilityStatus(Reachability.RELAYED, relays=tuple(relays), reason=reason)
@@ -216,18 +222,11 @@ class ReachabilityKeeper(threading.Thread):
                 logger.warning("Could not check this server's reachability; will retry", exc_info=True)
 
     def _keep(self) -> None:
-        status = self.status
-        if status.reachability == Reachability.DIRECT:
-            if time.monotonic() - self._last_direct_check > DIRECT_RECHECK_PERIOD:
-                self.check()
-            return
+        """Look for a direct path again now and then; meanwhile renew (or replace) the relays."""
         if time.monotonic() - self._last_direct_check > DIRECT_RECHECK_PERIOD:
-            direct = self._check_direct()
-            if direct.reachability == Reachability.DIRECT:
-                self._set(direct)
-                return
-            self._why_not_direct = direct.reason
-        self._set(self._find_relays(keep=status.relays))
+            self.check(keep=self.status.relays)
+        elif self.status.reachability != Reachability.DIRECT:
+            self._set(self._find_relays(keep=self.status.relays))
 
     def stop(self) -> None:
         self._stop_event.set()

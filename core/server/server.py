@@ -156,7 +156,7 @@ class BlockServer:
         self._refresh_pings()
         self._learn_reachability(dht_started_at)
 
-        self._state = ServerState.ONLINE if self.is_reachable else ServerState.JOINING
+        self._state = self._serving_state()
         self._announcer.announce()
         self._announcer.start()
         if cfg.block_indices is None and cfg.balance_quality > 0:
@@ -173,6 +173,10 @@ class BlockServer:
     @property
     def is_reachable(self) -> bool:
         return self.reachability.reachability != Reachability.UNREACHABLE
+
+    def _serving_state(self) -> ServerState:
+        """ONLINE once clients can reach this server; JOINING (never online) while they cannot."""
+        return ServerState.ONLINE if self.is_reachable else ServerState.JOINING
 
     def _learn_reachability(self, dht_started_at: float) -> None:
         """Ask other peers to dial this server back, else reserve relays; then keep that up in the background."""
@@ -205,7 +209,7 @@ class BlockServer:
         if self._announcer is None or self._stopped.is_set():
             return  # still starting: start() announces with the outcome
         if self._state != ServerState.OFFLINE:
-            self._state = ServerState.ONLINE if self.is_reachable else ServerState.JOINING
+            self._state = self._serving_state()
         self._announcer.announce()
 
     def _relay_refusal(self) -> str | None:
@@ -381,7 +385,7 @@ class BlockServer:
                            timeout=self.config.shutdown_timeout + 5)
             backend = self._load_backend(*new_span)
             self._handler.swap_backend(backend)  # sessions still on the old blocks end with a retriable error
-            self._state = ServerState.ONLINE if self.is_reachable else ServerState.JOINING
+            self._state = self._serving_state()
             self._refresh_pings()
             self._announcer.announce()
             if self.status is not None:
