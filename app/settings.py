@@ -21,6 +21,7 @@ from PySide6.QtCore import QSettings
 
 from app.worker.messages import PUBLIC_HOST, ServeRequest
 from core.config import QUANT_TYPES, TORCH_DTYPES
+from core.dht.schema import is_peer_address
 from core.hardware import Recommendation
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class AppSettings:
         found = []
         if self.swarm_mode == JOIN and not self.initial_peers:
             found.append("Paste the initial peers of the swarm to join (or choose the private swarm on this PC)")
-        bad = [peer for peer in self.initial_peers if not peer.startswith("/") or "/p2p/" not in peer]
+        bad = [peer for peer in self.initial_peers if not is_peer_address(peer)]
         if self.swarm_mode == JOIN and bad:
             found.append(f"'{bad[0]}' is not a multiaddress like /ip4/1.2.3.4/tcp/31337/p2p/Qm…")
         if not 0 <= self.port <= 65535:

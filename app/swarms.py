@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from core.dht.schema import is_peer_address
 from core.errors import InvalidRequestError
 
 if TYPE_CHECKING:
@@ -47,11 +48,6 @@ MAX_FILE_BYTES = 1 << 20
 
 class SwarmListError(InvalidRequestError):
     """A swarm file or join link that cannot be used; the message says where and what is wrong."""
-
-
-def looks_like_peer(peer: str) -> bool:
-    """Whether ``peer`` has the shape of an initial peer: a multiaddress ending in ``/p2p/<peer id>``."""
-    return peer.startswith("/") and "/p2p/" in peer
 
 
 @dataclass(frozen=True)
@@ -111,7 +107,7 @@ def swarm_from_dict(data: Any, source: str, where: str = "") -> KnownSwarm:
         peers = [peers]
     if not isinstance(peers, list) or not peers or not all(isinstance(peer, str) for peer in peers):
         raise SwarmListError(f"{where} has no initial_peers (a list of multiaddresses)")
-    bad = [peer for peer in peers if not looks_like_peer(peer.strip())]
+    bad = [peer for peer in peers if not is_peer_address(peer.strip())]
     if bad:
         raise SwarmListError(f"{where}: '{bad[0]}' is not a multiaddress like /ip4/1.2.3.4/tcp/31337/p2p/Qm…")
     texts = {key: data.get(key, "") for key in ("website", "description")}

@@ -12,6 +12,7 @@ from hivemind.dht.crypto import RSASignatureValidator
 from hivemind.p2p.p2p_daemon_bindings.utils import P2PDaemonError
 
 from core.dht.identity import ensure_identity_file, load_private_key, record_validator
+from core.dht.schema import is_peer_address
 from core.errors import InvalidRequestError, SwarmJoinError
 from core.utils.event_loop import shared_loop
 
@@ -52,7 +53,7 @@ def create_dht(
         kwargs["identity_path"] = identity_path
         kwargs["check_if_identity_free"] = existed
     for address in initial_peers:
-        if not str(address).startswith("/") or "/p2p/" not in str(address):
+        if not is_peer_address(str(address)):
             raise SwarmJoinError(f"'{address}' is not a peer address: pass one that run_dht or run_server printed, "
                                  f"like /ip4/203.0.113.5/tcp/31337/p2p/QmXyz...")
     try:

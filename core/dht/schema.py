@@ -33,6 +33,11 @@ def block_key(dht_prefix: str, index: int) -> str:
     return f"{dht_prefix}.{index}"
 
 
+def is_peer_address(text: str) -> bool:
+    """Whether ``text`` has the shape of an initial peer: a multiaddress ending in ``/p2p/<peer id>``."""
+    return text.startswith("/") and "/p2p/" in text
+
+
 def block_uid_index(uid: str) -> tuple[str, int]:
     """Split ``'prefix.7'`` into ``('prefix', 7)``; raises ``ValueError`` on anything else."""
     prefix, dot, index = uid.rpartition(".")
