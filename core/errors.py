@@ -73,6 +73,17 @@ class SwarmJoinError(BlossomError):
     code = "swarm_join_failed"
 
 
+class PortInUseError(SwarmJoinError):
+    """The TCP port a node should listen on is taken by another program or another Blossom peer."""
+
+    code = "port_in_use"
+
+    def __init__(self, port: int, flag: str = "--port") -> None:
+        super().__init__(f"port {port} is already in use on this machine (by another program, or another Blossom "
+                         f"server or DHT peer): stop that one, or choose another {flag} (leave it out for a free one)")
+        self.port = port
+
+
 class LookupTimeoutError(BlossomError):
     """A DHT look-up got no answer in time."""
 

@@ -17,7 +17,7 @@ import huggingface_hub
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
-from core.convert.location import HUB_ERRORS
+from core.convert.location import HUB_ERRORS, check_repo_id, hub_failure
 from core.convert.sources import CheckpointSource, SafetensorsSource, StateDictSource, load_bin_files
 from core.errors import ConversionError, UnsupportedModelError
 from core.models.registry import ModelFamily, get_family
@@ -69,8 +69,7 @@ def open_checkpoint(model: str | Path, token: str | None = None, revision: str |
         return _open_gguf(path, description)
     if path.is_dir():
         return _open_folder(path, description)
-    if str(model).startswith((".", "/", "~")) or str(model).count("/") > 1:
-        raise ConversionError(f"{model} is not a folder, a .gguf file or a Hugging Face repo id")
+    check_repo_id(str(model), converted=False)
     return _open_folder(_download(str(model), token, revision), description)
 
 
@@ -86,10 +85,7 @@ def _download(repo_id: str, token: str | None, revision: str | None) -> Path:
                 repo_id, revision=revision, token=token, allow_patterns=["*.bin"], ignore_patterns=["*/*"]
             ))
     except HUB_ERRORS as error:
-        raise ConversionError(
-            f"could not download '{repo_id}' (revision {revision or 'main'}) from the Hugging Face Hub: {error}. "
-            f"Check the repo id and --revision, your network, and pass --use_auth_token for gated or private models"
-        ) from error
+        raise hub_failure(error, repo_id, revision, "model weights") from error
     return folder
 
 

@@ -2,7 +2,10 @@
 others'. The one owner of a DHT node's life: servers, ``run_dht`` and clients all start theirs here."""
 from __future__ import annotations
 
+import errno
 import logging
+import re
+import socket
 import tempfile
 from dataclasses import dataclass
 from typing import Sequence
@@ -13,7 +16,7 @@ from hivemind.p2p.p2p_daemon_bindings.utils import P2PDaemonError
 
 from core.dht.identity import ensure_identity_file, load_private_key, record_validator
 from core.dht.schema import is_peer_address
-from core.errors import InvalidRequestError, SwarmJoinError
+from core.errors import InvalidRequestError, PortInUseError, SwarmJoinError
 from core.utils.event_loop import shared_loop
 
 logger = logging.getLogger(__name__)
@@ -52,6 +55,7 @@ def create_dht(
         validator = record_validator(load_private_key(identity_path))
         kwargs["identity_path"] = identity_path
         kwargs["check_if_identity_free"] = existed
+    refuse_taken_ports(host_maddrs)
     for address in initial_peers:
         if not is_peer_address(str(address)):
             raise SwarmJoinError(f"'{address}' is not a peer address: pass one that run_dht or run_server printed, "
@@ -71,6 +75,31 @@ def create_dht(
     return DHTNode(dht, validator, identity_path)
 
 
+_TCP_LISTEN_ADDRESS = re.compile(r"^/ip([46])/([^/]+)/tcp/(\d+)")
+
+
+def refuse_taken_ports(host_maddrs: Sequence[str]) -> None:
+    """Raise :class:`PortInUseError` when a fixed TCP port of ``host_maddrs`` is taken.
+
+    libp2p listens with ``SO_REUSEPORT``, so a second Blossom peer on the same port would start without
+    a word and share it with the first (a client dialling the port could reach either). A plain bind,
+    without that option, fails while anyone listens there: try one first.
+    """
+    for maddr in host_maddrs:
+        match = _TCP_LISTEN_ADDRESS.match(str(maddr))
+        if match is None or int(match[3]) == 0:
+            continue
+        family = socket.AF_INET if match[1] == "4" else socket.AF_INET6
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a recently closed port is free
+            try:
+                probe.bind((match[2], int(match[3])))
+            except OSError as error:
+                if error.errno != errno.EADDRINUSE:
+                    raise SwarmJoinError(f"cannot listen on {maddr}: {error.strerror}") from None
+                raise PortInUseError(int(match[3])) from None
+
+
 def _join_error(error: P2PDaemonError, initial_peers: Sequence[str]) -> SwarmJoinError:
     """The p2p daemon's start-up failure in words a person can act on."""
     reason = str(error)
@@ -78,9 +107,6 @@ def _join_error(error: P2PDaemonError, initial_peers: Sequence[str]) -> SwarmJoi
         return SwarmJoinError(f"could not reach any of --initial_peers ({', '.join(map(str, initial_peers))}). Check that "
                               f"the peer is running and printed that address (its peer id changes unless it keeps "
                               f"--identity_path), and that this machine can connect to it")
-    if "address already in use" in reason:
-        return SwarmJoinError("the port is in use by another program: choose another --port (or none, for a random "
-                              "one)")
     return SwarmJoinError(f"the p2p daemon could not start: {reason.removeprefix('Daemon failed to start: ')}")
 
 

@@ -14,12 +14,14 @@ neither encrypted nor authenticated: use it on one machine or a LAN you trust.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from core.direct_protocol import MAX_HELLO_BYTES, method_of_hello, server_greeting
+from core.errors import PortInUseError
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +52,12 @@ class DirectListener:
 
     async def start(self, host: str, port: int) -> int:
         """Listen; returns the port (a free one when ``port`` is 0)."""
-        self._server = await asyncio.start_server(self._on_connection, host, port)
+        try:
+            self._server = await asyncio.start_server(self._on_connection, host, port)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise PortInUseError(port, "--direct_port") from None
+            raise
         return self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:

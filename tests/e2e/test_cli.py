@@ -134,7 +134,7 @@ BAD_ARGUMENTS = {
     "reversed block indices": (["--block_indices", "3:1", "--new_swarm"],
                                "error: block_indices must be START:END with 0 <= START < END, got 3:1"),
     "no swarm to join": ([], "error: pass --initial_peers of a swarm to join, or --new_swarm to start a new one"),
-    "missing converted model": (["--new_swarm"], "is neither a local folder nor a reachable Hub repo"),
+    "missing converted model": (["--new_swarm"], "is not a folder on this machine"),
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import time
 
@@ -72,3 +73,66 @@ def test_initial_peers_that_cannot_be_reached_end_in_one_clear_line(tiny_checkpo
         assert not any("Traceback" in line for line in process.lines)
     finally:
         process.kill()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _assert_refused_port(process: ChildProcess, port: int, flag: str = "--port") -> None:
+    assert _exit_code(process) == 2, process.tail()
+    errors = [line for line in process.lines if line.startswith("error: ")]
+    assert errors == [f"error: port {port} is already in use on this machine (by another program, or another Blossom "
+                      f"server or DHT peer): stop that one, or choose another {flag} (leave it out for a free one)"], \
+        process.tail()
+    assert not any("Traceback" in line for line in process.lines)
+
+
+@pytest.mark.parametrize("program", ["run_server", "run_dht"])
+def test_a_port_held_by_another_program_is_refused_in_one_line(tiny_checkpoints, program):
+    _, converted = tiny_checkpoints["llama"]
+    args = ["--converted_model_name_or_path", str(converted), "--new_swarm"] if program == "run_server" else []
+    with socket.socket() as other_program:
+        other_program.bind(("127.0.0.1", 0))
+        other_program.listen()
+        port = other_program.getsockname()[1]
+        process = ChildProcess(program, ["-m", f"core.cli.{program}", *args, "--port", str(port)])
+        try:
+            _assert_refused_port(process, port)
+        finally:
+            process.kill()
+
+
+def test_a_port_another_blossom_peer_listens_on_is_refused(tiny_checkpoints):
+    """libp2p listens with SO_REUSEPORT: without the check a second peer started silently on the same port."""
+    _, converted = tiny_checkpoints["llama"]
+    port = _free_port()
+    first = ChildProcess("dht", ["-m", "core.cli.run_dht", "--host_maddrs", f"/ip4/127.0.0.1/tcp/{port}"])
+    late = []
+    try:
+        first.wait_for_line("Running a DHT peer", 120)
+        late.append(ChildProcess("dht-2", ["-m", "core.cli.run_dht", "--port", str(port)]))
+        late.append(ChildProcess("server", ["-m", "core.cli.run_server", "--converted_model_name_or_path",
+                                            str(converted), "--new_swarm", "--port", str(port)]))
+        for process in late:
+            _assert_refused_port(process, port)
+        assert first.process.poll() is None, "the first peer must keep running"
+    finally:
+        for process in [first, *late]:
+            process.kill()
+
+
+def test_a_taken_direct_port_ends_the_started_server_in_one_line(tiny_checkpoints):
+    """The direct listener starts after the DHT and the blocks: that error path must shut them down and exit."""
+    _, converted = tiny_checkpoints["llama"]
+    with socket.socket() as other_program:
+        other_program.bind(("0.0.0.0", 0))
+        other_program.listen()
+        port = other_program.getsockname()[1]
+        server = _server(converted, "--new_swarm", "--block_indices", "0:4", "--direct_port", str(port))
+        try:
+            _assert_refused_port(server, port, "--direct_port")
+        finally:
+            server.kill()

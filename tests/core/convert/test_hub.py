@@ -77,12 +77,21 @@ class FakeHub:
             raise EntryNotFoundError(f"{filename} not found in {repo_id}@{revision}")
         return str(path)
 
+    def get_hf_file_metadata(self, url: str, **_: Any) -> str:
+        """The quick look-up before a download: ``url`` is ``.../<repo>/resolve/<revision>/<file>``."""
+        repo_id, _, rest = url.removeprefix(f"{huggingface_hub.constants.ENDPOINT}/").partition("/resolve/")
+        revision, _, filename = rest.partition("/")
+        if not (self.folder(repo_id, revision) / filename).is_file():
+            raise EntryNotFoundError(f"{filename} not found in {repo_id}@{revision}")
+        return url
+
 
 @pytest.fixture()
 def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
     fake = FakeHub(tmp_path / "hub")
     monkeypatch.setattr(huggingface_hub, "HfApi", fake.api)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake.hf_hub_download)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", fake.get_hf_file_metadata)
     return fake
 
 
@@ -128,7 +137,8 @@ def test_client_reads_main_and_model_runs_from_the_hub(uploaded: FakeHub, tiny_l
 def test_hub_errors_are_actionable(uploaded: FakeHub) -> None:
     with pytest.raises(ConversionError, match=r"block 9 does not exist.*4 blocks"):
         load_block_state(REPO, 9)
-    with pytest.raises(ConversionError, match="neither a local folder nor a reachable Hub repo"):
+    with pytest.raises(ConversionError, match="'blossom-test/missing' is not a folder on this machine and could not be "
+                                              "downloaded: the repo has no manifest.json"):
         load_block_state("blossom-test/missing", 0)
     path = uploaded.folder(REPO, "block_1") / "block_1" / "model.safetensors"
     state = load_file(path)
