@@ -226,6 +226,12 @@ class Home:
         return self.router.run(["nft", "list", "ruleset"], check=False).stdout
 
 
+def internet_port(ip: str) -> str:
+    """The name, in the internet namespace, of the veth end that leads to the host (or router WAN) ``ip``
+    (the latency lab's delay switch takes these ports off the bridge)."""
+    return f"p{ip.rsplit('.', 1)[1]}"
+
+
 def _python() -> str:
     import sys
 
@@ -312,7 +318,7 @@ class Lab:
         n = self._next_wan
         self._next_wan += 1
         ip = f"{INTERNET_PREFIX}.{n}"
-        peer = f"p{n}"
+        peer = internet_port(ip)
         _sh(["ip", "link", "add", ifname, "netns", ns, "type", "veth", "peer", "name", peer,
              "netns", self.internet_ns])
         _sh(["ip", "-n", self.internet_ns, "link", "set", peer, "master", "br0", "up"])
