@@ -16,11 +16,12 @@ from typing import Any, Sequence
 import hivemind
 import torch
 from torch import nn
-from transformers import PretrainedConfig
+from transformers import GenerationConfig, PretrainedConfig
 from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutputWithPast
 
-from core.client.generation import GenerationSession, generate
+from core.client.generation import GenerationSession, RemoteGenerationMixin, load_generation_config
 from core.client.ptune import PromptTuning, check_tuning_args
+from core.client.remote_cache import RemoteCache
 from core.client.remote_sequential import RemoteSequential
 from core.client.sequence_manager import RemoteSequenceManager
 from core.config import ClientConfig
@@ -230,14 +231,23 @@ class DistributedModelBase(nn.Module):
             shutdown_client_dht(self.dht)
 
 
-class DistributedModelForCausalLM(DistributedModelBase):
-    """A causal LM whose transformer blocks run on the swarm."""
+class DistributedModelForCausalLM(DistributedModelBase, RemoteGenerationMixin):
+    """A causal LM whose transformer blocks run on the swarm; ``generate`` is transformers' own
+    (see :mod:`core.client.generation`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._active_sessions: list[GenerationSession] = []
+        self.generation_config = GenerationConfig.from_model_config(self.config)
         if getattr(self.config, "tie_word_embeddings", False):
             self.lm_head.weight = self.get_input_embeddings().weight  # as transformers does: one tensor, not two
+
+    @classmethod
+    def from_pretrained(cls, converted_model_name_or_path: str, *args: Any, **kwargs: Any) -> "DistributedModelForCausalLM":
+        """As :meth:`DistributedModelBase.from_pretrained`, plus the model's ``generation_config.json`` (if any)."""
+        model = super().from_pretrained(converted_model_name_or_path, *args, **kwargs)
+        model.generation_config = load_generation_config(converted_model_name_or_path, model.config, kwargs.get("token"))
+        return model
 
     def _build_head(self, config: PretrainedConfig) -> None:
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
@@ -252,18 +262,46 @@ class DistributedModelForCausalLM(DistributedModelBase):
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        cache: RemoteCache | None = None,
+        logits_to_keep: int = 0,
+        return_dict: bool = True,
     ) -> CausalLMOutputWithPast:
         """Logits for whole sequences (and the language-modelling loss if ``labels`` are given).
 
         With prompt tuning, the logits cover the given tokens only: ``logits[:, i]`` predicts token ``i + 1``.
+        With ``cache`` (what ``generate`` passes), the tokens continue that cache's inference session and
+        ``attention_mask`` covers every position so far; ``logits_to_keep=n`` computes the last ``n`` only.
         """
-        logits = self.head(self.last_hidden_states(input_ids, attention_mask, inputs_embeds))
+        if cache is None:
+            hidden = self.last_hidden_states(input_ids, attention_mask, inputs_embeds)
+        else:
+            hidden = self._cached_hidden_states(cache, input_ids, attention_mask, inputs_embeds, labels)
+        logits = self.head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(
                 logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device), ignore_index=-100
             )
-        return CausalLMOutputWithPast(loss=loss, logits=logits)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
+
+    def _cached_hidden_states(
+        self,
+        cache: RemoteCache,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        labels: torch.Tensor | None,
+    ) -> torch.Tensor:
+        if not isinstance(cache, RemoteCache):
+            raise InvalidRequestError(f"cache must be a RemoteCache (the servers' caches), got {type(cache).__name__}")
+        if labels is not None:
+            raise InvalidRequestError("labels cannot be used with a cache: compute the loss on whole sequences")
+        if (input_ids is None) == (inputs_embeds is None):
+            raise InvalidRequestError("pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            self.check_input_ids(input_ids)
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        return cache.step(inputs_embeds, attention_mask, input_ids)
 
     def inference_session(self, max_length: int) -> GenerationSession:
         """A session that keeps the servers' KV cache across ``generate`` calls made inside it."""
@@ -282,14 +320,6 @@ class DistributedModelForCausalLM(DistributedModelBase):
         """Called by a session leaving its ``with`` block."""
         if session in self._active_sessions:
             self._active_sessions.remove(session)
-
-    def generate(self, input_ids: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
-        """Generate tokens like Hugging Face ``generate`` (see :func:`core.client.generation.generate`)."""
-        if input_ids is not None:
-            self.check_input_ids(input_ids)
-        kwargs.setdefault("eos_token_id", getattr(self.config, "eos_token_id", None))
-        kwargs.setdefault("pad_token_id", getattr(self.config, "pad_token_id", None))
-        return generate(self, input_ids, **kwargs)
 
     def shutdown(self) -> None:
         """Close open sessions and leave the swarm (if this model started its own DHT node)."""
