@@ -49,6 +49,9 @@ class ServerConfig:
     direct_port: int | None = None
     """Also take streaming calls (inference sessions, forward, backward) on this plain TCP port (0: any free one)
     and announce it, so clients on a trusted network skip the p2p daemons; unencrypted, so off by default."""
+    push: bool = True
+    """Pass inference outputs straight to the next server of a client's chain (core.push_protocol) and take
+    steps pushed by the previous one; announced as ``can_push``. Off: clients carry every step themselves."""
 
     def __post_init__(self) -> None:
         if self.quant_type not in QUANT_TYPES:
@@ -96,6 +99,9 @@ class ClientConfig:
     update_period: float = 30.0
     direct_connections: str = "private"
     """Use servers' direct TCP ports: "private" (only loopback and private-network addresses), "always", "never"."""
+    push_between_servers: bool = True
+    """Inference steps go client -> A -> B -> ... -> client, each server pushing its output to the next (n + 1
+    network legs per token), wherever both servers can; off: client -> A -> client -> B -> ... (2n legs)."""
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout", "request_timeout", "lookup_timeout", "ban_timeout", "update_period"):

@@ -12,7 +12,7 @@ import ipaddress
 from core.errors import RemoteCallError
 
 PROTOCOL = b"BLOSSOM-DIRECT/1"
-DIRECT_METHODS = ("rpc_inference", "rpc_forward_stream", "rpc_backward_stream")
+DIRECT_METHODS = ("rpc_inference", "rpc_forward_stream", "rpc_backward_stream", "rpc_push")
 """The streaming RPCs a direct connection can open."""
 MAX_HELLO_BYTES = 64
 MAX_GREETING_BYTES = 128

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no_relay", action="store_true",
                         help="do not relay for servers behind NAT (by default a directly reachable server does, "
                              "within limits)")
+    parser.add_argument("--no_push", action="store_true",
+                        help="do not pass inference outputs straight to the next server of a client's chain (nor take "
+                             "them from the previous one): clients then carry every step themselves")
     parser.add_argument("--throughput", type=parse_throughput, default="auto",
                         help="announced speed in tokens/s per block, or 'auto' to measure it (cached per model/device/dtype)")
     parser.add_argument("--torch_dtype", choices=TORCH_DTYPES, default="auto")
@@ -116,6 +119,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         mean_balance_check_period=args.mean_balance_check_period,
         direct_port=args.direct_port,
         relay_service=not args.no_relay,
+        push=not args.no_push,
     )
 
 

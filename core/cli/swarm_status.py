@@ -56,7 +56,7 @@ def format_model(model: ModelSwarm) -> str:
         lines.append(
             f"  {row.peer_id[-8:]} {coverage_bar(row.start_block, row.end_block, model.total_blocks)} "
             f"{row.start_block:>3}..{row.end_block - 1:<3} {row.state:<7} {row.throughput:>9.1f} tok/s/block "
-            f"{row.torch_dtype}{quant} v{row.version}{name}"
+            f"{row.torch_dtype}{quant} v{row.version} {'push' if row.can_push else 'no push'}{name}"
         )
     weakest = min(model.block_throughputs, default=0.0)
     lines.append(f"  weakest block throughput: {weakest:.1f} tokens/s")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 
 import torch
 from hivemind.proto import runtime_pb2
@@ -16,6 +17,7 @@ from core.client.blocking_stream import BlockingStream
 from core.client.sequence_manager import MAX_RESPONSE_BYTES, RemoteSequenceManager, is_retriable
 from core.dht.schema import RemoteSpanInfo
 from core.errors import BlossomError, InvalidRequestError, RemoteCallError, SequenceTooLongError, SessionExpiredError
+from core.push_protocol import PushTarget, route_to_wire
 from core.wire import check_prompts_shape, deserialize_tensors, pack_metadata, raise_if_error, serialize_tensors
 
 logger = logging.getLogger(__name__)
@@ -32,24 +34,42 @@ class _ServerSession:
 
     The stream is opened once on the event loop (a direct TCP connection when the server offers one,
     else a p2p stream), then written and read from the caller's thread with blocking socket calls
-    (:class:`BlockingStream`): a step costs one round trip, nothing more.
+    (:class:`BlockingStream`): a step costs one round trip, nothing more. A session with ``takes_pushes``
+    is opened under a fresh ``session_id`` so that the server before it in the chain can push steps
+    into it (:mod:`core.push_protocol`); its answers still come back on this stream.
     """
 
-    def __init__(self, manager: RemoteSequenceManager, span: RemoteSpanInfo, max_length: int) -> None:
+    def __init__(self, manager: RemoteSequenceManager, span: RemoteSpanInfo, max_length: int,
+                 takes_pushes: bool = False) -> None:
         self.manager, self.span, self.max_length = manager, span, max_length
-        self.history: list[torch.Tensor] = []  # every input sent, for replay elsewhere
+        self.takes_pushes = takes_pushes
+        self.session_id = uuid.uuid4().hex
+        self.history: list[torch.Tensor] = []  # every input this server computed, for replay elsewhere
         self.prompts: torch.Tensor | None = None  # deep prompts sent with the first input, replayed with it
+        self.position = 0  # tokens this server's cache holds (the inputs of ``history``)
         self.uid = manager.span_uid(span.start, span.end)
         self._stream: BlockingStream | None = None
+        self._opened = False  # the first message (max_length...) went out
 
     async def _open(self) -> BlockingStream:
         reader, writer = await self.manager.open_call_stream(self.span, "rpc_inference")  # direct if offered
         return await BlockingStream.detach(reader, writer, self.span.peer_id, self.manager.config.request_timeout)
 
+    def connect(self, batch_size: int) -> None:
+        """Open the stream if needed; a session taking pushes also says so (with the cache's size) right away,
+        so that the previous server's first push finds it."""
+        if self._stream is None:
+            timeout = self.manager.config.request_timeout
+            self._stream = self.manager.loop.run(asyncio.wait_for(self._open(), timeout), timeout=timeout + 5)
+        if self.takes_pushes and not self._opened:
+            self._write({"max_length": self.max_length, "batch_size": batch_size, "session_id": self.session_id}, [])
+            self._opened = True
+
     def step(self, hidden: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
         """Send one step's hidden states (deep ``prompts`` with the first) and return the blocks' outputs."""
-        self._send(hidden, prompts)
-        return self._receive(hidden)
+        self.send(hidden, prompts)
+        output, _ = self.receive(hidden)
+        return output
 
     def _last_word(self, error: OSError) -> BaseException:
         """Why the server closed the stream a send just failed on: the answer it sent before closing (e.g.
@@ -79,39 +99,55 @@ class _ServerSession:
         for number, hidden in enumerate(steps):
             while in_flight and sum(t.numel() * t.element_size() for t in in_flight) + \
                     hidden.numel() * hidden.element_size() > REPLAY_WINDOW_BYTES:
-                outputs.append(self._receive(in_flight.pop(0)))
-            self._send(hidden, prompts if number == 0 else None)
+                outputs.append(self.receive(in_flight.pop(0))[0])
+            self.send(hidden, prompts if number == 0 else None,
+                      start_position=self.position + sum(t.shape[1] for t in in_flight))
             in_flight.append(hidden)
-        outputs.extend(self._receive(hidden) for hidden in in_flight)
+        outputs.extend(self.receive(hidden)[0] for hidden in in_flight)
         return outputs
 
-    def _send(self, hidden: torch.Tensor, prompts: torch.Tensor | None) -> None:
-        fields: dict = {}
-        if self._stream is None:
-            timeout = self.manager.config.request_timeout
-            self._stream = self.manager.loop.run(asyncio.wait_for(self._open(), timeout), timeout=timeout + 5)
+    def send(self, hidden: torch.Tensor, prompts: torch.Tensor | None = None, start_position: int | None = None,
+             route: list[PushTarget] | None = None) -> None:
+        """Write one step starting at ``start_position`` (default: where this session stands); with a ``route``
+        the server pushes its output on along it."""
+        self.connect(hidden.shape[0])
+        fields: dict = {"start_from_position": self.position if start_position is None else start_position}
+        if not self._opened:
             fields["max_length"] = self.max_length
+            self._opened = True
         if prompts is not None:
             fields["prompts"] = True  # deep prompts follow the hidden states, added to this step's first positions
-        tensors = [hidden] if prompts is None else [hidden, prompts.contiguous()]
-        metadata = pack_metadata(fields) if fields else b""
-        try:
-            self._stream.write(runtime_pb2.ExpertRequest(uid=self.uid, tensors=serialize_tensors(tensors),
-                                                         metadata=metadata))
-        except OSError as error:
-            raise self._last_word(error) from error
+        if route:
+            fields["route"] = route_to_wire(route)
+        self._write(fields, [hidden] if prompts is None else [hidden, prompts.contiguous()])
         if prompts is not None and not self.history:
             self.prompts = prompts
 
-    def _receive(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The answer to the step that sent ``hidden``."""
-        response = self._stream.read(runtime_pb2.ExpertResponse, MAX_RESPONSE_BYTES)
-        if response is None:
-            raise RemoteCallError(f"server {self.span.peer_id} closed the session")
-        raise_if_error(response, self.span.peer_id)
+    def _write(self, fields: dict, tensors: list[torch.Tensor]) -> None:
+        request = runtime_pb2.ExpertRequest(uid=self.uid, tensors=serialize_tensors(tensors),
+                                            metadata=pack_metadata(fields))
+        try:
+            self._stream.write(request)
+        except OSError as error:
+            raise self._last_word(error) from error
+
+    def receive(self, hidden: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The answer (outputs, metadata) to the step whose input was ``hidden`` (sent by the client or pushed by
+        the previous server); ``hidden`` joins the history. Answers to a step computed twice (pushed, and sent
+        again after a failure upstream) are read once: the older copy is skipped by its position."""
+        expected = self.position + hidden.shape[1]
+        while True:
+            response = self._stream.read(runtime_pb2.ExpertResponse, MAX_RESPONSE_BYTES)
+            if response is None:
+                raise RemoteCallError(f"server {self.span.peer_id} closed the session")
+            metadata = raise_if_error(response, self.span.peer_id)
+            position = metadata.get("position")
+            if not isinstance(position, int) or position >= expected:
+                break
         (output,) = deserialize_tensors(list(response.tensors), hidden.numel() * 4)
         self.history.append(hidden)  # only answered steps: a failed one is sent again after the replay
-        return output
+        self.position = expected
+        return output, metadata
 
     def close(self) -> None:
         """End the session: say goodbye (the server frees the cache) and close the stream."""
@@ -121,14 +157,25 @@ class _ServerSession:
 
 
 class InferenceSession:
-    """A KV-cached session over blocks ``[start, end)``; use ``with ... as session: session.step(h)``."""
+    """A KV-cached session over blocks ``[start, end)``; use ``with ... as session: session.step(h)``.
+
+    Where two consecutive servers of the chain both push (``ClientConfig.push_between_servers`` and their
+    records' ``can_push``), a step travels client -> A -> B -> ... -> client: the client sends to the first
+    server of each pushing run and reads every server's answer (each hop's output: the next hop's input,
+    kept for replay). Elsewhere, and for steps carrying deep prompts, the client carries the output to the
+    next server itself. A server that cannot push says so in its answer; the client then carries that link's
+    steps from then on (logged, and counted in :attr:`hops_sent`).
+    """
 
     def __init__(self, manager: RemoteSequenceManager, start: int, end: int, max_length: int) -> None:
         if max_length < 1:
             raise InvalidRequestError(f"max_length must be positive, got {max_length}")
         self.manager, self.start, self.end, self.max_length = manager, start, end, max_length
         self.position = 0
+        self.hops_pushed = 0  # steps a server received from the previous server
+        self.hops_sent = 0  # steps the client sent to a server itself
         self._sessions: list[_ServerSession] | None = None
+        self._no_push: set[tuple[str, str]] = set()  # links (peer, next peer) whose push failed
         self._closed = False
 
     def __enter__(self) -> "InferenceSession":
@@ -188,17 +235,79 @@ class InferenceSession:
     def _run_hops(
         self, hidden: torch.Tensor, prompts: torch.Tensor | None, index: int
     ) -> tuple[torch.Tensor, int, Exception | None]:
-        """Send ``hidden`` through hops ``index..``; returns the output, the hop reached and its error (if any)."""
-        while index < len(self._sessions):
-            session = self._sessions[index]
+        """Send ``hidden`` through hops ``index..``; returns the output, the hop reached and its error (if any).
+
+        The client sends to hop ``index`` with the route of the hops it pushes on to, then reads their answers
+        in order; a hop that did not push hands the client its output to send on itself."""
+        sessions = self._sessions
+        self._connect_in_parallel(sessions[index:])
+        while index < len(sessions):
+            last = index
+            if prompts is None:  # deep prompts go from the client to each server: not pushed
+                while last + 1 < len(sessions) and self._pushes(last):
+                    last += 1
+            for hop in range(index + 1, last + 1):
+                try:
+                    sessions[hop].connect(hidden.shape[0])  # opened before the first push can reach it
+                except Exception as error:  # met again, and blamed on that hop, when the client sends to it
+                    logger.debug("Could not open hop %d ahead of a push: %s", hop, error)
+                    last = hop - 1
+                    break
+            session = sessions[index]
             span = session.span
-            hop_prompts = None if prompts is None else prompts[span.start - self.start : span.end - self.start]
             try:
-                hidden = session.step(hidden, hop_prompts)
+                route = [self.manager.push_target(s.span, s.session_id) for s in sessions[index + 1 : last + 1]]
+                hop_prompts = None if prompts is None else prompts[span.start - self.start : span.end - self.start]
+                session.send(hidden, hop_prompts, route=route)
+                self.hops_sent += 1
             except Exception as error:
                 return hidden, index, error
-            index += 1
+            for hop in range(index, last + 1):
+                try:
+                    output, answer = sessions[hop].receive(hidden)
+                except Exception as error:
+                    return hidden, hop, error
+                hidden, index = output, hop + 1
+                if hop < last:
+                    if answer.get("pushed") is not True:
+                        self._push_failed(hop, str(answer.get("push_error", "the server does not push")))
+                        break  # the client sends the output on itself
+                    self.hops_pushed += 1
         return hidden, index, None
+
+    def _pushes(self, hop: int) -> bool:
+        """Whether hop ``hop`` pushes its outputs to the next hop."""
+        return self._link_pushes(self._sessions[hop], self._sessions[hop + 1])
+
+    def _link_pushes(self, here: _ServerSession, there: _ServerSession) -> bool:
+        return (there.takes_pushes and here.span.server_info.can_push
+                and (here.span.peer_id, there.span.peer_id) not in self._no_push)
+
+    def _push_failed(self, hop: int, reason: str) -> None:
+        here, there = self._sessions[hop].span, self._sessions[hop + 1].span
+        self._no_push.add((here.peer_id, there.peer_id))
+        logger.info("Server %s (blocks %d..%d) could not push to %s: %s; the client carries that link's steps",
+                    here.peer_id, here.start, here.end - 1, there.peer_id, reason)
+
+    def _connect_in_parallel(self, sessions: list[_ServerSession]) -> None:
+        """Open the streams still closed at once (one round trip for the chain, not one per server); a failure
+        is left for that hop's own :meth:`_ServerSession.connect` to meet again and report."""
+        closed = [session for session in sessions if session._stream is None]
+        if len(closed) < 2:
+            return
+        timeout = self.manager.config.request_timeout
+
+        async def open_all() -> list:
+            return await asyncio.gather(*(asyncio.wait_for(s._open(), timeout) for s in closed), return_exceptions=True)
+
+        try:
+            streams = self.manager.loop.run(open_all(), timeout=timeout + 5)
+        except Exception:
+            logger.debug("Opening streams in parallel failed", exc_info=True)
+            return
+        for session, stream in zip(closed, streams):
+            if isinstance(stream, BlockingStream):
+                session._stream = stream
 
     def _check_prompts(self, prompts: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         if self.position != 0:
@@ -208,8 +317,16 @@ class InferenceSession:
 
     def _open(self, start: int, end: int) -> list[_ServerSession]:
         route = self.manager.make_route(start, end, mode="latency")
-        logger.debug("Inference route: %s", [(s.peer_id[-6:], s.start, s.end) for s in route])
-        return [_ServerSession(self.manager, span, self.max_length) for span in route]
+        push = getattr(self.manager.config, "push_between_servers", False)
+        # the chain's first server gets every step from the client: it pushes, but takes no pushes
+        sessions = [_ServerSession(self.manager, span, self.max_length,
+                                   push and span.server_info.can_push and span.start != self.start)
+                    for span in route]
+        links = ["push" if self._link_pushes(a, b) else "via client" for a, b in zip(sessions, sessions[1:])]
+        logger.info("Inference route for blocks %d..%d: %s", start, end - 1, " ".join(
+            f"{s.span.peer_id[-6:]}[{s.span.start}..{s.span.end - 1}]" + (f" -{link}-> " if link else "")
+            for s, link in zip(sessions, [*links, ""])))
+        return sessions
 
     def _replace(self, index: int, error: Exception) -> None:
         """Swap the failed hop for other servers and replay its history into them."""

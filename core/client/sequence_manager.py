@@ -17,7 +17,7 @@ from hivemind.p2p import P2P
 from hivemind.proto import runtime_pb2
 
 from core.client.routing import RouteMode, make_route, uncovered_blocks
-from core.client.transports import (
+from core.transports import (
     Stream,
     open_direct_stream,
     open_p2p_stream,
@@ -36,6 +36,7 @@ from core.errors import (
     UnknownBlocksError,
 )
 from core.network import call_unary, ping_many
+from core.push_protocol import PushTarget
 from core.relay_protocol import Reachability
 from core.utils.event_loop import shared_loop
 from core.wire import (
@@ -54,6 +55,7 @@ logger = logging.getLogger(__name__)
 MAX_RESPONSE_ELEMENTS = 2**31
 MAX_RESPONSE_BYTES = 2**31  # protobuf's own limit on one message
 PING_TIMEOUT = 3.0
+WAIT_NOTICE_PERIOD = 5.0  # seconds between the lines that say a route waits for missing blocks
 RELAY_RETRY_AFTER = 60.0
 """Seconds a relay that failed a client is skipped (the server's other relays are tried meanwhile)."""
 UNREACHABLE_COST = 10.0  # seconds charged for a hop to a server that did not answer a ping
@@ -195,11 +197,12 @@ class RemoteSequenceManager:
         """
         deadline = time.monotonic() + self.config.connect_timeout
         spans = self.spans()
-        delay = 0.25
+        delay, next_notice = 0.25, time.monotonic()
+        push = mode == "latency" and self.config.push_between_servers
         while True:
             try:
                 return make_route(spans, start, end, banned=self.banned(), dht_prefix=self.dht_prefix, mode=mode,
-                                  pings=self.pings)
+                                  pings=self.pings, push=push)
             except MissingBlocksError as error:
                 if self.banned() and not uncovered_blocks(spans, start, end):
                     if time.monotonic() - self._updated_at > 1.0:
@@ -208,14 +211,19 @@ class RemoteSequenceManager:
                     logger.info("Only recently failed servers hold blocks %d..%d; trying them again", start, end - 1)
                     try:  # those whose ban ran out first, then any
                         return make_route(spans, start, end, banned=self._banned_now(), dht_prefix=self.dht_prefix,
-                                          mode=mode, pings=self.pings)
+                                          mode=mode, pings=self.pings, push=push)
                     except MissingBlocksError:
-                        return make_route(spans, start, end, dht_prefix=self.dht_prefix, mode=mode, pings=self.pings)
+                        return make_route(spans, start, end, dht_prefix=self.dht_prefix, mode=mode, pings=self.pings,
+                                          push=push)
                 if time.monotonic() >= deadline:
                     usable = [s for s in spans if s.peer_id not in self.banned()]
                     raise MissingBlocksError(uncovered_blocks(usable, start, end), self.dht_prefix,
                                              self.config.connect_timeout) from None
-                logger.info("Waiting for servers: %s", error)
+                if time.monotonic() >= next_notice:  # a wait a person sees, even where logging is not set up
+                    waited = self.config.connect_timeout - (deadline - time.monotonic())
+                    logger.warning("Waiting for servers (%.0f s of at most %.0f s): %s", waited,
+                                   self.config.connect_timeout, error)
+                    next_notice = time.monotonic() + WAIT_NOTICE_PERIOD
                 time.sleep(min(delay, max(deadline - time.monotonic(), 0)))
                 delay = min(delay * 2, 5.0)
                 spans = self.update()
@@ -233,6 +241,14 @@ class RemoteSequenceManager:
 
     def span_uid(self, start: int, end: int) -> str:
         return " ".join(block_key(self.dht_prefix, index) for index in range(start, end))
+
+    def push_target(self, span: RemoteSpanInfo, session_id: str) -> PushTarget:
+        """How the server before ``span`` in a chain reaches ``span``'s session ``session_id`` to push into it: its
+        direct address only where this client would send its states there in the clear itself, its relays if it
+        is relayed, else p2p."""
+        address = self.direct_address(span)
+        return PushTarget(span.peer_id, session_id, f"{address[0]}:{address[1]}" if address else "",
+                          tuple(span.server_info.relays) if self.is_relayed(span) else ())
 
     # ---- direct connections (servers' --direct_port, core.direct_protocol) ---------------------
     def direct_address(self, span: RemoteSpanInfo) -> tuple[str, int] | None:

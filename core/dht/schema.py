@@ -69,6 +69,7 @@ class ServerInfo:
     announced_at: float = 0.0  # DHT time of this announcement: a newer one shows the server is (back) alive
     reachability: str = ""  # "direct" or "relayed" (core.relay_protocol.Reachability); "" from older servers
     relays: tuple[str, ...] = ()  # peer ids of relays through which clients reach a relayed server
+    can_push: bool = False  # takes part in server-to-server push (core.push_protocol); older servers do not
 
     def to_record(self) -> dict[str, Any]:
         """A msgpack-friendly dict."""
@@ -103,6 +104,7 @@ class ServerInfo:
                 announced_at=float(record.get("announced_at", 0.0)),
                 reachability=str(record.get("reachability", ""))[:16],
                 relays=tuple(str(peer)[:64] for peer in list(record.get("relays", ()))[:MAX_RELAYS]),
+                can_push=record.get("can_push", False) is True,
             )
             speeds = (info.throughput, info.inference_rps, info.forward_rps, info.network_rps, info.claimed_at,
                       info.announced_at)

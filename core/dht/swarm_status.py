@@ -32,6 +32,7 @@ class ServerRow:
     version: str
     inference_rps: float = 0.0
     next_pings: tuple[tuple[str, float], ...] = ()
+    can_push: bool = False  # passes inference outputs straight to the next server (core.push_protocol)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ def _model_swarm(dht: hivemind.DHT, dht_prefix: str, total_blocks: int) -> Model
             cache_tokens_left=span.server_info.cache_tokens_left, version=span.server_info.version,
             inference_rps=span.server_info.inference_rps,
             next_pings=tuple(sorted(span.server_info.next_pings.items())),
+            can_push=span.server_info.can_push,
         )
         for span in active + offline
     ]

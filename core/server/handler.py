@@ -20,10 +20,12 @@ from transformers.cache_utils import DynamicCache
 from core import __version__
 from core.dht.schema import block_uid_index
 from core.errors import BlossomError, InvalidRequestError, ServerFullError, SessionExpiredError, UnknownBlocksError
+from core.push_protocol import check_session_id, parse_route
 from core.server.backend import SpanBackend, kv_bytes_per_token
 from core.server.bounded_streams import make_bounded_stream_handler
 from core.server.graph_cache import GraphCache, KeptGraph
 from core.server.memory_cache import KVCacheBudget
+from core.server.push import Pusher, SessionDirectory
 from core.server.stats import ServingStats
 from core.wire import (
     MAX_METADATA_BYTES,
@@ -67,8 +69,10 @@ class BlockRequestHandler(ServicerBase):
         alloc_timeout: float,
         stats: ServingStats,
         session_idle_timeout: float = 600.0,
+        push: bool = True,
     ) -> None:
         self.backend = backend
+        self.push = push  # take part in server-to-server push (core.push_protocol); announced as can_push
         self.dht_prefix = dht_prefix
         self.cache_budget = cache_budget
         self.alloc_timeout = alloc_timeout
@@ -83,12 +87,16 @@ class BlockRequestHandler(ServicerBase):
         self._sessions_ended = asyncio.Event()
         self.graphs = GraphCache(cache_budget)  # forward graphs kept for the backward that follows
         self.stream_handles: dict[str, Callable[..., Awaitable[None]]] = {}  # rpc name -> its registered stream handle
+        self._p2p: P2P | None = None
+        self.pushed_sessions = SessionDirectory()  # sessions whose inputs other servers push (core.server.push)
+        self.pusher = Pusher(lambda: self._p2p)
 
     async def add_p2p_handlers(self, p2p: P2P, wrapper: Any = None, *, namespace: str | None = None,
                                balanced: bool = False) -> None:
         """Register every ``rpc_*``; streaming ones go through :mod:`core.server.bounded_streams`
         so that no stream message is read past :attr:`max_request_bytes`."""
         self._collect_rpc_handlers()
+        self._p2p = p2p  # pushes to the next servers go out through it
         servicer = self if wrapper is None else wrapper
         registrations = []
         for rpc in self._rpc_handlers:
@@ -319,8 +327,14 @@ class BlockRequestHandler(ServicerBase):
         First message: ``uid``, metadata ``{"max_length": int}`` and tensors ``[hidden]``. Each later
         message: tensors ``[hidden]`` of the new tokens, optional metadata ``{"start_from_position": int}``
         to roll the cache back (used when a client replays history). Each answer: ``[hidden]``.
+
+        Server-to-server push (:mod:`core.push_protocol`): a first message with ``"session_id"`` files the
+        session so that the previous server of a chain can push steps into it (:meth:`rpc_push`); without
+        tensors it also names ``"batch_size"`` and the first step comes later. A step whose metadata has a
+        ``"route"`` is pushed on to the route's first server after the blocks; its answer says ``"pushed"``.
         """
-        session_id = uuid.uuid4().hex[:8]
+        local_id = uuid.uuid4().hex[:8]
+        shared_id = None
         try:
             self._refuse_if_draining()
             first = await asyncio.wait_for(anext(requests), self.session_idle_timeout)
@@ -331,22 +345,42 @@ class BlockRequestHandler(ServicerBase):
                 raise InvalidRequestError(
                     f"max_length must be an integer in 1..{self.backend.limits.max_length}, got {max_length!r}"
                 )
-            (hidden,), _ = self._read_with_prompts(list(first.tensors), 1, metadata, start, end)
-            self.backend.check_hidden(hidden)
-            batch_size = hidden.shape[0]
-            cache_bytes = batch_size * max_length * kv_bytes_per_token(self.backend.config, end - start, self.backend.dtype)
-            await self.graphs.make_room(cache_bytes)  # inference before training: kept graphs give way
-            async with self.cache_budget.reserve(cache_bytes, self.alloc_timeout):
-                self._refuse_if_draining()  # it may have started draining while this session waited for room
-                logger.debug("Session %s opened by %s: blocks %d..%d, max_length %d", session_id,
-                             context.remote_id, start, end - 1, max_length)
-                self.stats.sessions_open += 1
-                try:
-                    async for response in self._run_session(requests, first, start, end, max_length, batch_size):
-                        yield response
-                finally:
-                    self.stats.sessions_open -= 1
-                    self._sessions_ended.set()
+            if metadata.get("session_id") is not None:
+                if not self.push:
+                    raise InvalidRequestError("this server takes no pushed steps (it runs with --no_push); "
+                                              "send it every step yourself")
+                shared_id = check_session_id(metadata["session_id"])
+            if first.tensors or shared_id is None:
+                (hidden,), _ = self._read_with_prompts(list(first.tensors), 1, metadata, start, end)
+                self.backend.check_hidden(hidden)
+                batch_size = hidden.shape[0]
+            else:  # opened ahead of its first step, which another server will push
+                batch_size = metadata.get("batch_size")
+                if not _is_int(batch_size) or not 0 < batch_size <= self.backend.limits.max_batch_size:
+                    raise InvalidRequestError(f"batch_size must be an integer in 1..{self.backend.limits.max_batch_size}"
+                                              f", got {batch_size!r}")
+                first = None
+            inbox = self.pushed_sessions.register(shared_id) if shared_id is not None else None
+            try:
+                cache_bytes = batch_size * max_length * kv_bytes_per_token(self.backend.config, end - start,
+                                                                           self.backend.dtype)
+                await self.graphs.make_room(cache_bytes)  # inference before training: kept graphs give way
+                async with self.cache_budget.reserve(cache_bytes, self.alloc_timeout):
+                    self._refuse_if_draining()  # it may have started draining while this session waited for room
+                    logger.debug("Session %s opened by %s: blocks %d..%d, max_length %d%s", local_id,
+                                 context.remote_id, start, end - 1, max_length, " (takes pushes)" if inbox else "")
+                    self.stats.sessions_open += 1
+                    try:
+                        async for response in self._run_session(requests, inbox, first, local_id, start, end,
+                                                                max_length, batch_size):
+                            yield response
+                    finally:
+                        self.stats.sessions_open -= 1
+                        self._sessions_ended.set()
+            finally:
+                if shared_id is not None:
+                    self.pushed_sessions.unregister(shared_id)
+                self.pusher.close(local_id)
         except StopAsyncIteration:
             return
         except asyncio.TimeoutError:
@@ -355,10 +389,26 @@ class BlockRequestHandler(ServicerBase):
         except Exception as error:
             yield self._error(error, context)
 
+    async def rpc_push(
+        self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext
+    ) -> AsyncIterator[runtime_pb2.ExpertResponse]:
+        """Steps the previous server of a chain pushes into sessions here (:mod:`core.push_protocol`): each
+        message is a step as a client sends it, with its session's ``"session_id"``. Answered only to refuse."""
+        try:
+            if not self.push:
+                raise InvalidRequestError("this server takes no pushed steps (it runs with --no_push)")
+            async for request in requests:
+                session_id = check_session_id(unpack_metadata(request.metadata).get("session_id"))
+                await self.pushed_sessions.deliver(session_id, request)
+        except Exception as error:
+            yield self._error(error, context)
+
     async def _run_session(
         self,
         requests: AsyncIterator[runtime_pb2.ExpertRequest],
-        request: runtime_pb2.ExpertRequest,
+        inbox: asyncio.Queue | None,
+        request: runtime_pb2.ExpertRequest | None,
+        local_id: str,
         start: int,
         end: int,
         max_length: int,
@@ -367,33 +417,68 @@ class BlockRequestHandler(ServicerBase):
         cache = DynamicCache()
         backend = self.backend  # a server that moves to other blocks ends the sessions of its old ones
         position = 0
-        while True:
-            metadata = unpack_metadata(request.metadata) if position else {}
-            rollback = metadata.get("start_from_position")
-            if rollback is not None:
-                if not _is_int(rollback) or not 0 <= rollback <= position:
-                    raise InvalidRequestError(f"start_from_position must be in 0..{position}, got {rollback!r}")
-                _truncate_cache(cache, position - rollback)
-                position = rollback
-            (hidden,), prompts = self._read_with_prompts(
-                list(request.tensors), 1, unpack_metadata(request.metadata), start, end
-            )
-            self.backend.check_hidden(hidden)
-            if prompts is not None:
-                self.backend.check_prompts(prompts, hidden, start, end)
-            if hidden.shape[0] != batch_size:
-                raise InvalidRequestError(f"batch size changed from {batch_size} to {hidden.shape[0]} within a session")
-            self.backend.check_length(position, hidden.shape[1], max_length)
-            if self.backend is not backend:
-                raise UnknownBlocksError(f"this server moved to other blocks; blocks {start}..{end - 1} are served elsewhere")
-            output = await self._compute(backend.inference_step, hidden, cache, position, start, end, prompts)
-            position += hidden.shape[1]
-            self.stats.record_request(batch_size * hidden.shape[1])
-            yield tensor_response([output], position=position)
-            async with asyncio.timeout(self.session_idle_timeout):  # no extra task per step, unlike wait_for
-                request = await anext(requests, None)
+        pump = None
+        if inbox is None:
+            async def next_request() -> runtime_pb2.ExpertRequest | None:
+                return await anext(requests, None)
+        else:  # the client's own steps and the pushed ones meet in the inbox
+            pump = asyncio.create_task(_pump(requests, inbox))
+
+            async def next_request() -> runtime_pb2.ExpertRequest | None:
+                item = await inbox.get()
+                if isinstance(item, Exception):
+                    raise item
+                return item
+        try:
             if request is None:
-                return
+                async with asyncio.timeout(self.session_idle_timeout):
+                    request = await next_request()
+            while request is not None:
+                metadata = unpack_metadata(request.metadata)
+                rollback = metadata.get("start_from_position")
+                if rollback is not None:
+                    if not _is_int(rollback) or not 0 <= rollback <= position:
+                        raise InvalidRequestError(f"start_from_position must be in 0..{position}, got {rollback!r}")
+                    _truncate_cache(cache, position - rollback)  # a step sent again (replay, or pushed twice)
+                    position = rollback
+                route = parse_route(metadata.get("route"))
+                (hidden,), prompts = self._read_with_prompts(list(request.tensors), 1, metadata, start, end)
+                self.backend.check_hidden(hidden)
+                if prompts is not None:
+                    self.backend.check_prompts(prompts, hidden, start, end)
+                if hidden.shape[0] != batch_size:
+                    raise InvalidRequestError(f"batch size changed from {batch_size} to {hidden.shape[0]} within a session")
+                self.backend.check_length(position, hidden.shape[1], max_length)
+                if self.backend is not backend:
+                    raise UnknownBlocksError(f"this server moved to other blocks; blocks {start}..{end - 1} are served elsewhere")
+                output = await self._compute(backend.inference_step, hidden, cache, position, start, end, prompts)
+                step_start, position = position, position + hidden.shape[1]
+                self.stats.record_request(batch_size * hidden.shape[1])
+                answer: dict[str, Any] = {"position": position}
+                if route:
+                    reason = await self.pusher.push(local_id, route[0], route[1:], output, step_start) if self.push \
+                        else "this server does not push (--no_push)"
+                    answer["pushed"] = reason is None
+                    if reason is not None:
+                        answer["push_error"] = reason[:500]
+                yield tensor_response([output], **answer)
+                async with asyncio.timeout(self.session_idle_timeout):  # no extra task per step, unlike wait_for
+                    request = await next_request()
+        finally:
+            if pump is not None:
+                pump.cancel()
+                await asyncio.gather(pump, return_exceptions=True)
+
+
+async def _pump(requests: AsyncIterator[runtime_pb2.ExpertRequest], inbox: asyncio.Queue) -> None:
+    """Move a client's steps into its session's inbox; then ``None`` (it said goodbye) or the stream's error."""
+    try:
+        async for request in requests:
+            await inbox.put(request)
+    except Exception as error:
+        await inbox.put(error)
+    else:
+        await inbox.put(None)
 
 
 def _is_int(value: object) -> bool:

@@ -150,7 +150,7 @@ class BlockServer:
         self._kv_per_token = kv_bytes_per_token(backend.config, end - start, self.dtype)
         self._budget = KVCacheBudget((cfg.attn_cache_tokens or DEFAULT_CACHE_TOKENS) * self._kv_per_token)
         self._handler = BlockRequestHandler(backend, self.dht_prefix, self._budget, cfg.alloc_timeout, self.stats,
-                                            session_idle_timeout=cfg.session_idle_timeout)
+                                            session_idle_timeout=cfg.session_idle_timeout, push=cfg.push)
         self._loop.run(self._register_handlers())
         self._measure_network(backend.hidden_size)
         self._refresh_pings()
@@ -233,6 +233,7 @@ class BlockServer:
             forward_rps=self._throughput.forward_rps, network_rps=self._throughput.network_rps,
             next_pings=dict(self._next_pings), claimed_at=self._claimed_at, direct_address=self._direct_address,
             reachability=self.reachability.reachability.value, relays=self.reachability.relays[:MAX_RELAYS_ANNOUNCED],
+            can_push=cfg.push,
         )
 
     def _load_backend(self, start: int, end: int) -> SpanBackend:

@@ -1,0 +1,84 @@
+"""The ways to open a stream to a block server's RPC: a direct TCP connection, a relay circuit, or p2p.
+
+Clients (:meth:`RemoteSequenceManager.open_call_stream
+<core.client.sequence_manager.RemoteSequenceManager.open_call_stream>`) and servers pushing to the
+next server (:mod:`core.server.push`) choose among them; whatever is chosen, the caller then speaks
+hivemind's frames (:mod:`core.wire`) on the stream, exactly as on a p2p stream to that RPC.
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from hivemind.p2p import P2P, PeerID
+
+from core.direct_protocol import MAX_GREETING_BYTES, check_greeting, hello
+from core.errors import RemoteCallError
+from core.relay_protocol import (
+    MAX_HELLO_BYTES,
+    RELAY_HANDLE,
+    parse_relay_answer,
+    relay_hello,
+)
+from core.wire import block_rpc_handle
+
+DIRECT_CONNECT_TIMEOUT = 5.0
+"""Seconds to connect to a server's direct port and get its greeting before falling back to p2p."""
+RELAY_OPEN_TIMEOUT = 15.0
+"""Seconds to open a circuit through a relay (the relay opens the server's stream meanwhile)."""
+
+Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def open_p2p_stream(p2p: P2P, peer_id: str, method: str) -> Stream:
+    """A p2p stream to ``peer_id``'s streaming RPC ``method``.
+
+    Written and read directly rather than through hivemind's stream helpers: no writer task and
+    queue per call, one write per frame, and the caller closes as soon as it has its answer.
+    """
+    _, reader, writer = await p2p.call_binary_stream_handler(PeerID.from_base58(peer_id), block_rpc_handle(method))
+    return reader, writer
+
+
+async def open_direct_stream(address: tuple[str, int], peer_id: str, method: str) -> Stream:
+    """A stream to ``method`` over a direct TCP connection to server ``peer_id`` at ``address`` (see
+    :mod:`core.direct_protocol`); ``OSError``, ``TimeoutError`` or :class:`RemoteCallError` if nothing is
+    there or it is not that server."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), DIRECT_CONNECT_TIMEOUT)
+    try:
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        writer.write(hello(method))
+        received, where = b"", f"{address[0]}:{address[1]}"
+        async with asyncio.timeout(DIRECT_CONNECT_TIMEOUT):
+            while (rest := check_greeting(received, peer_id, where)) is None:
+                chunk = await reader.read(MAX_GREETING_BYTES)
+                if not chunk:
+                    raise RemoteCallError(f"{where} closed the connection instead of greeting as {peer_id}")
+                received += chunk
+        if rest:
+            raise RemoteCallError(f"{where} sent {len(rest)} unexpected bytes after its greeting")
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer
+
+
+async def open_relay_circuit(p2p: P2P, relay: str, peer_id: str, method: str) -> Stream:
+    """A stream to server ``peer_id``'s ``method`` through ``relay`` (see :mod:`core.relay_protocol`);
+    :class:`RemoteCallError` with the relay's reason if it refuses."""
+    async with asyncio.timeout(RELAY_OPEN_TIMEOUT):
+        _, reader, writer = await p2p.call_binary_stream_handler(PeerID.from_base58(relay), RELAY_HANDLE)
+        try:
+            writer.write(relay_hello(peer_id, block_rpc_handle(method)))
+            await writer.drain()
+            try:
+                answer = await reader.readuntil(b"\n")
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as error:
+                raise RemoteCallError(f"relay {relay} closed the circuit to {peer_id} without an answer") from error
+            refusal = parse_relay_answer(answer[:MAX_HELLO_BYTES])
+            if refusal is not None:
+                raise RemoteCallError(f"relay {relay} cannot reach server {peer_id}: {refusal}")
+        except BaseException:
+            writer.close()
+            raise
+    return reader, writer
