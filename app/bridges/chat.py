@@ -157,8 +157,7 @@ class ChatBridge(JobBridge):
                 with torch.no_grad():
                     self._model.generate(input_ids, max_new_tokens=sampling.max_new_tokens, do_sample=sample,
                                          temperature=sampling.temperature if sample else 1.0,
-                                         top_p=sampling.top_p if sample else 1.0, streamer=streamer,
-                                         max_length=input_ids.shape[1] + sampling.max_new_tokens)
+                                         top_p=sampling.top_p if sample else 1.0, streamer=streamer)
             stopped = False
         except GenerationStopped:
             stopped = True

@@ -219,7 +219,17 @@ class RemoteGenerationMixin(GenerationMixin):
 
     # ---- hooks of GenerationMixin -----------------------------------------------------------------
     def _prepare_generation_config(self, generation_config: GenerationConfig | None, **kwargs: Any) -> Any:
-        return _typed(super()._prepare_generation_config, generation_config, **kwargs)
+        config, model_kwargs = _typed(super()._prepare_generation_config, generation_config, **kwargs)
+        for name in ("num_beams", "num_return_sequences"):
+            if getattr(config, name) is not None and getattr(config, name) < 1:
+                raise InvalidRequestError(f"generate: {name} must be at least 1, got {getattr(config, name)}")
+        return config, model_kwargs
+
+    def _get_logits_processor(self, *args: Any, **kwargs: Any) -> Any:
+        return _typed(super()._get_logits_processor, *args, **kwargs)
+
+    def _get_stopping_criteria(self, *args: Any, **kwargs: Any) -> Any:
+        return _typed(super()._get_stopping_criteria, *args, **kwargs)
 
     def _validate_model_kwargs(self, model_kwargs: dict[str, Any]) -> None:
         _typed(super()._validate_model_kwargs, model_kwargs)

@@ -207,10 +207,13 @@ def test_options_the_swarm_cannot_run_are_refused_by_name(setup):
         "output_hidden_states": dict(output_hidden_states=True, return_dict_in_generate=True),
         "cache_implementation": dict(cache_implementation="static"),
         "no_such_option": dict(no_such_option=3),
+        "temperature": dict(do_sample=True, temperature=-1.0),
+        "max_new_tokens": dict(max_new_tokens=-1),
+        "num_beams": dict(num_beams=0),
     }
     for name, options in refusals.items():
         with pytest.raises(InvalidRequestError, match=name):
-            model.generate(input_ids, max_new_tokens=2, **options)
+            model.generate(input_ids, **{"max_new_tokens": 2, **options})
     with model.inference_session(max_length=16):
         model.generate(input_ids, max_new_tokens=1)
         with pytest.raises(InvalidRequestError, match="num_beams"):
