@@ -5,14 +5,18 @@ Without a display (Linux with neither ``DISPLAY`` nor ``WAYLAND_DISPLAY`` set, a
 instead: a private swarm on this PC serving the bundled SmolLM2 model, answering a prompt (and
 chatting when run in a terminal).
 
-``--self-test`` checks this installation without a display (``app.self_test``) and exits 0 when it
+``--self_test`` checks this installation without a display (``app.self_test``) and exits 0 when it
 works. ``--minimized`` (used when Blossom starts on login, see ``app.autostart``) starts in the tray.
+Every option is in ``app.command_line`` (``blossom --help``).
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import Mapping
+
+from app.command_line import build_parser, demo_arguments, window_options_given
 
 HEADLESS_NOTICE = ("Blossom: no display found ({why}), so the window cannot open. Running the terminal demo "
                    "instead: a private swarm on this PC serving the bundled SmolLM2 model.")
@@ -28,26 +32,29 @@ def display_available(environ: Mapping[str, str] = os.environ, platform: str = s
     return True
 
 
-def run_demo(args: list[str], why: str) -> int:
+def run_demo(args: argparse.Namespace, why: str) -> int:
     """The terminal demo (``core.cli.demo``), chatting when stdin is a terminal."""
     from core.cli.demo import main as demo_main
 
     print(HEADLESS_NOTICE.format(why=why), file=sys.stderr, flush=True)
-    if sys.stdin.isatty() and "--interactive" not in args:
-        args = [*args, "--interactive"]
-    return demo_main(args)
+    ignored = window_options_given(args)
+    if ignored:
+        print(f"({' '.join(ignored)}: options of the window, not used by the demo)", file=sys.stderr, flush=True)
+    if sys.stdin.isatty():
+        args.interactive = True
+    return demo_main(demo_arguments(args))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "--self-test" in args:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.self_test:
         from app.self_test import main as self_test_main
 
-        return self_test_main([arg for arg in args if arg != "--self-test"])
-    if "--headless" in args:
-        return run_demo([arg for arg in args if arg not in ("--headless", "--minimized")], "--headless was given")
+        return self_test_main(["--servers", str(args.servers)] + ["--verbose"] * args.verbose)
+    if args.headless:
+        return run_demo(args, "--headless was given")
     if not display_available():
-        return run_demo([arg for arg in args if arg != "--minimized"], "DISPLAY and WAYLAND_DISPLAY are unset")
+        return run_demo(args, "DISPLAY and WAYLAND_DISPLAY are unset")
     try:
         from app.application import run_gui
     except ImportError as error:

@@ -5,12 +5,12 @@ import argparse
 import logging
 import signal
 import sys
-from pathlib import Path
 
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
 
 from app.app_controller import AppController
+from app.command_line import TAB_NAMES
 from app.icons import app_icon
 from app.orphans import exit_children_with_parent
 from app.settings import APPLICATION, ORGANIZATION, SettingsStore
@@ -20,19 +20,6 @@ from app.widgets.tray import TrayIcon
 
 logger = logging.getLogger(__name__)
 
-TAB_NAMES = ("dashboard", "chat", "tuning", "swarm", "settings")
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="blossom", description="Blossom's desktop node manager.")
-    parser.add_argument("--settings", type=Path, default=None,
-                        help="keep settings in this INI file instead of the platform's usual place")
-    parser.add_argument("--no-serve", action="store_true", help="do not start serving at launch this time")
-    parser.add_argument("--tab", choices=TAB_NAMES, default="dashboard", help="the tab to open")
-    parser.add_argument("--minimized", action="store_true",
-                        help="start in the tray without opening the window (how Blossom starts on login)")
-    parser.add_argument("--verbose", action="store_true")
-    return parser.parse_args(argv)
 
 
 def setup_logging(verbose: bool) -> None:
@@ -56,9 +43,8 @@ def handle_termination(window: MainWindow) -> QTimer:
     return timer
 
 
-def run_gui(argv: list[str]) -> int:
-    """Open the main window; returns the exit code when the app quits."""
-    args = parse_args(argv)
+def run_gui(args: argparse.Namespace) -> int:
+    """Open the main window as ``args`` (``app.command_line``) say; returns the exit code when the app quits."""
     setup_logging(args.verbose)
     application = QApplication.instance() or QApplication([sys.argv[0]])
     application.setApplicationName(APPLICATION)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from core.cli.common import add_hidden_alias, build_parser
 from core.launcher import LocalSwarm
 
 logger = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def generate(context: SelfTestContext) -> str:
                                                            initial_peers=context.initial_peers)
     try:
         tokenizer = AutoTokenizer.from_pretrained(context.model_path)
-        input_ids = tokenizer(build_prompt(tokenizer, PROMPT), return_tensors="pt",
+        input_ids = tokenizer(build_prompt(tokenizer, [{"role": "user", "content": PROMPT}]), return_tensors="pt",
                               add_special_tokens=False).input_ids
         started = time.monotonic()
         with torch.no_grad():
@@ -198,9 +199,9 @@ def print_result(result: StepResult) -> None:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="blossom --self-test",
-                                     description="Check that this Blossom works: a private swarm with the demo model.")
-    parser.add_argument("--max-new-tokens", type=int, default=8, help="how many tokens to generate")
+    parser = build_parser("blossom --self_test", "Check that this Blossom works: a private swarm with the demo model.")
+    parser.add_argument("--max_new_tokens", type=int, default=8, help="how many tokens to generate")
+    add_hidden_alias(parser, "--max-new-tokens", "max_new_tokens", type=int)
     parser.add_argument("--servers", type=int, default=2, choices=[1, 2, 3], help="block servers to start")
     parser.add_argument("--verbose", action="store_true", help="log every step's details on stderr")
     return parser.parse_args(argv)

@@ -56,7 +56,7 @@ class MissingBlocksError(BlossomError):
         after = f" after waiting {waited:.0f} s" if waited is not None else ""
         super().__init__(
             f"no server in the swarm holds block(s) {shown}{where}{after}. Start a server for them "
-            f"(python -m core.cli.run_server ... --block_indices {self.blocks[0]}:{self.blocks[-1] + 1}) "
+            f"(blossom-server --model ... --block_indices {self.blocks[0]}:{self.blocks[-1] + 1}) "
             f"or check that --initial_peers points to the right swarm"
         )
 

@@ -174,7 +174,7 @@ class ModelFootprint:
             config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
             raise InvalidRequestError(
-                f"'{folder}' is not a converted Blossom model ({error}); convert it with python -m core.cli.convert_model"
+                f"'{folder}' is not a converted Blossom model ({error}); convert it with blossom-convert"
             ) from error
         return cls.from_manifest(manifest, config)
 

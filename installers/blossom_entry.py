@@ -1,6 +1,6 @@
 """The program inside Blossom's frozen bundle (PyInstaller builds ``blossom`` / ``Blossom.exe`` from this file).
 
-``blossom [options]`` opens the desktop app (``app.__main__``: ``--self-test``, ``--minimized``,
+``blossom [options]`` opens the desktop app (``app.__main__``: ``--self_test``, ``--minimized``,
 ``--headless`` and the window's own options).
 
 ``blossom --run-module MODULE [args]`` runs ``MODULE`` as ``__main__``, like ``python -m MODULE``

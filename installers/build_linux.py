@@ -6,7 +6,7 @@ Steps, each timed:
    and the demo model package (``--python PATH`` uses an existing environment instead);
 2. PyInstaller with ``installers/blossom.spec`` -> a one-folder bundle;
 3. the installer's files next to the program: ``install.sh``, ``blossom.desktop``, ``blossom.png``, ``README.txt``;
-4. ``--self-test`` of the fresh bundle (skip with ``--no-self-test``);
+4. ``--self_test`` of the fresh bundle (skip with ``--no_self_test``);
 5. the tarball, and ``build-info.json`` beside it with sizes and times.
 
 The tarball unpacks to one folder; its ``install.sh`` installs for the current user without root.
@@ -38,7 +38,7 @@ README_TEXT = """Blossom {version} for Linux ({arch})
 
 Install for this user (no root needed):   ./install.sh
 Or run it from this folder:               ./blossom
-Check it works (no window needed):        ./blossom --self-test
+Check it works (no window needed):        ./blossom --self_test
 
 install.sh puts Blossom in ~/.local/share/blossom, adds it to your applications menu and
 creates ~/.local/bin/blossom. Uninstall with ~/.local/share/blossom/uninstall.sh.
@@ -109,11 +109,11 @@ def add_installer_files(bundle: Path, version: str, arch: str) -> None:
 
 
 def self_test(bundle: Path, log_path: Path) -> str:
-    """Run the bundle's ``--self-test`` with a throwaway BLOSSOM_HOME; returns its report."""
+    """Run the bundle's ``--self_test`` with a throwaway BLOSSOM_HOME; returns its report."""
     with tempfile.TemporaryDirectory(prefix="blossom-selftest-") as home:
         env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "QT_"))}
         env.update(BLOSSOM_HOME=home, HOME=home)
-        run([str(bundle / "blossom"), "--self-test"], log_path, env=env)
+        run([str(bundle / "blossom"), "--self_test"], log_path, env=env)
     text = log_path.read_text(errors="replace")
     report = text[text.rindex("Blossom self-test"):].splitlines()
     return "".join(line + "\n" for line in report if line.startswith(("Blossom", "  ", "Self-test")))
@@ -145,7 +145,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--torch", default=DEFAULT_TORCH,
                         help=f"pip requirement for torch in the venv (default {DEFAULT_TORCH}, CPU here; "
                              "plain 'torch' from PyPI is the CUDA build)")
-    parser.add_argument("--no-self-test", action="store_true", help="do not run the bundle's --self-test")
+    parser.add_argument("--no_self_test", action="store_true", help="do not run the bundle's --self_test")
     return parser.parse_args(argv)
 
 

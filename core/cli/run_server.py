@@ -1,4 +1,4 @@
-"""``python -m core.cli.run_server``: serve blocks of a converted model to a swarm."""
+"""``blossom-server`` (``python -m core.cli.run_server``): serve blocks of a converted model to a swarm."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,7 @@ import logging
 import sys
 import threading
 
-from core.cli.common import fail, interrupt, on_termination, setup_logging
+from core.cli.common import add_hidden_alias, build_parser as new_parser, fail, interrupt, on_termination, setup_logging
 from core.config import QUANT_TYPES, TORCH_DTYPES, ServerConfig
 from core.errors import BlossomError
 
@@ -32,17 +32,22 @@ def parse_throughput(text: str) -> float | str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Serve consecutive transformer blocks of a converted model.")
-    parser.add_argument("--converted_model_name_or_path", required=True,
-                        help="folder written by core.cli.convert_model, or a converted Hub repo")
+    parser = new_parser("blossom-server", "Serve consecutive transformer blocks of a converted model to a swarm.")
+    parser.add_argument("--model", default=None, metavar="FOLDER_OR_REPO",
+                        help="the converted model: a folder written by blossom-convert, or a converted Hub repo "
+                             "ORG/NAME (required)")
+    add_hidden_alias(parser, "--converted_model_name_or_path", "model")
     parser.add_argument("--num_blocks", type=int, default=None,
                         help="how many blocks to serve; the server picks where the swarm is weakest")
     parser.add_argument("--block_indices", type=parse_block_indices, default=None,
                         help="serve exactly these blocks, START:END (END excluded), e.g. 0:8")
-    parser.add_argument("--initial_peers", nargs="*", default=[], help="multiaddrs of peers already in the swarm")
+    parser.add_argument("--initial_peers", nargs="*", default=[], metavar="MULTIADDR",
+                        help="addresses of peers already in the swarm, as printed by blossom-dht or blossom-server")
     parser.add_argument("--new_swarm", action="store_true", help="start a new swarm instead of joining one")
-    parser.add_argument("--host_maddrs", nargs="+", default=None, help="multiaddrs to listen on")
-    parser.add_argument("--announce_maddrs", nargs="*", default=[], help="public multiaddrs others should dial")
+    parser.add_argument("--host_maddrs", nargs="+", default=None, metavar="MULTIADDR",
+                        help="multiaddrs to listen on (default: every interface, /ip4/0.0.0.0/tcp/PORT)")
+    parser.add_argument("--announce_maddrs", nargs="*", default=[], metavar="MULTIADDR",
+                        help="public multiaddrs others should dial (e.g. your router's address with a forwarded port)")
     parser.add_argument("--port", type=int, default=None, help="TCP port to listen on (default: random)")
     parser.add_argument("--direct_port", type=int, default=None,
                         help="also take inference sessions and forward/backward calls on this plain TCP port (0: any "
@@ -56,14 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "them from the previous one): clients then carry every step themselves")
     parser.add_argument("--throughput", type=parse_throughput, default="auto",
                         help="announced speed in tokens/s per block, or 'auto' to measure it (cached per model/device/dtype)")
-    parser.add_argument("--torch_dtype", choices=TORCH_DTYPES, default="auto")
+    parser.add_argument("--torch_dtype", choices=TORCH_DTYPES, default="auto",
+                        help="compute dtype (auto: float32 on CPU; on a GPU the stored half dtype, else bfloat16 where "
+                             "supported, else float16)")
     parser.add_argument("--quant_type", choices=QUANT_TYPES, default="none",
                         help="store linear weights in int8 or nf4 with bitsandbytes (fits more blocks)")
     parser.add_argument("--load_in_8bit", action="store_true", help="same as --quant_type int8")
     parser.add_argument("--dht_prefix", default=None, help="DHT name of the model (default: from the conversion)")
     parser.add_argument("--public_name", default="", help="a name shown to others in the swarm's status")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--use_auth_token", default=None, help="Hugging Face token for private converted repos")
+    parser.add_argument("--use_auth_token", default=None, metavar="TOKEN", help="Hugging Face token for private converted repos")
     parser.add_argument("--max_length", type=int, default=2048, help="longest inference session accepted")
     parser.add_argument("--attn_cache_tokens", type=int, default=None,
                         help="KV-cache budget in tokens through all served blocks (default 16384)")
@@ -83,15 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "the move would give it (0 = never move; --block_indices servers never move)")
     parser.add_argument("--mean_balance_check_period", type=float, default=60.0,
                         help="average seconds between checks of the swarm's balance (randomised)")
-    parser.add_argument("--num_threads", type=int, default=None, help="torch CPU threads for compute")
-    parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--num_threads", type=int, default=None, help="torch CPU threads for compute (default: torch's choice, about one per core)")
+    parser.add_argument("--verbose", action="store_true", help="log every detail (debug level) on stderr")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     host_maddrs = tuple(args.host_maddrs or [f"/ip4/0.0.0.0/tcp/{args.port or 0}"])
     return ServerConfig(
-        converted_model_name_or_path=args.converted_model_name_or_path,
+        converted_model_name_or_path=args.model,
         num_blocks=args.num_blocks,
         block_indices=args.block_indices,
         initial_peers=tuple(args.initial_peers),
@@ -124,7 +131,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.model is None:
+        parser.error("pass --model: the folder written by blossom-convert, or a converted Hub repo ORG/NAME")
     setup_logging(args.verbose)
     from core.server.server import BlockServer  # heavy imports after argument errors are reported
 

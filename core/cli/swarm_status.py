@@ -1,4 +1,5 @@
-"""``python -m core.cli.swarm_status --initial_peers ...``: which servers hold which blocks of each model."""
+"""``blossom-status --initial_peers ...`` (``python -m core.cli.swarm_status``): which servers hold which blocks
+of each model."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +7,7 @@ import dataclasses
 import json
 import logging
 
-from core.cli.common import fail, setup_logging
+from core.cli.common import build_parser as new_parser, fail, setup_logging
 from core.dht.swarm_status import ModelSwarm, get_swarm_status
 from core.errors import BlossomError
 
@@ -16,15 +17,28 @@ BAR_WIDTH = 40
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Show the servers of a Blossom swarm and the blocks they hold.")
-    parser.add_argument("--initial_peers", nargs="+", required=True, help="multiaddrs of any peers of the swarm")
-    parser.add_argument("--model", dest="dht_prefix", default=None,
-                        help="DHT prefix of one model (default: every model servers announce)")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.model is not None and args.dht_prefix is not None:
+        parser.error("pass --model or --dht_prefix, not both")
+    return args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = new_parser("blossom-status", "Show the servers of a Blossom swarm and the blocks they hold.")
+    parser.add_argument("--initial_peers", nargs="+", required=True, metavar="MULTIADDR",
+                        help="addresses of any peers of the swarm, as printed by blossom-dht or blossom-server")
+    parser.add_argument("--model", default=None, metavar="FOLDER_OR_REPO",
+                        help="show only this converted model (a folder written by blossom-convert, or a converted Hub "
+                             "repo); its block count is then known even when no server holds any (default: every "
+                             "model servers announce)")
+    parser.add_argument("--dht_prefix", default=None,
+                        help="show only the model of this name in the swarm (what blossom-server prints in quotes)")
     parser.add_argument("--num_blocks", type=int, default=None,
-                        help="block count of --model, needed only when no server announces it")
+                        help="block count of --dht_prefix, needed only when no server announces it")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
-    parser.add_argument("--verbose", action="store_true")
-    return parser.parse_args(argv)
+    parser.add_argument("--verbose", action="store_true", help="log every detail (debug level) on stderr")
+    return parser
 
 
 def coverage_bar(start: int, end: int, total: int, width: int = BAR_WIDTH) -> str:
@@ -67,6 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
     try:
+        if args.model is not None:  # one meaning of --model in every tool: the model itself
+            from core.convert import load_manifest
+
+            try:
+                manifest = load_manifest(args.model)
+            except BlossomError as error:
+                return fail(BlossomError(f"{error} (to choose a model by its name in the swarm, pass --dht_prefix "
+                                         f"{args.model})"))
+            args.dht_prefix, args.num_blocks = manifest.dht_prefix, manifest.num_blocks
         models = get_swarm_status(args.initial_peers, args.dht_prefix, args.num_blocks)
     except (BlossomError, ValueError) as error:
         return fail(error)

@@ -1,4 +1,4 @@
-"""``python -m core.cli.train_prompts``: train prompts for a model served by a swarm; Ctrl-C stops and saves."""
+"""``blossom-train`` (``python -m core.cli.train_prompts``): train prompts for a model served by a swarm; Ctrl-C stops and saves."""
 from __future__ import annotations
 
 import argparse
@@ -7,8 +7,9 @@ import signal
 import threading
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-from core.cli.common import fail, on_termination, setup_logging
+from core.cli.common import add_hidden_alias, build_parser as new_parser, fail, on_termination, setup_logging
 from core.errors import BlossomError
 from core.tuning.config import TUNING_MODES, StepReport, TrainingConfig
 
@@ -16,23 +17,28 @@ logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Train prompts (ptune or deep_ptune) through a swarm; the servers' blocks stay frozen."
-    )
-    parser.add_argument("--model", required=True, help="converted model folder or converted Hub repo")
-    parser.add_argument("--initial_peers", nargs="+", required=True, help="multiaddrs of the swarm serving the model")
+    parser = new_parser("blossom-train",
+                        "Train prompts (ptune or deep_ptune) through a swarm; the servers' blocks stay frozen.")
+    parser.add_argument("--model", required=True, metavar="FOLDER_OR_REPO",
+                        help="the converted model: a folder written by blossom-convert, or a converted Hub repo")
+    parser.add_argument("--initial_peers", nargs="+", required=True, metavar="MULTIADDR",
+                        help="addresses of the swarm serving the model, as printed by blossom-dht or blossom-server")
     parser.add_argument("--dataset", required=True,
                         help='.txt (one example per line, or paragraphs) or .jsonl ({"text"} or {"prompt", "completion"})')
-    parser.add_argument("--mode", choices=TUNING_MODES, default="ptune", help="tuning mode (default: ptune)")
-    parser.add_argument("--pre_seq_len", type=int, default=16, help="number of prompt positions (default: 16)")
-    parser.add_argument("--steps", type=int, default=100, help="optimizer steps (default: 100)")
-    parser.add_argument("--lr", type=float, default=1e-2, help="AdamW learning rate (default: 0.01)")
-    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--mode", choices=TUNING_MODES, default="ptune",
+                        help="ptune: trained prompts in front of the input; deep_ptune: also in front of every block")
+    parser.add_argument("--pre_seq_len", type=int, default=16, help="number of prompt positions")
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps")
+    parser.add_argument("--learning_rate", type=float, default=1e-2, help="AdamW learning rate")
+    add_hidden_alias(parser, "--lr", "learning_rate", type=float)
+    parser.add_argument("--batch_size", type=int, default=4, help="examples per optimizer step")
     parser.add_argument("--max_seq_len", type=int, default=128, help="examples are cut to this many tokens")
-    parser.add_argument("--save", default=None, help="where to save the prompts (.safetensors)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save_path", default=None, help="where to save the prompts (.safetensors); "
+                                                          "by default they are not saved")
+    add_hidden_alias(parser, "--save", "save_path")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the prompts' initialisation and the batches")
     parser.add_argument("--log_every", type=int, default=10, help="print the loss every N steps (0: never)")
-    parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--verbose", action="store_true", help="log every detail (debug level) on stderr")
     return parser
 
 
@@ -45,10 +51,10 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
         tuning_mode=args.mode,
         pre_seq_len=args.pre_seq_len,
         steps=args.steps,
-        learning_rate=args.lr,
+        learning_rate=args.learning_rate,
         batch_size=args.batch_size,
         max_seq_len=args.max_seq_len,
-        save_path=args.save,
+        save_path=args.save_path,
         seed=args.seed,
     )
 
@@ -69,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         tqdm.write("Stopping after this step (Ctrl-C again to quit without saving)...")
 
     on_termination(request_stop)
-    with tqdm(total=config.steps, desc=f"{config.tuning_mode} x{config.pre_seq_len}", unit="step") as bar:
+    # log lines go above the bar instead of through it
+    with logging_redirect_tqdm(), tqdm(total=config.steps, desc=f"{config.tuning_mode} x{config.pre_seq_len}",
+                                       unit="step") as bar:
 
         def on_step(report: StepReport) -> None:
             bar.update(1)
@@ -88,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if result.saved_path:
         print(f"Saved {config.tuning_mode} prompts to {result.saved_path}")
     else:
-        print("Prompts not saved (pass --save PATH to keep them).")
+        print("Prompts not saved (pass --save_path PATH to keep them).")
     return 0
 
 

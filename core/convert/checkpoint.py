@@ -18,6 +18,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
 from core.convert.location import HUB_ERRORS, check_repo_id, hub_failure
+from core.utils.heartbeat import still_working
 from core.convert.sources import CheckpointSource, SafetensorsSource, StateDictSource, load_bin_files
 from core.errors import ConversionError, UnsupportedModelError
 from core.models.registry import ModelFamily, get_family
@@ -171,16 +172,17 @@ def _open_gguf(path: Path, description: str) -> Checkpoint:
     """Dequantize a GGUF file with transformers; the whole model is held in memory as float32."""
     folder, name = path.parent, path.name
     try:
-        config = AutoConfig.from_pretrained(folder, gguf_file=name)
+        with still_working(f"Reading the config and tokenizer of {name}", logger):
+            config = AutoConfig.from_pretrained(folder, gguf_file=name)
+            family = get_family(config.model_type)
+            tokenizer = _load_tokenizer(folder, gguf_file=name)
     except (ValueError, KeyError) as error:
         raise UnsupportedModelError(f"transformers cannot read the GGUF file {path}: {error}") from error
     except OSError as error:
         raise ConversionError(f"cannot read the GGUF file {path} ({error}); it may be truncated") from error
-    family = get_family(config.model_type)
-    tokenizer = _load_tokenizer(folder, gguf_file=name)
-    logger.info("Dequantizing %s with transformers (the whole model is loaded in memory)", name)
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        with still_working(f"Dequantizing {name} with transformers (the whole model is loaded in memory)", logger):
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except (ValueError, KeyError) as error:
         raise UnsupportedModelError(f"transformers cannot load the GGUF file {path}: {error}") from error
     except OSError as error:

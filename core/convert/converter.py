@@ -41,6 +41,7 @@ from core.convert.staging import (
 )
 from core.convert.upload import upload_conversion
 from core.errors import ConversionError
+from core.utils.heartbeat import still_working
 
 logger = logging.getLogger(__name__)
 
@@ -183,8 +184,9 @@ def _write_conversion(
 ) -> Manifest:
     """Write every file into ``workdir``, verify them, and write ``manifest.json`` last."""
     family = checkpoint.family
-    _write_metadata(checkpoint, config, workdir, prefix, dtype)
-    client = write_tensors(workdir, CLIENT_FILE, _client_tensors(checkpoint, plan, dtype))
+    with still_working("Writing the config, tokenizer and the client's weights (embeddings and head)", logger):
+        _write_metadata(checkpoint, config, workdir, prefix, dtype)
+        client = write_tensors(workdir, CLIENT_FILE, _client_tensors(checkpoint, plan, dtype))
     blocks: list[BlockEntry] = []
     for index in tqdm(range(plan.num_blocks), desc="Converting blocks", unit="block", disable=not progress):
         tensors = {key: _cast(checkpoint.source.get(src), dtype) for key, src in plan.blocks[index].items()}
@@ -195,7 +197,8 @@ def _write_conversion(
         family=family.name, model_type=str(config.model_type), num_blocks=plan.num_blocks,
         torch_dtype=dtype_name(dtype), dht_prefix=prefix, source=source, client=client, blocks=tuple(blocks),
     )
-    _verify_output(workdir, manifest)
+    with still_working("Checking every written file against its checksum", logger):
+        _verify_output(workdir, manifest)
     _write_text(workdir / MANIFEST_NAME, manifest.to_json())
     return manifest
 

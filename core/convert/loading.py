@@ -28,7 +28,7 @@ DEFAULT_ATTENTION: dict[str, str] = {"llama": "sdpa", "bloom": "eager"}
 def _repair_hint(path_or_repo: str | Path) -> str:
     if local_folder(path_or_repo) is not None:
         return (
-            f"convert the model again (python -m core.cli.convert_model --output_path {path_or_repo} --overwrite ...)"
+            f"convert the model again (blossom-convert --output_path {path_or_repo} --overwrite ...)"
         )
     return (
         f"delete the cached copy of '{path_or_repo}' (huggingface-cli delete-cache) and download it again; if it "
@@ -46,7 +46,7 @@ def load_config(path_or_repo: str | Path, token: str | None = None, revision: st
     if not getattr(config, "dht_prefix", None):
         raise ConversionError(
             f"{path} has no dht_prefix, so '{path_or_repo}' is not a Blossom conversion; convert it first "
-            f"with python -m core.cli.convert_model --model {path_or_repo} --output_path ..."
+            f"with blossom-convert --model {path_or_repo} --output_path ..."
         )
     return config
 

@@ -156,7 +156,7 @@ class Manifest:
         if version != FORMAT_VERSION:
             raise ConversionError(
                 f"{where} has format_version {version!r} but this Blossom reads version {FORMAT_VERSION}; "
-                f"re-convert the model with this version of Blossom (python -m core.cli.convert_model)"
+                f"re-convert the model with this version of Blossom (blossom-convert)"
             )
         try:
             manifest = cls(

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import re
+import signal
 import socket
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -20,6 +24,34 @@ from core.errors import InvalidRequestError, PortInUseError, SwarmJoinError
 from core.utils.event_loop import shared_loop
 
 logger = logging.getLogger(__name__)
+
+
+PARENT_CHECK_PERIOD = 1.0
+"""Seconds between a DHT process's checks that the program that started it still runs."""
+
+
+class _FollowingDHT(hivemind.DHT):
+    """hivemind's DHT process, in a process group of its own and ending with the program that started it.
+
+    Its own group (which the p2p daemon it starts joins) keeps a Ctrl-C in the terminal away from it:
+    only the program gets it and stops the DHT in order. Otherwise the daemon got the Ctrl-C too and quit
+    first (a go-libp2p ERROR line), and the DHT, its daemon gone, had to be killed after a grace period.
+    A watchdog ends the group once the parent is gone, even killed, so no DHT or daemon is left behind.
+    """
+
+    def run(self) -> None:
+        if hasattr(os, "setpgid"):  # POSIX
+            os.setpgid(0, 0)
+            threading.Thread(target=_end_with_parent, args=(os.getppid(),), name="blossom-parent-watch",
+                             daemon=True).start()
+        super().run()
+
+
+def _end_with_parent(parent_pid: int) -> None:
+    """SIGKILL this process group (the DHT and its daemon) once ``parent_pid`` has exited."""
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_CHECK_PERIOD)
+    os.killpg(0, signal.SIGKILL)
 
 
 @dataclass
@@ -61,7 +93,7 @@ def create_dht(
             raise SwarmJoinError(f"'{address}' is not a peer address: pass one that run_dht or run_server printed, "
                                  f"like /ip4/203.0.113.5/tcp/31337/p2p/QmXyz...")
     try:
-        dht = hivemind.DHT(
+        dht = _FollowingDHT(
             initial_peers=list(initial_peers),
             client_mode=client_mode,
             host_maddrs=list(host_maddrs),

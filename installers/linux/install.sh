@@ -86,7 +86,7 @@ fi
 echo "Blossom is installed."
 [ "$menu" = yes ] && echo "  Start it from your applications menu (Blossom), or run: $bin_dir/blossom"
 [ "$menu" = yes ] || echo "  Run: $bin_dir/blossom"
-echo "  Check it works without a window: $bin_dir/blossom --self-test"
+echo "  Check it works without a window: $bin_dir/blossom --self_test"
 echo "  Uninstall: $prefix/uninstall.sh"
 case ":$PATH:" in
     *":$bin_dir:"*) ;;

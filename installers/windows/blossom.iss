@@ -68,7 +68,7 @@ Source: "{#IconFile}"; DestDir: "{app}"; DestName: "blossom.ico"; Flags: ignorev
 
 [Icons]
 Name: "{group}\Blossom"; Filename: "{sys}\wsl.exe"; Parameters: "{#LaunchArgs}"; IconFilename: "{app}\blossom.ico"; Flags: runminimized
-Name: "{group}\Blossom self-test"; Filename: "{sys}\cmd.exe"; Parameters: "/k wsl.exe {#LaunchArgs} --self-test"; IconFilename: "{app}\blossom.ico"
+Name: "{group}\Blossom self-test"; Filename: "{sys}\cmd.exe"; Parameters: "/k wsl.exe {#LaunchArgs} --self_test"; IconFilename: "{app}\blossom.ico"
 Name: "{group}\Uninstall Blossom"; Filename: "{uninstallexe}"
 Name: "{autodesktop}\Blossom"; Filename: "{sys}\wsl.exe"; Parameters: "{#LaunchArgs}"; IconFilename: "{app}\blossom.ico"; Flags: runminimized; Tasks: desktopicon
 

@@ -1,4 +1,4 @@
-"""The real Linux bundle: unpack the tarball into a fresh folder, install it for a throwaway user, run ``--self-test``.
+"""The real Linux bundle: unpack the tarball into a fresh folder, install it for a throwaway user, run ``--self_test``.
 
 Building the bundle takes longer than CI's whole test budget (a clean virtual environment plus
 PyInstaller: about 10+ minutes on 2 cores), so this test needs one of:
@@ -39,7 +39,7 @@ def tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
                     "or BLOSSOM_BUILD_BUNDLE=1 to build it here (python installers/build_linux.py)")
     work = tmp_path_factory.mktemp("bundle-build")
     result = subprocess.run([sys.executable, str(ROOT / "installers" / "build_linux.py"), "--work", str(work / "build"),
-                             "--output", str(work / "dist"), "--no-self-test"], capture_output=True, text=True,
+                             "--output", str(work / "dist"), "--no_self_test"], capture_output=True, text=True,
                             timeout=3600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return next((work / "dist").glob("Blossom-*.tar.gz"))
@@ -63,7 +63,7 @@ def test_unpacked_bundle_installs_and_passes_its_self_test(tarball, tmp_path):
     run([str(unpacked / "install.sh")], env)
     installed = home / ".local" / "share" / "blossom"
     try:
-        result = subprocess.run(["blossom", "--self-test"], env=env, capture_output=True, text=True, timeout=1100)
+        result = subprocess.run(["blossom", "--self_test"], env=env, capture_output=True, text=True, timeout=1100)
         report = result.stdout
         print(report)
         assert result.returncode == 0, report + result.stderr[-4000:]

@@ -29,7 +29,7 @@ def test_entry_point_runs_modules_and_refuses_others():
     help_run = subprocess.run([sys.executable, str(ENTRY), "--run-module", "core.cli.run_server", "--help"],
                               cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert help_run.returncode == 0, help_run.stderr[-2000:]
-    assert "--converted_model_name_or_path" in help_run.stdout
+    assert "usage: blossom-server" in help_run.stdout and "--model" in help_run.stdout
     refused = subprocess.run([sys.executable, str(ENTRY), "--run-module", "os"], cwd=ROOT,
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "core.* or app.*" in refused.stderr
