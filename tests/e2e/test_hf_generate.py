@@ -221,3 +221,32 @@ def test_options_the_swarm_cannot_run_are_refused_by_name(setup):
     right_padded = torch.tensor([[5, 6, 7], [8, 9, PAD]])
     with pytest.raises(InvalidRequestError, match="pad batches on the left"):
         model.generate(right_padded, attention_mask=(right_padded != PAD).long(), max_new_tokens=2)
+
+
+@pytest.mark.slow
+def test_smollm2_chat_template_with_stop_strings(tmp_path_factory, swarm_factory, client_dht_factory):
+    """The bundled SmolLM2-135M-Instruct: its own chat template, then transformers-only options (a stop string
+    that needs the tokenizer, a repetition penalty), the same tokens as local transformers."""
+    from transformers import AutoTokenizer
+
+    from core.convert import convert_model, find_smollm2_gguf
+
+    gguf = find_smollm2_gguf()
+    converted = tmp_path_factory.mktemp("smollm2-chat") / "SmolLM2-135M-Instruct"
+    convert_model(str(gguf), converted, progress=False)
+    local = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    swarm = swarm_factory(converted, [(0, 15), (15, 30)])
+    model = AutoDistributedModelForCausalLM.from_pretrained(str(converted), dht=client_dht_factory(swarm.initial_peers))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(converted)
+        chat = [{"role": "user", "content": "What is the capital of France?"}]
+        input_ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt",
+                                                  return_dict=True).input_ids
+        settings = dict(max_new_tokens=24, repetition_penalty=1.1, stop_strings=["Paris"], tokenizer=tokenizer)
+        expected = reference_greedy(local, input_ids, "SmolLM2 chat reply", **settings)
+        output = model.generate(input_ids, do_sample=False, **settings)
+        assert torch.equal(output, expected)
+        answer = tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True)
+        assert answer.endswith("Paris"), answer
+    finally:
+        model.shutdown()
