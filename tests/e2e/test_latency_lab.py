@@ -92,3 +92,33 @@ def test_the_lab_removes_its_namespaces_and_switch_even_when_the_body_fails() ->
     assert list(iter_lab_namespaces(prefix)) == []
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+@needs_lab
+def test_a_swarm_across_the_delayed_lab_generates_transformers_tokens_no_faster_than_the_links_allow(
+        tiny_checkpoints, tmp_path) -> None:
+    """Real run_dht / run_server / client processes on hosts 10 ms apart: the same greedy tokens as local
+    transformers, and no decode step shorter than the fewest legs a step can take ((n + 1) one-way delays,
+    pushed or not), which proves the swarm's traffic crosses the switch."""
+    import torch
+
+    from benchmarks.home_lab import start_bootstrap, start_server, wait_until_serving
+    from benchmarks.latency_lab import swarm_run
+    from tests.latency_lab import latency_lab
+    from tests.numerics import reference_greedy
+    from transformers import AutoModelForCausalLM
+
+    original, converted = tiny_checkpoints["llama"]
+    prompt, new_tokens, one_way_ms = [5, 6, 7, 8], 6, 10
+    local = AutoModelForCausalLM.from_pretrained(original).eval()
+    expected = reference_greedy(local, torch.tensor([prompt]), "latency lab generation", max_new_tokens=new_tokens,
+                                eos_token_id=None, pad_token_id=0)[0].tolist()
+    with latency_lab(["client", "boot", "s1", "s2"], one_way_ms=one_way_ms, workdir=tmp_path) as lab:
+        _, bootstrap = start_bootstrap(lab["boot"], tmp_path)
+        servers = [start_server(lab[name], tmp_path, name, converted, [bootstrap], span)
+                   for name, span in (("s1", (0, 2)), ("s2", (2, 4)))]
+        for server in servers:
+            wait_until_serving(server)
+        result = swarm_run(lab["client"], tmp_path, "client", converted, bootstrap, prompt, new_tokens, "default")
+    assert result["tokens"] == expected
+    assert result["seconds_per_token"] >= (len(servers) + 1) * one_way_ms / 1000
