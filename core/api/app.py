@@ -59,7 +59,8 @@ class ApiKeyMiddleware:
 
 def sse(payload: dict | str) -> str:
     """One server-sent event."""
-    return f"data: {payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)}\n\n"
+    text = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {text}\n\n"
 
 
 def create_app(engine: Engine, api_key: str | None = None, max_sessions: int = 8, queue_timeout: float = 60.0,

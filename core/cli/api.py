@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="longest prompt + answer in tokens (default: the model's max_position_embeddings)")
     parser.add_argument("--servers", type=int, default=2, choices=[1, 2, 3],
                         help="block servers of the private swarm, ignored with --initial_peers (default: 2)")
+    parser.add_argument("--exit_with_stdin", action="store_true",
+                        help="stop when standard input closes, for programs that run blossom-api as their child "
+                             "(the desktop app does) (default: off)")
     parser.add_argument("--verbose", action="store_true", help="debug logging and an access log (default: off)")
     return parser
 
@@ -148,6 +152,23 @@ def serve(args: argparse.Namespace, sock: socket.socket, stack: list[Any]) -> No
     print("Stopping the API ...", flush=True)
 
 
+def exit_when_stdin_closes() -> None:
+    """Send ourselves SIGTERM once standard input reaches its end (the parent that holds it is gone)."""
+
+    def watch() -> None:
+        # os.read on the descriptor, not sys.stdin: a thread blocked inside sys.stdin holds its lock, and a
+        # process forked meanwhile (hivemind forks its DHT) hangs when it closes its copy of sys.stdin
+        try:
+            while os.read(0, 4096):
+                pass
+        except OSError:
+            pass
+        logger.info("Standard input closed; stopping")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="blossom-api-stdin", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
@@ -155,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     stack: list[Any] = []
     on_termination(interrupt)  # while starting: the first Ctrl-C / SIGTERM stops at once
+    if args.exit_with_stdin:
+        exit_when_stdin_closes()
     try:
         check_args(args)
         sock = listening_socket(args.host, args.port)

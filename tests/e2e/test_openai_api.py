@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -20,7 +25,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from core.launcher import ChildProcess
+from core.launcher import PACKAGE_ROOT, ChildProcess
 from core.models.auto import AutoDistributedModelForCausalLM
 
 START_TIMEOUT = 180.0
@@ -373,3 +378,44 @@ def test_missing_blocks_is_503_naming_them(chat_model, swarm_factory):
         assert status == 503 and health["uncovered_blocks"] == [2, 3]
     finally:
         assert process.stop() == 0, process.tail()
+
+
+# ---- the command line ----------------------------------------------------------------------------------------
+def test_cli_errors_are_one_line_with_exit_code_2(api):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        busy = taken.getsockname()[1]
+        for options, expected in (
+            (["--port", str(busy)], f"error: cannot listen on 127.0.0.1:{busy}"),
+            (["--port", "0", "--max_sessions", "0"], "error: --max_sessions must be at least 1"),
+        ):
+            done = subprocess.run([sys.executable, "-m", "core.cli.api", "--initial_peers", *api.swarm.initial_peers,
+                                   *options], capture_output=True, text=True, timeout=120, cwd=PACKAGE_ROOT)
+            assert done.returncode == 2, done.stderr
+            assert done.stderr.strip().splitlines()[-1].startswith(expected), done.stderr
+            assert "Traceback" not in done.stderr
+
+
+def test_the_api_stops_when_the_program_that_started_it_goes(api, chat_model):
+    """``--exit_with_stdin``: what the desktop app relies on if it is killed (its end of the pipe closes)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "core.cli.api", "--model", str(chat_model), "--initial_peers", *api.swarm.initial_peers,
+         "--port", "0", "--exit_with_stdin"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, cwd=PACKAGE_ROOT, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not any("Blossom OpenAI-compatible API" in line for line in lines):
+            assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.2)
+        url = re.search(r"http://\S+/v1", next(line for line in lines if "http://" in line)).group(0)
+        assert get(f"{url}/models", api_key=None)[0] == 200  # serving, a DHT forked meanwhile
+        process.stdin.close()
+        assert process.wait(60) == 0, "".join(lines)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
