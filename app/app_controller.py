@@ -12,6 +12,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
+from app.api_process import ApiProcess, ApiTarget
 from app.bridges.chat import ChatBridge, ChatTarget
 from app.bridges.model import PreparedModel, prepare_model
 from app.bridges.swarm import SwarmBridge
@@ -58,6 +59,7 @@ class AppController(QObject):
         self.closed = False  # shut down for good: the worker is gone and the bridges are closed
         log_dir = log_dir or blossom_home() / "logs"
         self.worker = WorkerController(self, log_path=log_dir / "worker.log")
+        self.api = ApiProcess(self, log_path=log_dir / "api.log")
         self.chat = ChatBridge(self)
         self.tuning = TuningBridge(self)
         self.swarm = SwarmBridge(self)
@@ -253,6 +255,13 @@ class AppController(QObject):
         else:
             self.chat.set_target(ChatTarget(self.model.path, self.swarm_peers, self.settings.prompts_path))
         self.swarm.set_peers(self.swarm_peers)
+        self._refresh_api()
+
+    def _refresh_api(self) -> None:
+        """Run the OpenAI-compatible API for the current model and swarm while the setting asks for it."""
+        wanted = self.settings.api_enabled and self.model is not None and bool(self.swarm_peers)
+        target = ApiTarget(self.model.path, self.swarm_peers, self.settings.api_port) if wanted else None
+        self.api.configure(target, enabled=self.settings.api_enabled)
 
     # ---- prompt tuning ------------------------------------------------------------------------
     def start_tuning(self, request: TrainingConfig) -> str:
@@ -290,6 +299,7 @@ class AppController(QObject):
         self._quitting = True
         self._start_when_ready = False
         self.swarm.pause()
+        self.api.stop()
         if self.worker.running:
             self.worker.stop(kill_after=kill_after)
         for bridge in (self.chat, self.tuning, self.swarm):

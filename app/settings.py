@@ -60,6 +60,7 @@ class AppSettings:
     files or join links, as objects of the swarm file format (see :mod:`app.swarms`).
     ``override`` makes ``num_blocks`` / ``torch_dtype`` / ``quant_type`` / ``device`` replace the
     recommendation; ``more_blocks`` asks the recommendation for int8/nf4 on small cards.
+    ``api_enabled`` runs the OpenAI-compatible API (``blossom-api``) for programs on this PC, on ``api_port``.
     """
 
     model: str = ""
@@ -81,6 +82,8 @@ class AppSettings:
     top_p: float = 0.9
     max_new_tokens: int = 160
     prompts_path: str = ""
+    api_enabled: bool = False
+    api_port: int = 8000
 
     @property
     def private_swarm(self) -> bool:
@@ -96,6 +99,10 @@ class AppSettings:
             found.append(f"'{bad[0]}' is not a multiaddress like /ip4/1.2.3.4/tcp/31337/p2p/Qm…")
         if not 0 <= self.port <= 65535:
             found.append(f"Port must be 0..65535, got {self.port}")
+        if not 1 <= self.api_port <= 65535:
+            found.append(f"The API's port must be 1..65535, got {self.api_port}")
+        elif self.api_enabled and self.api_port == self.port:
+            found.append(f"The API and the node cannot both use port {self.port}; choose another API port")
         if self.torch_dtype not in TORCH_DTYPES:
             found.append(f"Unknown dtype '{self.torch_dtype}'")
         if self.quant_type not in QUANT_TYPES:

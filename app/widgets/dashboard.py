@@ -64,6 +64,9 @@ class StatusCard(Card):
         self.note = wrapped_label("", "muted")
         self.note.hide()
         self.body.addWidget(self.note)
+        self.api = wrapped_label("", "apiLine")
+        self.api.hide()
+        self.body.addWidget(self.api)
         self.problem = wrapped_label("", "errorText")
         self.problem.hide()
         self.body.addWidget(self.problem)
@@ -99,6 +102,13 @@ class StatusCard(Card):
     def show_note(self, text: str) -> None:
         self.note.setText(text)
         self.note.setVisible(bool(text))
+
+    def show_api(self, line: str, failed: bool) -> None:
+        self.api.setText(line)
+        self.api.setObjectName("errorText" if failed else "apiLine")
+        self.api.style().unpolish(self.api)  # the style sheet's colour follows the new object name
+        self.api.style().polish(self.api)
+        self.api.setVisible(bool(line))
 
 
 class DashboardTab(QWidget):
@@ -188,6 +198,10 @@ class DashboardTab(QWidget):
     def show_note(self, text: str) -> None:
         """Something under way that is not an error, e.g. the demo model being prepared (empty: none)."""
         self.status.show_note(text)
+
+    def show_api(self, line: str, failed: bool = False) -> None:
+        """The OpenAI-compatible API's address, or why it is not there (empty: the API is off)."""
+        self.status.show_api(line, failed)
 
     def append_log(self, level: str, text: str) -> None:
         prefix = "" if level in ("INFO", "OUTPUT") else f"{level}: "

@@ -89,6 +89,7 @@ class MainWindow(QMainWindow):
         worker.log_received.connect(self.dashboard.append_log)
         worker.error_reported.connect(self.dashboard.show_problem)
         worker.crashed.connect(self._on_crash)
+        c.api.status_changed.connect(lambda status: self.dashboard.show_api(status.line, status.failed))
         # chat
         self.chat.send_requested.connect(lambda text: self.conversation.send(text, self.chat.sampling()))
         self.chat.stop_requested.connect(self.conversation.stop)

@@ -1,5 +1,5 @@
 """The settings tab: which model, which swarm (private, a known swarm joined in one click, or pasted peers),
-this node's name and port."""
+this node's name and port, and the OpenAI-compatible API offered on this PC."""
 from __future__ import annotations
 
 import dataclasses
@@ -77,6 +77,13 @@ class SettingsTab(QWidget):
         self.start_at_launch = QCheckBox("Start serving when Blossom starts")
         self.start_on_login = QCheckBox("Start Blossom when I log in (in the tray)")
         self.start_on_login.setToolTip(describe(self.autostart))
+        self.api_enabled = QCheckBox("Offer an OpenAI-compatible API on this PC")
+        self.api_enabled.setToolTip("Programs on this PC that speak OpenAI's API (editors, chat apps, the openai "
+                                    "library) can use the swarm's model at http://127.0.0.1:PORT/v1")
+        self.api_port = QSpinBox()
+        self.api_port.setRange(1, 65535)
+        self.api_port.setFixedWidth(120)
+        self.api_port.setToolTip("The API listens on 127.0.0.1 (this PC only) at this port")
         self.apply_button = button("Apply", primary=True)
         self.revert_button = button("Revert")
         self.problem = wrapped_label("", "errorText")
@@ -112,6 +119,13 @@ class SettingsTab(QWidget):
         form.addRow("", self.start_at_launch)
         form.addRow("", self.start_on_login)
 
+        api_box = QGroupBox("OpenAI-compatible API")
+        api_form = QFormLayout(api_box)
+        api_form.addRow("", self.api_enabled)
+        api_form.addRow("API port", self.api_port)
+        api_form.addRow("", wrapped_label("The API runs in its own program and answers only programs on this PC. "
+                                          "The Dashboard shows its address.", "muted"))
+
         buttons = QHBoxLayout()
         buttons.addWidget(wrapped_label("A new model or swarm is used the next time serving starts (Join restarts "
                                         "serving at once).", "muted"), 1)
@@ -125,6 +139,7 @@ class SettingsTab(QWidget):
         layout.addWidget(model_box)
         layout.addWidget(swarm_box)
         layout.addWidget(node_box)
+        layout.addWidget(api_box)
         layout.addWidget(self.problem)
         layout.addLayout(buttons)
         layout.addStretch(1)
@@ -143,6 +158,7 @@ class SettingsTab(QWidget):
         self.browse_model.clicked.connect(self._choose_model)
         self.custom_model.toggled.connect(self._update_enabled)
         self.join_swarm.toggled.connect(self._update_enabled)
+        self.api_enabled.toggled.connect(self._update_enabled)
         self.swarm_chooser.swarm_selected.connect(self._show_swarm_peers)
         self.swarm_chooser.join_requested.connect(self._join)
         self.swarm_chooser.delete_requested.connect(self._delete_swarm)
@@ -160,6 +176,7 @@ class SettingsTab(QWidget):
             widget.setEnabled(join)
         for widget in (self.save_swarm, self.peers):  # pasting peers is for joining; the list above always works
             widget.setVisible(join)
+        self.api_port.setEnabled(self.api_enabled.isChecked())
 
     def _choose_model(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Converted model folder", self.model_path.text())
@@ -231,6 +248,8 @@ class SettingsTab(QWidget):
             public_name=self.public_name.text().strip(),
             port=self.port.value(),
             start_serving_at_launch=self.start_at_launch.isChecked(),
+            api_enabled=self.api_enabled.isChecked(),
+            api_port=self.api_port.value(),
         )
 
     def _apply(self) -> None:
@@ -253,6 +272,8 @@ class SettingsTab(QWidget):
         self.public_name.setText(settings.public_name)
         self.port.setValue(settings.port)
         self.start_at_launch.setChecked(settings.start_serving_at_launch)
+        self.api_enabled.setChecked(settings.api_enabled)
+        self.api_port.setValue(settings.api_port)
         self.problem.hide()
         self.show_start_on_login()
         self._update_enabled()
