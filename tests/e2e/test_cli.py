@@ -135,6 +135,9 @@ BAD_ARGUMENTS = {
                                "error: block_indices must be START:END with 0 <= START < END, got 3:1"),
     "no swarm to join": ([], "error: pass --initial_peers of a swarm to join, or --new_swarm to start a new one"),
     "missing converted model": (["--new_swarm"], "is not a folder on this machine"),
+    # a bare name cannot be a converted Hub repo (ORG/NAME): answered at once, no Hub retries
+    "bare model name": (["--new_swarm", "--model", "my_model"],
+                        "error: 'my_model' is not a folder on this machine"),
 }
 
 

@@ -2,11 +2,13 @@
 (a server that raised after its DHT had started used to hang, deaf to Ctrl-C and SIGTERM)."""
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
 import time
 
+import psutil
 import pytest
 
 from core.launcher import ChildProcess
@@ -136,3 +138,32 @@ def test_a_taken_direct_port_ends_the_started_server_in_one_line(tiny_checkpoint
             _assert_refused_port(server, port, "--direct_port")
         finally:
             server.kill()
+
+
+def test_ctrl_c_in_the_terminal_stops_run_dht_cleanly():
+    """A terminal's Ctrl-C goes to the whole foreground process group. The DHT process and its p2p daemon
+    keep out of it, so the program stops them in order: no go-libp2p ERROR, no 'terminating it the hard way'."""
+    dht = ChildProcess("dht", ["-m", "core.cli.run_dht", "--host_maddrs", "/ip4/127.0.0.1/tcp/0"])
+    try:
+        dht.wait_for_line("Running a DHT peer", 120)
+        os.killpg(dht.process.pid, signal.SIGINT)  # what the terminal does
+        assert _exit_code(dht) == 0, dht.tail()
+        assert dht.lines[-1] == "DHT peer stopped.", dht.tail()
+        noise = [line for line in dht.lines if "ERROR" in line or "WARN" in line or "hard way" in line]
+        assert not noise, dht.tail()
+    finally:
+        dht.kill()
+
+
+def test_the_dht_process_and_its_daemon_end_with_a_killed_parent():
+    dht = ChildProcess("dht", ["-m", "core.cli.run_dht", "--host_maddrs", "/ip4/127.0.0.1/tcp/0"])
+    try:
+        dht.wait_for_line("Running a DHT peer", 120)
+        helpers = psutil.Process(dht.process.pid).children(recursive=True)
+        assert any(helper.name() == "p2pd" for helper in helpers)
+        dht.process.kill()  # only the program: its helpers run in a process group of their own
+        dht.process.wait(10)
+        gone, alive = psutil.wait_procs(helpers, timeout=10)
+        assert not alive, [helper.cmdline()[:2] for helper in alive]
+    finally:
+        dht.kill()

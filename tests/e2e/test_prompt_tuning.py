@@ -9,6 +9,7 @@ first ``pre_seq_len`` positions of its input.
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import threading
 import time
@@ -328,7 +329,7 @@ def test_cli_trains_until_ctrl_c_then_saves(swarms, tmp_path):
     peers = swarms["bloom"].swarm.initial_peers
     process = ChildProcess("train_prompts", [
         "-m", "core.cli.train_prompts", "--model", str(converted), "--initial_peers", *peers, "--dataset", str(dataset),
-        "--mode", "deep_ptune", "--pre_seq_len", "2", "--steps", "1000", "--batch_size", "2", "--save", str(save),
+        "--mode", "deep_ptune", "--pre_seq_len", "2", "--steps", "1000", "--batch_size", "2", "--save_path", str(save),
         "--log_every", "1",
     ])
     try:
@@ -340,6 +341,9 @@ def test_cli_trains_until_ctrl_c_then_saves(swarms, tmp_path):
     output = "\n".join(process.lines)
     assert "Stopped after" in output and f"Saved deep_ptune prompts to {save}" in output, output
     assert read_prompts_metadata(save).pre_seq_len == 2
+    logged = [line for line in process.lines if " INFO core." in line]
+    assert logged and all(re.match(r"\d\d:\d\d:\d\d INFO core\.", line) for line in logged), \
+        f"a log line ran into the progress bar: {logged}"
 
 
 def test_cli_reports_bad_arguments(tmp_path, capsys):
