@@ -120,8 +120,8 @@ class ChildProcess:
 
 
 def parse_addresses(lines: Sequence[str]) -> list[str]:
-    """Multiaddrs printed by run_dht / run_server (indented lines with a ``/p2p/`` part)."""
-    return [line.strip() for line in lines if line.strip().startswith("/") and "/p2p/" in line]
+    """Multiaddrs printed by run_dht / run_server (indented lines with a ``/p2p/`` part, then who can dial it)."""
+    return [line.split()[0] for line in lines if line.strip().startswith("/") and "/p2p/" in line]
 
 
 class LocalSwarm:

@@ -8,6 +8,7 @@ always names a model (a converted folder or Hub repo, or for ``blossom-convert``
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import signal
 import sys
@@ -39,6 +40,23 @@ def add_hidden_alias(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
                      **kwargs: object) -> None:
     """Accept ``alias`` as an old spelling of the option stored in ``dest``, without listing it in ``--help``."""
     parser.add_argument(alias, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+
+
+def address_line(maddr: str) -> str:
+    """A multiaddr to print for people, with who can dial it: a peer listening on every interface prints
+    one address per interface, and the loopback one works only on this computer."""
+    parts = str(maddr).split("/")
+    try:
+        ip = ipaddress.ip_address(parts[2])
+    except (IndexError, ValueError):
+        return f"  {maddr}"
+    if ip.is_loopback:
+        reach = "from this computer only"
+    elif ip.is_private or ip.is_link_local:
+        reach = "from your local network"
+    else:
+        reach = "from the internet, unless a firewall is in the way"
+    return f"  {maddr}   ({reach})"
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -6,7 +6,7 @@ import logging
 import threading
 
 
-from core.cli.common import build_parser as new_parser, fail, on_termination, setup_logging
+from core.cli.common import address_line, build_parser as new_parser, fail, on_termination, setup_logging
 from core.errors import BlossomError
 from core.dht.node import create_dht
 from core.server.relay import RelayService
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     print("Running a DHT peer. To connect servers and clients to this swarm, pass one of these as --initial_peers:",
           flush=True)
     for address in addresses:
-        print(f"  {address}", flush=True)
+        print(address_line(address), flush=True)
     try:
         stop.wait()
     finally:

@@ -6,7 +6,7 @@ import logging
 import sys
 import threading
 
-from core.cli.common import add_hidden_alias, build_parser as new_parser, fail, interrupt, on_termination, setup_logging
+from core.cli.common import address_line, add_hidden_alias, build_parser as new_parser, fail, interrupt, on_termination, setup_logging
 from core.config import QUANT_TYPES, TORCH_DTYPES, ServerConfig
 from core.errors import BlossomError
 
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"This server is {status.reachability}", flush=True)
         print("Other servers and clients can join through this server with --initial_peers:", flush=True)
         for address in status.addresses:
-            print(f"  {address}", flush=True)
+            print(address_line(address), flush=True)
         reported: dict = {}
         while not stopping.wait(60):
             stats = server.stats.as_dict()

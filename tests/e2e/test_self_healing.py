@@ -25,7 +25,7 @@ def peer_of(process) -> str:
     """The peer id a server process printed in its multiaddrs."""
     for line in process.lines:
         if "/p2p/" in line:
-            return line.strip().rsplit("/p2p/", 1)[1]
+            return line.split()[0].rsplit("/p2p/", 1)[1]
     raise AssertionError("server printed no address:\n" + process.tail())
 
 
