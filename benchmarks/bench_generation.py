@@ -11,8 +11,12 @@ A third side, "bare loop", is the least a greedy token can cost through the same
 inference-session step, head, argmax (what the hand-written loop did before ``generate`` became
 transformers' own). ``generate/bare`` is the swarm ``generate``'s tokens/s over it: what transformers'
 loop (logits processors, stopping criteria, the cache hooks) costs on top; no slowdown means ~1.0.
+The client's own CPU time per token (this process only, so less sensitive to a loaded machine) is
+printed for both.
 """
 from __future__ import annotations
+
+import time
 
 import torch
 
@@ -57,11 +61,17 @@ def main(argv: list[str] | None = None) -> int:
                         prompt.to(args.device), max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
                         do_sample=False, eos_token_id=None, pad_token_id=0).cpu()
 
+            cpu: dict[str, list[float]] = {"swarm": [], "bare": []}  # this process's CPU time: the client's own work
+
             def run_swarm() -> None:
+                started = time.process_time()
                 outputs["swarm"] = client.generate(prompt, max_new_tokens=args.new_tokens, eos_token_id=None)
+                cpu["swarm"].append(time.process_time() - started)
 
             def run_bare() -> None:
+                started = time.process_time()
                 outputs["bare"] = bare_greedy(client, prompt, args.new_tokens)
+                cpu["bare"].append(time.process_time() - started)
 
             times = interleaved({"local": run_local, "swarm": run_swarm, "bare": run_bare}, args.repeats, args.warmup)
             same = torch.equal(outputs["local"], outputs["swarm"]) and torch.equal(outputs["bare"], outputs["swarm"])
@@ -72,12 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         per_token_ms = 1000 * (median(times["swarm"]) - median(times["local"])) / args.new_tokens
         rows.append([model.name, f"{local_tps:.1f}", f"{swarm_tps:.1f}", f"{ratio:.3f}", f">= {TARGETS[name]:.2f}",
                      met(ratio >= TARGETS[name]), f"{bare_tps:.1f}", f"{swarm_tps / bare_tps:.3f}",
+                     f"{1000 * median(cpu['swarm']) / args.new_tokens:.2f} / {1000 * median(cpu['bare']) / args.new_tokens:.2f}",
                      f"{per_token_ms:.2f}", spread(times["local"]), spread(times["swarm"]), "yes" if same else "NO"])
         del model
     print_table(
         f"Generation: prompt {PROMPT_TOKENS}, {args.new_tokens} new tokens, greedy, batch 1; two servers on 127.0.0.1 "
         f"vs local transformers generate (KV cache); medians of {args.repeats} runs after {args.warmup} warm-up",
         ["model", "local tok/s", "swarm tok/s", "ratio", "target", "verdict", "bare loop tok/s", "generate/bare",
+         "client CPU ms/token generate / bare",
          "extra ms/token", "local run ms", "swarm run ms", "same tokens"],
         rows, args)
     return 0

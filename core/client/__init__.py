@@ -4,7 +4,8 @@ Modules:
 
 - ``remote_sequential.py``: :class:`RemoteSequential`, a range of remote blocks used like a local ``nn.Module``, autograd included.
 - ``inference_session.py``: step-by-step inference through a chain of servers keeping KV caches; replays history on failover.
-- ``generation.py``: token generation (greedy or sampled, streamed) that continues one session across calls.
+- ``generation.py``: ``generate`` is transformers' own (every option), adapted to the swarm; sessions that continue across calls.
+- ``remote_cache.py``: :class:`RemoteCache`, the servers' KV caches behind transformers' cache (one session per row when padded).
 - ``ptune.py``: trainable prompts kept on the client (``ptune`` prefix embeddings, ``deep_ptune`` per-block prompts).
 - ``sequence_manager.py``: the client's view of which servers hold which blocks, bans, and the forward/backward calls.
 - ``routing.py``: chains of servers for a range of blocks, by latency or by throughput (pure functions).
