@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from core.launcher import PACKAGE_ROOT
+from core.cli.common import address_line
+from core.launcher import PACKAGE_ROOT, parse_addresses
 
 SCRIPTS = tomllib.loads((Path(PACKAGE_ROOT) / "pyproject.toml").read_text())["project"]["scripts"]
 PARSER_MODULES = {"app.__main__": "app.command_line"}  # the app's parser lives apart from its Qt-free entry point
@@ -65,3 +66,16 @@ def test_old_spellings_are_hidden_aliases(script: str, old: list[str], new: str,
 def test_defaults_survive_hidden_aliases() -> None:
     args = _parser("blossom-train").parse_args(["--model", "m", "--initial_peers", "x", "--dataset", "d"])
     assert args.learning_rate == 1e-2 and args.save_path is None
+
+
+@pytest.mark.parametrize("maddr, reach", [
+    ("/ip4/127.0.0.1/tcp/31337/p2p/QmX", "from this computer only"),
+    ("/ip6/::1/tcp/31337/p2p/QmX", "from this computer only"),
+    ("/ip4/192.168.1.20/tcp/31337/p2p/QmX", "from your local network"),
+    ("/ip4/10.0.0.7/tcp/31337/p2p/QmX", "from your local network"),
+    ("/ip4/8.8.4.4/tcp/31337/p2p/QmX", "from the internet, unless a firewall is in the way"),
+])
+def test_printed_addresses_say_who_can_dial_them(maddr: str, reach: str) -> None:
+    line = address_line(maddr)
+    assert line == f"  {maddr}   ({reach})"
+    assert parse_addresses([line]) == [maddr]  # what scripts and tests read back
