@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from typing import Callable
 
 import torch
@@ -38,6 +39,8 @@ PUSH_OPEN_TIMEOUT = 20.0
 PUSH_WRITE_TIMEOUT = 10.0
 """Seconds one pushed step may take to leave (a stalled next server makes the session fall back)."""
 REMEMBERED_ENDED = 1024
+RELAY_RETRY_AFTER = 60.0
+"""Seconds a relay that failed a push is tried after the next server's other relays."""
 
 
 class SessionDirectory:
@@ -97,6 +100,7 @@ class Pusher:
     def __init__(self, get_p2p: Callable[[], P2P | None]) -> None:
         self._get_p2p = get_p2p
         self._streams: dict[tuple[str, str, str], Stream] = {}
+        self._relay_failures: dict[str, float] = {}  # relay peer id -> until when it is tried last (monotonic)
 
     async def push(self, owner: str, target: PushTarget, rest: list[PushTarget], output: torch.Tensor,
                    position: int) -> str | None:
@@ -136,11 +140,13 @@ class Pusher:
         p2p = self._get_p2p()
         if p2p is None:
             raise ConnectionError("this server has no p2p node to push through")
-        for relay in target.relays:
+        now = time.monotonic()
+        for relay in sorted(target.relays, key=lambda relay: self._relay_failures.get(relay, 0.0) > now):
             try:
                 return await open_relay_circuit(p2p, relay, target.peer_id, PUSH_METHOD)
             except Exception as error:
                 logger.debug("Relay %s did not take a push to %s: %s", relay, target.peer_id, error)
+                self._relay_failures[relay] = time.monotonic() + RELAY_RETRY_AFTER
         return await open_p2p_stream(p2p, target.peer_id, PUSH_METHOD)
 
     def close(self, owner: str) -> None:
