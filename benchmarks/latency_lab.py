@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import shutil
 import statistics
 import sys
 import time
@@ -60,6 +61,10 @@ class _Stamps:
         if len(self.times) < 3:
             raise ValueError("timing per token needs at least two new tokens")
         return (self.times[-1] - self.times[1]) / (len(self.times) - 2)
+
+    def steps(self) -> list[float]:
+        """Seconds of each decode step."""
+        return [later - earlier for earlier, later in zip(self.times[1:], self.times[2:])]
 
 
 def push_available() -> bool:
@@ -113,12 +118,14 @@ def client_main(args: argparse.Namespace) -> None:
         tokens = model.generate(prompt, max_new_tokens=args.new_tokens, eos_token_id=None, streamer=stamps)
     finally:
         model.shutdown()
-    print("RESULT " + json.dumps({"tokens": tokens[0].tolist(), "seconds_per_token": stamps.per_token()}), flush=True)
+    print("RESULT " + json.dumps({"tokens": tokens[0].tolist(), "seconds_per_token": stamps.per_token(),
+                                  "steps": stamps.steps()}), flush=True)
 
 
 def swarm_run(host, log_dir: Path, name: str, converted: Path, bootstrap: str, prompt: list[int], new_tokens: int,
               push: str) -> dict:
     """Run :func:`client_main` in ``host``; its result."""
+    (log_dir / f"{name}.log").unlink(missing_ok=True)  # appended to: an earlier run's RESULT must not count
     client = LabProcess(host, name, ["-m", "benchmarks.latency_lab", "client", "--model", str(converted),
                                      "--initial_peers", bootstrap, "--prompt", *map(str, prompt),
                                      "--new_tokens", str(new_tokens), "--push", push], log_dir)
@@ -136,6 +143,7 @@ class Row:
     compute_s: float
     servers: int
     same_tokens: bool
+    steps: list[float]
 
     def cells(self) -> list[str]:
         d = self.delay_ms / 1000
@@ -143,11 +151,13 @@ class Row:
         push = (self.servers + 1) * d + self.compute_s
         return [f"{self.delay_ms:g}", self.path, f"{self.compute_s * 1000:.1f}", f"{push * 1000:.1f}",
                 f"{mediated * 1000:.1f}", f"{self.per_token_s * 1000:.1f}", f"{self.per_token_s / push:.3f}",
-                f"{self.per_token_s / mediated:.3f}", "yes" if self.same_tokens else "NO"]
+                f"{self.per_token_s / mediated:.3f}", "yes" if self.same_tokens else "NO",
+                "/".join(f"{1000 * value:.0f}" for value in (min(self.steps), statistics.median(self.steps),
+                                                              max(self.steps)))]
 
 
 HEADERS = ["one-way ms", "path", "compute ms", "push floor ms", "mediated floor ms", "swarm ms/token",
-           "/ push floor", "/ mediated floor", "same tokens"]
+           "/ push floor", "/ mediated floor", "same tokens", "step ms min/med/max"]
 
 
 def print_rows(title: str, rows: Sequence[Row]) -> None:
@@ -175,7 +185,8 @@ def measure_model(name: str, args: argparse.Namespace, folder: Path) -> list[Row
         print("   push between servers is not available in this checkout (ClientConfig has no push_between_servers)")
     names = ["client", "bootstrap", *(f"s{index + 1}" for index in range(args.servers))]
     log_dir = folder / f"logs-{name}"
-    log_dir.mkdir(exist_ok=True)
+    shutil.rmtree(log_dir, ignore_errors=True)  # logs are appended to and read back: start from none
+    log_dir.mkdir()
     extra = ["--direct_port", str(DIRECT_PORT)] if args.transport == "direct" else []
     rows: list[Row] = []
     (folder / f"lab-{name}").mkdir(exist_ok=True)
@@ -198,7 +209,7 @@ def measure_model(name: str, args: argparse.Namespace, folder: Path) -> list[Row
                 result = swarm_run(lab["client"], log_dir, f"client-{delay:g}-{path}", model.converted, bootstrap,
                                    prompt[0].tolist(), args.new_tokens, push)
                 rows.append(Row(delay, path, result["seconds_per_token"], compute, args.servers,
-                                result["tokens"] == expected))
+                                result["tokens"] == expected, result["steps"]))
                 print_rows(f"{model.name} so far", rows[-1:])
         print(f"   delay switch: {lab.switch.stats()}")
     return rows

@@ -171,7 +171,7 @@ class Switch:
     def receive(self, name: str) -> None:
         """Read every frame waiting on port ``name`` and queue it towards its destination(s)."""
         sock = self.sockets[name]
-        for _ in range(512):
+        for _ in range(64):  # then back to the loop, so that a burst does not hold up frames that are due
             try:
                 data, ancillary, _flags, address = sock.recvmsg(MAX_FRAME, 256)
             except (BlockingIOError, InterruptedError):

@@ -78,6 +78,7 @@ class DelaySwitch:
                                       "rate_mbit": self.rate_mbit, "queue_ms": self.queue_ms}))
         for port in ports.values():
             _sh(["ip", "-n", self.lab.internet_ns, "link", "set", port, "nomaster"])
+        self.log_path.unlink(missing_ok=True)  # the log is appended to; answers of an earlier lab must not count
         switch_host = Host(self.lab, "switch", self.lab.internet_ns, "")
         self._process = switch_host.popen([sys.executable, "-m", "tests.delay_switch", str(config)], env=_env(),
                                           log_path=self.log_path, stdin=subprocess.PIPE)
