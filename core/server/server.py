@@ -40,6 +40,7 @@ from core.server.relay import RelayService
 from core.server.stats import ServingStats
 from core.server.throughput import Throughput, ThroughputCache, combine, compute_speed, network_rps
 from core.utils.event_loop import EventLoopThread
+from core.utils.heartbeat import still_working
 from core.utils.paths import blossom_home
 
 logger = logging.getLogger(__name__)
@@ -238,9 +239,10 @@ class BlockServer:
 
     def _load_backend(self, start: int, end: int) -> SpanBackend:
         cfg = self.config
-        logger.info("Loading blocks %d..%d of '%s' (%s on %s)", start, end - 1, self.dht_prefix, self.dtype, self.device)
-        model_config, blocks = load_blocks(cfg.converted_model_name_or_path, range(start, end), self.dtype, self.device,
-                                           token=cfg.token)
+        with still_working(f"Loading blocks {start}..{end - 1} of '{self.dht_prefix}' ({self.dtype} on {self.device})",
+                           logger):
+            model_config, blocks = load_blocks(cfg.converted_model_name_or_path, range(start, end), self.dtype,
+                                               self.device, token=cfg.token)
         if cfg.quant_type != "none":
             blocks = [quantize_linear_layers(block, cfg.quant_type, self.device) for block in blocks]
         span = family_for_config(model_config).make_span(model_config, blocks, start).to(self.device)
@@ -251,7 +253,8 @@ class BlockServer:
     def _measure_speed(self, backend: SpanBackend) -> None:
         if self.config.throughput != "auto":
             return
-        speed = compute_speed(backend, self._speed_cache, self._speed_key)
+        with still_working("Measuring this device's compute speed (once per model, device and dtype)", logger):
+            speed = compute_speed(backend, self._speed_cache, self._speed_key)
         self._throughput = combine(speed, self._throughput.network_rps or None)
 
     def _measure_network(self, hidden_size: int) -> None:
