@@ -323,7 +323,7 @@ class InferenceSession:
                                    push and span.server_info.can_push and span.start != self.start)
                     for span in route]
         links = ["push" if self._link_pushes(a, b) else "via client" for a, b in zip(sessions, sessions[1:])]
-        logger.info("Inference route for blocks %d..%d: %s", start, end - 1, " ".join(
+        logger.info("Inference route for blocks %d..%d: %s", start, end - 1, "".join(
             f"{s.span.peer_id[-6:]}[{s.span.start}..{s.span.end - 1}]" + (f" -{link}-> " if link else "")
             for s, link in zip(sessions, [*links, ""])))
         return sessions
