@@ -146,6 +146,16 @@ def test_several_sampled_sequences_per_prompt(setup):
     assert torch.equal(output, expected)
 
 
+def test_generation_from_inputs_embeds(setup):
+    model, local = setup
+    input_ids = _prompt(13)
+    expected = reference_greedy(local, input_ids, "greedy tokens", max_new_tokens=6, min_new_tokens=6)
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(input_ids)
+    output = model.generate(inputs_embeds=embeds, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert torch.equal(output, expected[:, 6:])  # as in transformers: only the new tokens
+
+
 def test_two_generate_calls_with_options_in_one_session(setup):
     model, local = setup
     prompt, follow_up = _prompt(19, length=4), torch.tensor([[40, 41]])
