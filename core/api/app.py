@@ -192,7 +192,7 @@ async def _stream(run: Run, job: GenerationJob, include_usage: bool, text_chunk:
                 assert isinstance(value, BaseException)
                 yield sse(_as_api_error(value).body())
                 return
-            kind, value = await run.next()
+            kind, value = await run.next_merged()
 
     return EventStreamResponse(events(), on_close=run.cancelled.set)
 

@@ -36,14 +36,33 @@ class Run:
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.cancelled = threading.Event()
         self.token_timeout = token_timeout
+        self._held: Event | None = None  # an event read ahead by next_merged
 
     async def next(self) -> Event:
         """The next event; an error event if the swarm sends nothing for ``token_timeout`` seconds."""
+        if self._held is not None:
+            event, self._held = self._held, None
+            return event
         try:
             return await asyncio.wait_for(self.events.get(), self.token_timeout)
         except asyncio.TimeoutError:
             self.cancelled.set()
             return "error", RemoteCallError(f"the swarm produced no token within {self.token_timeout:g} s")
+
+    async def next_merged(self) -> Event:
+        """:meth:`next`, with the text pieces already waiting joined into one: a busy event loop then sends
+        fewer, larger chunks instead of falling behind the tokens."""
+        kind, value = await self.next()
+        if kind != "text":
+            return kind, value
+        pieces = [value]
+        while not self.events.empty():
+            event = self.events.get_nowait()
+            if event[0] != "text":
+                self._held = event
+                break
+            pieces.append(event[1])
+        return "text", "".join(pieces)
 
     async def result(self) -> GenerationResult:
         """Wait for the whole answer (text pieces are already part of it); raise its error if it failed."""
