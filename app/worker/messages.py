@@ -108,6 +108,10 @@ class StatusEvent:
     ``swarm_peers`` are the multiaddrs clients (the chat, tuning and swarm tabs) join through;
     ``peers`` counts the other servers of this model seen in the swarm.
 
+    The counters (``requests`` = computing steps, ``tokens``, ``inference_sessions``,
+    ``training_requests``) and ``uptime`` (seconds spent serving) add up over pauses for as long as
+    this worker lives; the app keeps lifetime totals of its own (:mod:`app.credit`).
+
     How others reach this server (while serving; empty otherwise), as the server last learned it
     (:class:`core.server.reachability.ReachabilityStatus`): ``reachability`` is ``"direct"``,
     ``"relayed"`` or ``"unreachable"``; ``reachability_detail`` its one technical line;
@@ -126,6 +130,8 @@ class StatusEvent:
     requests: int = 0
     tokens: int = 0
     sessions_open: int = 0
+    inference_sessions: int = 0
+    training_requests: int = 0
     uptime: float = 0.0
     throughput: float = 0.0
     tokens_per_second: float = 0.0

@@ -113,6 +113,9 @@ class WorkerNode:
         self.done = False
         self._done_requests = 0
         self._done_tokens = 0
+        self._done_sessions = 0
+        self._done_training = 0
+        self._done_seconds = 0.0  # serving time before the last pause, so uptime survives a resume
         self._serving_since = 0.0
         self._samples: collections.deque[tuple[float, int]] = collections.deque()
         self._own_address: dict[str, bool] = {}
@@ -164,14 +167,18 @@ class WorkerNode:
         self._close_server()  # the server drains first: OFFLINE, no new sessions, open ones may finish
         after = resident_memory()
         freed = f"; released {(before - after) / 2**20:.0f} MiB" if before and after and before > after else ""
-        self._set_state(WorkerState.PAUSED, f"Blocks {self.span[0]}..{self.span[1] - 1} are free for others{freed}")
+        blocks = f"blocks {self.span[0]}–{self.span[1] - 1}"
+        if self.request is not None and self.request.private_swarm:  # nobody else serves a swarm of this PC
+            self._set_state(WorkerState.PAUSED, f"The chat waits until you resume{freed}")
+        else:
+            self._set_state(WorkerState.PAUSED, f"Other servers take over {blocks}{freed}")
 
     def resume(self) -> None:
         """Serve the same blocks as before the pause."""
         if self.state != WorkerState.PAUSED:
             self.emit(ErrorEvent(f"cannot resume while {self.state.value}"))
             return
-        self._set_state(WorkerState.RESUMING, f"Loading blocks {self.span[0]}..{self.span[1] - 1} again")
+        self._set_state(WorkerState.RESUMING, f"Loading blocks {self.span[0]}–{self.span[1] - 1} again")
         try:
             self._start_server()
         except Exception as error:
@@ -230,6 +237,11 @@ class WorkerNode:
         with self._lock:
             self._done_requests += stats.requests
             self._done_tokens += stats.tokens
+            self._done_sessions += stats.inference_sessions
+            self._done_training += stats.training_requests
+            if self._serving_since:
+                self._done_seconds += time.monotonic() - self._serving_since
+                self._serving_since = 0.0
         del server, stats
         release_memory()
 
@@ -273,12 +285,17 @@ class WorkerNode:
         with self._lock:
             server, info = self.server, self.status_info
             requests, tokens, sessions = self._done_requests, self._done_tokens, 0
+            served, training = self._done_sessions, self._done_training
             if server is not None and self.state == WorkerState.SERVING:
                 requests += server.stats.requests
                 tokens += server.stats.tokens
                 sessions = server.stats.sessions_open
+                served += server.stats.inference_sessions
+                training += server.stats.training_requests
             now = time.monotonic()
-            uptime = now - self._serving_since if self.state == WorkerState.SERVING else 0.0
+            uptime = self._done_seconds
+            if self.state == WorkerState.SERVING and self._serving_since:
+                uptime += now - self._serving_since
             self._samples.append((now, tokens))
             while len(self._samples) > 2 and now - self._samples[0][0] > RATE_WINDOW:
                 self._samples.popleft()
@@ -297,6 +314,8 @@ class WorkerNode:
                 requests=requests,
                 tokens=tokens,
                 sessions_open=sessions,
+                inference_sessions=served,
+                training_requests=training,
                 uptime=uptime,
                 throughput=self.throughput or 0.0,
                 tokens_per_second=max(rate, 0.0),

@@ -205,6 +205,7 @@ class BlockRequestHandler(ServicerBase):
             answer = Answer([output], {"graph_id": graph_id} if graph_id else {})
         else:
             answer = Answer([await self._compute(backend.forward, hidden, start, end, prompts)])
+            self.stats.record_training()  # a forward with a graph is counted by its backward
         self.stats.record_request(hidden.shape[0] * hidden.shape[1])
         return answer
 
@@ -225,6 +226,7 @@ class BlockRequestHandler(ServicerBase):
         else:
             grads = await self._compute(backend.backward, hidden, grad_output, start, end, prompts)
         self.stats.record_request(hidden.shape[0] * hidden.shape[1])
+        self.stats.record_training()
         return grads
 
     async def rpc_info(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
@@ -370,6 +372,7 @@ class BlockRequestHandler(ServicerBase):
                     logger.debug("Session %s opened by %s: blocks %d..%d, max_length %d%s", local_id,
                                  context.remote_id, start, end - 1, max_length, " (takes pushes)" if inbox else "")
                     self.stats.sessions_open += 1
+                    self.stats.record_session()
                     try:
                         async for response in self._run_session(requests, inbox, first, local_id, start, end,
                                                                 max_length, batch_size):

@@ -7,17 +7,34 @@ from dataclasses import dataclass, field
 
 @dataclass
 class ServingStats:
-    """Requests served, tokens processed and errors returned since start."""
+    """Work done since start: what a person would count, and the steps behind it.
+
+    ``requests`` counts every computing RPC (each token step of an inference session is one), which
+    is what the server's load is made of but not what a person calls a request: two chat replies are
+    dozens of steps. ``inference_sessions`` (one per conversation turn that reached this server) and
+    ``training_requests`` (one per backward pass, or per forward pass that keeps no graph for one)
+    are the counts a volunteer is shown.
+    """
 
     started_at: float = field(default_factory=time.time)
     requests: int = 0
     tokens: int = 0
     errors: int = 0
     sessions_open: int = 0
+    inference_sessions: int = 0
+    training_requests: int = 0
 
     def record_request(self, tokens: int) -> None:
         self.requests += 1
         self.tokens += tokens
+
+    def record_session(self) -> None:
+        """An inference session was opened (it stays counted however it ends)."""
+        self.inference_sessions += 1
+
+    def record_training(self) -> None:
+        """A trainer's request was answered: a backward pass, or a forward pass that keeps no graph."""
+        self.training_requests += 1
 
     def record_error(self) -> None:
         self.errors += 1
@@ -29,4 +46,6 @@ class ServingStats:
             "tokens": self.tokens,
             "errors": self.errors,
             "sessions_open": self.sessions_open,
+            "inference_sessions": self.inference_sessions,
+            "training_requests": self.training_requests,
         }
