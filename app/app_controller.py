@@ -13,14 +13,17 @@ from pathlib import Path
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from app.api_process import ApiProcess, ApiTarget
+from app.auto_pause import AutoPauser, rules_from
 from app.bridges.chat import ChatBridge, ChatTarget
 from app.bridges.model import PreparedModel, prepare_model
 from app.bridges.swarm import SwarmBridge
 from app.bridges.tasks import run_in_background
 from app.bridges.tuning import TuningBridge
+from app.credit import CreditLedger, CreditRecorder
 from app.settings import AppSettings, SettingsStore, build_serve_request
 from app.swarms import KnownSwarm, SwarmListError, known_swarms, load_bundled_swarms, load_import, with_imported
 from app.worker.controller import WorkerController
+from app.pause_policy import RUN, PauseDecision
 from app.worker.messages import StatusEvent, WorkerState
 from core.hardware import HardwareReport, Recommendation, detect_hardware, recommend
 from core.tuning import TrainingConfig
@@ -41,10 +44,17 @@ class AppController(QObject):
     recommendation_changed = Signal(object)  # Recommendation or None
     swarm_peers_changed = Signal(object)  # tuple[str, ...]
     serve_problem = Signal(str)  # why serving cannot start
+    credit_changed = Signal(object, object, object)  # today, lifetime (DayCredit), the chart's days (list)
+    auto_pause_changed = Signal(str)  # why serving is paused by itself ("" when it is not)
     quit_ready = Signal()
 
-    def __init__(self, store: SettingsStore, parent: QObject | None = None, log_dir: Path | None = None) -> None:
+    def __init__(self, store: SettingsStore, parent: QObject | None = None, log_dir: Path | None = None,
+                 home: Path | None = None) -> None:
         super().__init__(parent)
+        home = home or blossom_home()
+        self.identity_path = home / "identity.key"  # one peer id for this PC across pauses, restarts and app starts
+        self.ledger = CreditLedger(home / "statistics.sqlite3")
+        self.credit = CreditRecorder(self.ledger)
         self.store = store
         self.settings = store.load()
         self.hardware: HardwareReport | None = None
@@ -56,6 +66,7 @@ class AppController(QObject):
         self._start_when_ready = False
         self._model_preparing = False
         self._quitting = False
+        self._credit_state = WorkerState.STOPPED
         self.closed = False  # shut down for good: the worker is gone and the bridges are closed
         log_dir = log_dir or blossom_home() / "logs"
         self.worker = WorkerController(self, log_path=log_dir / "worker.log")
@@ -63,16 +74,23 @@ class AppController(QObject):
         self.chat = ChatBridge(self)
         self.tuning = TuningBridge(self)
         self.swarm = SwarmBridge(self)
+        self.auto_pause = AutoPauser(lambda: (self.worker.process_id,), self)
+        self.auto_pause_reason = ""  # set while serving is paused by the auto-pause (not by the user)
+        self._ignored_reason = ""  # the user resumed by hand despite this reason: not again until it clears
         self._connect_signals()
 
     def _connect_signals(self) -> None:
         self.worker.status_updated.connect(self._on_worker_status)
+        self.worker.status_updated.connect(self._record_credit)
+        self.worker.state_changed.connect(self._apply_auto_pause)
+        self.auto_pause.decision_changed.connect(self._on_pause_decision)
         self.worker.exited.connect(self._on_worker_exited)
 
     # ---- start-up -----------------------------------------------------------------------------
     def begin(self) -> None:
         """Detect the hardware and prepare the model; start serving when ready if the settings say so."""
-        self._start_when_ready = self.settings.start_serving_at_launch
+        self._start_when_ready = self.settings.start_serving_at_launch and self.settings.first_run_done
+        self.auto_pause.set_rules(rules_from(self.settings))
         self.detect_hardware()
         self.prepare_model()
         self._refresh_swarm_peers()
@@ -144,6 +162,15 @@ class AppController(QObject):
             self._update_recommendation()
         self._refresh_swarm_peers()
         self._refresh_targets()
+        if rules_from(settings) != rules_from(old):
+            self.auto_pause.set_rules(rules_from(self.settings))
+
+    def finish_first_run(self, start_now: bool) -> None:
+        """The first-run page was answered: remember it (and whether to serve at each start); serve if asked."""
+        self.update_settings(dataclasses.replace(self.settings, first_run_done=True,
+                                                 start_serving_at_launch=start_now))
+        if start_now:
+            self.start_serving()
 
     # ---- known swarms (app.swarms) --------------------------------------------------------------
     def known_swarms(self) -> list[KnownSwarm]:
@@ -195,15 +222,49 @@ class AppController(QObject):
                 self._start_when_ready = True
                 return True
             return False
-        request = build_serve_request(self.settings, self.model.path, self.recommendation)
+        request = build_serve_request(self.settings, self.model.path, self.recommendation,
+                                      identity_path=str(self.identity_path))
         self.worker.start(request)
         return True
 
     def pause_serving(self) -> None:
+        """Pause by hand: the auto-pause will not resume this pause."""
+        self._set_auto_reason("")
         self.worker.pause()
 
     def resume_serving(self) -> None:
+        """Resume by hand; while the auto-pause's current reason lasts, it does not pause again for it."""
+        if self.auto_pause.decision.pause:
+            self._ignored_reason = self.auto_pause.decision.reason
+        self._set_auto_reason("")
         self.worker.resume()
+
+    # ---- auto-pause (app.auto_pause, app.pause_policy) ---------------------------------------------
+    def _on_pause_decision(self, decision: PauseDecision) -> None:
+        if decision.reason != self._ignored_reason:
+            self._ignored_reason = ""
+        self._apply_auto_pause()
+
+    def _apply_auto_pause(self, *_: object) -> None:
+        """Pause or resume for the auto-pause's current decision, once the worker can (not mid-transition)."""
+        decision = self.auto_pause.decision if not self._quitting else RUN
+        state = self.worker.state
+        if decision.pause and decision.reason != self._ignored_reason:
+            if state == WorkerState.SERVING:
+                self._set_auto_reason(decision.reason)
+                self.worker.pause()
+            elif self.auto_pause_reason and state in (WorkerState.PAUSING, WorkerState.PAUSED):
+                self._set_auto_reason(decision.reason)  # still paused, now for this reason
+        elif self.auto_pause_reason and state == WorkerState.PAUSED:
+            self._set_auto_reason("")
+            self.worker.resume()
+        elif state in (WorkerState.STOPPED, WorkerState.ERROR):
+            self._set_auto_reason("")
+
+    def _set_auto_reason(self, reason: str) -> None:
+        if reason != self.auto_pause_reason:
+            self.auto_pause_reason = reason
+            self.auto_pause_changed.emit(reason)
 
     def toggle_pause(self) -> None:
         """Pause when serving, resume when paused, start when stopped."""
@@ -230,12 +291,36 @@ class AppController(QObject):
         self._refresh_swarm_peers()
 
     def _on_worker_exited(self) -> None:
+        self.credit.worker_gone()
+        self.emit_credit()
         self._refresh_swarm_peers()
         if self._quitting:
             self._finish_quit()
         elif self._start_when_ready:
             self._start_when_ready = False
             self.start_serving()
+
+    # ---- credit (app.credit) -------------------------------------------------------------------
+    def _record_credit(self, status: StatusEvent) -> None:
+        if self.closed:
+            return
+        self.credit.observe(status)
+        if status.state == WorkerState.SERVING or status.state != self._credit_state:
+            self.emit_credit()
+        self._credit_state = status.state
+
+    def emit_credit(self, chart_days: int = 14) -> None:
+        """Send today's, the lifetime's and the chart's numbers to whoever shows them."""
+        days = self.ledger.days(chart_days)
+        self.credit_changed.emit(days[-1], self.ledger.lifetime(), days)
+
+    def export_credit(self, path: str) -> str:
+        """Write the per-day statistics to ``path`` as CSV; returns what happened, for a person."""
+        try:
+            count = self.ledger.export_csv(Path(path))
+        except OSError as error:
+            return f"Could not write {path}: {error.strerror or error}"
+        return f"Saved {count} day{'s' if count != 1 else ''} to {Path(path).name}"
 
     # ---- the swarm the chat, tuning and swarm tabs use -----------------------------------------
     def _refresh_swarm_peers(self) -> None:
@@ -298,6 +383,7 @@ class AppController(QObject):
             return
         self._quitting = True
         self._start_when_ready = False
+        self.auto_pause.stop()
         self.swarm.pause()
         self.api.stop()
         if self.worker.running:
@@ -310,4 +396,5 @@ class AppController(QObject):
     def _finish_quit(self) -> None:
         if not self.closed:
             self.closed = True
+            self.ledger.close()
             self.quit_ready.emit()

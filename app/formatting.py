@@ -36,8 +36,11 @@ def format_count(value: float) -> str:
 
 
 def format_rate(value: float) -> str:
-    """A speed with one decimal, shortened when large: ``49.73`` -> ``'49.7'``, ``56548.7`` -> ``'56.5 k'``."""
-    return f"{value:.1f}" if abs(value) < 1e4 else format_count(value)
+    """A speed without a pointless decimal: ``49.73`` -> ``'49.7'``, ``3311.0`` -> ``'3311'``, ``0.0`` -> ``'0'``,
+    ``56548.7`` -> ``'56.5 k'``."""
+    if abs(value) >= 1e4:
+        return format_count(value)
+    return f"{value:.0f}" if abs(value) >= 100 or value == int(value) else f"{value:.1f}"
 
 
 def format_blocks(start: int, end: int) -> str:

@@ -19,6 +19,8 @@ from typing import Any
 
 from PySide6.QtCore import QSettings
 
+from app.auto_pause import default_programs
+from app.pause_policy import parse_clock
 from app.worker.messages import PUBLIC_HOST, ServeRequest
 from core.config import QUANT_TYPES, TORCH_DTYPES
 from core.dht.schema import is_peer_address
@@ -61,6 +63,9 @@ class AppSettings:
     ``override`` makes ``num_blocks`` / ``torch_dtype`` / ``quant_type`` / ``device`` replace the
     recommendation; ``more_blocks`` asks the recommendation for int8/nf4 on small cards.
     ``api_enabled`` runs the OpenAI-compatible API (``blossom-api``) for programs on this PC, on ``api_port``.
+    ``first_run_done``: the first-run page was answered (serving never starts before that).
+    ``auto_pause`` and the ``pause_*`` / ``schedule_*`` fields: when serving pauses by itself
+    (:mod:`app.pause_policy`); ``pause_programs`` starts as the bundled game-launcher list.
     """
 
     model: str = ""
@@ -84,6 +89,17 @@ class AppSettings:
     prompts_path: str = ""
     api_enabled: bool = False
     api_port: int = 8000
+    first_run_done: bool = False
+    auto_pause: bool = True
+    pause_programs: list[str] = field(default_factory=default_programs)
+    pause_when_fullscreen: bool = True
+    pause_gpu_percent: int = 40
+    pause_when_active: bool = False
+    pause_idle_minutes: int = 5
+    pause_on_battery: bool = True
+    schedule_enabled: bool = False
+    schedule_start: str = "22:00"
+    schedule_end: str = "08:00"
 
     @property
     def private_swarm(self) -> bool:
@@ -107,6 +123,11 @@ class AppSettings:
             found.append(f"Unknown dtype '{self.torch_dtype}'")
         if self.quant_type not in QUANT_TYPES:
             found.append(f"Unknown quantization '{self.quant_type}'")
+        for name in ("schedule_start", "schedule_end"):
+            try:
+                parse_clock(getattr(self, name))
+            except ValueError:
+                found.append(f"Serving hours are written like 22:00, got '{getattr(self, name)}'")
         return found
 
     def with_choice(self, choice: ServingChoice) -> AppSettings:

@@ -42,7 +42,7 @@ QPushButton:hover {{ background: #f1eff4; }}
 QPushButton:disabled {{ color: #a0a0a8; background: #f4f4f6; border-color: #e2e2e6; }}
 QPushButton#primary {{ background: {ACCENT}; color: white; border: 1px solid {ACCENT_DARK}; font-weight: 600; }}
 QPushButton#primary:hover {{ background: {ACCENT_DARK}; }}
-QPushButton#primary:disabled {{ background: #e8a9bf; border-color: #e8a9bf; color: #fff; }}
+QPushButton#primary:disabled {{ background: #eeeef1; border-color: #d6d6dc; color: #8a8a94; }}
 QTabWidget::pane {{ border: none; }}
 QTabBar::tab {{ padding: 8px 18px; margin-right: 2px; border: none; background: transparent; color: {MUTED}; }}
 QTabBar::tab:selected {{ color: {ACCENT}; border-bottom: 2px solid {ACCENT}; font-weight: 600; }}

@@ -101,7 +101,7 @@ class CoverageView(QWidget):
             bar = QRectF(left + start * cell + 1, y + 2, max((end - start) * cell - 2, 2), ROW_HEIGHT - 4)
             painter.setBrush(QColor(ACCENT if own and row.state == "online" else STATE_COLORS.get(row.state, MUTED)))
             painter.drawRoundedRect(bar, 4, 4)
-            text = f"{format_rate(row.throughput)}/s" if row.state == "online" else row.state
+            text = f"{format_rate(row.throughput)} tok/s" if row.state == "online" else row.state
             if metrics.horizontalAdvance(text) + 8 < bar.width():
                 painter.setPen(QPen(QColor("#ffffff")))
                 painter.drawText(bar, Qt.AlignmentFlag.AlignCenter, text)

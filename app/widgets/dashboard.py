@@ -9,6 +9,7 @@ from app.icons import render_pixmap
 from app.reachability import ReachabilityLine
 from app.theme import REACHABILITY_COLORS, STATE_TEXT_COLORS
 from app.widgets.common import Card, StatTile, button, wrapped_label
+from app.widgets.credit_panel import CreditCard
 from app.widgets.hardware_panel import HardwareCard, RecommendationCard
 from app.worker.messages import StatusEvent, WorkerState
 
@@ -126,13 +127,14 @@ class DashboardTab(QWidget):
         self.status = StatusCard()
         self.tiles = {key: StatTile(caption) for key, caption in (
             ("blocks", "blocks served"), ("peers", "other servers"), ("requests", "requests served"),
-            ("tokens", "tokens processed"), ("uptime", "uptime"), ("speed", "tok/s per block"))}
+            ("tokens", "tokens processed"), ("uptime", "uptime"), ("speed", "tokens/s now"))}
         stats = Card()
         grid = QGridLayout()
         grid.setHorizontalSpacing(24)
         for column, tile in enumerate(self.tiles.values()):
             grid.addWidget(tile, 0, column)
         stats.body.addLayout(grid)
+        self.credit = CreditCard()
         self.hardware = HardwareCard()
         self.recommendation = RecommendationCard()
         self.log = QPlainTextEdit()
@@ -151,6 +153,7 @@ class DashboardTab(QWidget):
         layout.setSpacing(12)
         layout.addWidget(self.status)
         layout.addWidget(stats)
+        layout.addWidget(self.credit)
         layout.addLayout(middle)
         layout.addWidget(log_card, 1)
         self._connect_signals()
@@ -183,13 +186,18 @@ class DashboardTab(QWidget):
         self.tiles["blocks"].set_value(span, f"blocks {format_blocks(status.start_block, status.end_block)}"
                                        if status.total_blocks else "")
         self.tiles["peers"].set_value(str(status.peers) if serving else "–")
-        self.tiles["requests"].set_value(format_count(status.requests))
+        served = status.inference_sessions + status.training_requests
+        self.tiles["requests"].set_value(format_count(served), (
+            f"{status.inference_sessions:,} inference sessions (a chat reply is one) and "
+            f"{status.training_requests:,} training requests since this worker started; "
+            f"{status.requests:,} computing steps (one per token) behind them"))
         self.tiles["tokens"].set_value(format_count(status.tokens))
-        self.tiles["uptime"].set_value(format_duration(status.uptime) if serving else "–")
-        self.tiles["speed"].set_value(format_rate(status.throughput) if status.throughput else "–",
-                                      f"{status.tokens_per_second:.1f} tokens/s processed recently")
-        self.tiles["speed"].caption.setText(f"tok/s per block · {status.tokens_per_second:.1f} tok/s now"
-                                            if serving else "tok/s per block")
+        self.tiles["uptime"].set_value(format_duration(status.uptime) if status.uptime else "–",
+                                       "Time spent serving since this worker started (pauses not counted)")
+        capacity = (f"Announced capacity: {format_rate(status.throughput)} tokens/s per block, measured when the "
+                    "server started" if status.throughput else "")
+        self.tiles["speed"].set_value(format_rate(status.tokens_per_second) if serving else "–",
+                                      "Tokens this PC processed per second over the last 10 s. " + capacity)
 
     def show_problem(self, text: str) -> None:
         """An error the user should act on (empty: none)."""

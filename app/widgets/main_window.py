@@ -6,7 +6,7 @@ import logging
 
 from PySide6.QtCore import Signal
 from PySide6.QtGui import QCloseEvent
-from PySide6.QtWidgets import QLabel, QMainWindow, QTabWidget
+from PySide6.QtWidgets import QLabel, QMainWindow, QStackedWidget, QTabWidget
 
 from app.app_controller import AppController
 from app.bridges.chat import Sampling
@@ -18,6 +18,7 @@ from app.reachability import describe_reachability
 from app.settings import AppSettings, ServingChoice
 from app.widgets.chat import ChatTab
 from app.widgets.dashboard import STATE_TITLES, DashboardTab
+from app.widgets.first_run import FirstRunPage
 from app.widgets.settings import SettingsTab
 from app.widgets.swarm import SwarmTab
 from app.widgets.tray import TrayIcon
@@ -56,7 +57,14 @@ class MainWindow(QMainWindow):
         for widget, title in ((self.dashboard, "Dashboard"), (self.chat, "Chat"), (self.tuning, "Prompt tuning"),
                               (self.swarm, "Swarm"), (self.settings, "Settings")):
             self.tabs.addTab(widget, title)
-        self.setCentralWidget(self.tabs)
+        self.pages = QStackedWidget()
+        self.pages.addWidget(self.tabs)
+        self.first_run: FirstRunPage | None = None
+        if not controller.settings.first_run_done:  # nothing is served before the user has read what it means
+            self.first_run = FirstRunPage(controller.settings)
+            self.pages.addWidget(self.first_run)
+            self.pages.setCurrentWidget(self.first_run)
+        self.setCentralWidget(self.pages)
         self.state_label = QLabel(STATE_TITLES[WorkerState.STOPPED])
         self.swarm_label = QLabel("")
         self.statusBar().addWidget(self.state_label, 1)
@@ -90,6 +98,9 @@ class MainWindow(QMainWindow):
         worker.error_reported.connect(self.dashboard.show_problem)
         worker.crashed.connect(self._on_crash)
         c.api.status_changed.connect(lambda status: self.dashboard.show_api(status.line, status.failed))
+        c.credit_changed.connect(self.dashboard.credit.show_credit)
+        self.dashboard.credit.export_requested.connect(
+            lambda path: self.dashboard.credit.show_message(c.export_credit(path)))
         # chat
         self.chat.send_requested.connect(lambda text: self.conversation.send(text, self.chat.sampling()))
         self.chat.stop_requested.connect(self.conversation.stop)
@@ -121,10 +132,14 @@ class MainWindow(QMainWindow):
         # tray
         self.tray.pause_requested.connect(c.pause_serving)
         self.tray.resume_requested.connect(c.resume_serving)
-        self.tray.start_requested.connect(c.toggle_pause)
+        self.tray.start_requested.connect(self._on_tray_start)
         self.tray.open_requested.connect(self.bring_to_front)
         self.tray.quit_requested.connect(self.request_quit)
         c.quit_ready.connect(self._on_quit_ready)
+        c.auto_pause_changed.connect(lambda reason: self._on_status(self.controller.worker.status))
+        c.auto_pause.observed.connect(lambda seen: self.settings.pause_box.show_notes(seen.notes))
+        if self.first_run is not None:
+            self.first_run.answered.connect(self._on_first_run_answered)
 
     def _show_initial_state(self) -> None:
         settings = self.controller.settings
@@ -136,6 +151,7 @@ class MainWindow(QMainWindow):
         self._on_status(self.controller.worker.status)
         self.swarm.show_no_swarm()
         self.tray.show_state(WorkerState.STOPPED)
+        self.controller.emit_credit()
 
     # ---- dashboard and tray -------------------------------------------------------------------
     def swarm_description(self) -> str:
@@ -144,8 +160,23 @@ class MainWindow(QMainWindow):
             return "private swarm on this PC"
         return f"joined swarm ({len(settings.initial_peers)} initial peer{'s' if len(settings.initial_peers) != 1 else ''})"
 
+    def _on_tray_start(self) -> None:
+        if self.pages.currentWidget() is self.first_run:  # the first-run page asks first
+            self.bring_to_front()
+        else:
+            self.controller.toggle_pause()
+
+    def _on_first_run_answered(self, start_now: bool) -> None:
+        self.pages.setCurrentWidget(self.tabs)
+        self.tabs.setCurrentWidget(self.dashboard)
+        self.controller.finish_first_run(start_now)
+
     def _on_status(self, status: StatusEvent) -> None:
         reachability = describe_reachability(status, self.controller.worker.last_request)
+        reason = self.controller.auto_pause_reason
+        if reason and status.state in (WorkerState.PAUSING, WorkerState.PAUSED):  # say why it paused by itself
+            status = dataclasses.replace(status, detail=f"Paused by itself: {reason}. Serving resumes when that "
+                                                        "is over (or press Resume)")
         self.dashboard.show_status(status, self.swarm_description(), reachability)
         self.swarm.set_own_peer_id(status.peer_id)
         detail = status.detail if status.state != WorkerState.SERVING else (

@@ -25,14 +25,15 @@ def settings_store(tmp_path: Path) -> SettingsStore:
 
 @pytest.fixture
 def make_window(qtbot, settings_store: SettingsStore, blossom_home: Path) -> Iterator[Callable]:
-    """Build the real main window around an AppController with the given settings; everything is stopped after."""
+    """Build the real main window around an AppController with the given settings (the first-run page already
+    answered unless ``first_run_done=False``); everything is stopped after."""
     from app.app_controller import AppController
     from app.widgets.main_window import MainWindow
 
     made: list = []
 
     def make(**changes: object):
-        settings = dataclasses.replace(AppSettings(start_serving_at_launch=False), **changes)
+        settings = dataclasses.replace(AppSettings(start_serving_at_launch=False, first_run_done=True), **changes)
         settings_store.save(settings)
         controller = AppController(settings_store, log_dir=blossom_home / "logs")
         window = MainWindow(controller)

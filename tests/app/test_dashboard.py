@@ -117,12 +117,15 @@ def test_dashboard_shows_a_worker_status(qtbot) -> None:
     dashboard = DashboardTab()
     qtbot.addWidget(dashboard)
     dashboard.show_status(StatusEvent(WorkerState.SERVING, model_name="m", start_block=10, end_block=20,
-                                      total_blocks=30, peers=3, requests=1234, tokens=56789, uptime=3725,
+                                      total_blocks=30, peers=3, requests=48, inference_sessions=2,
+                                      training_requests=1232, tokens=56789, uptime=3725,
                                       throughput=49.7, tokens_per_second=12.3, torch_dtype="bfloat16",
                                       device="cuda:0"), "joined swarm")
     tiles = {key: tile.value.text() for key, tile in dashboard.tiles.items()}
     assert tiles == {"blocks": "10 / 30", "peers": "3", "requests": "1,234", "tokens": "56.8 k",
-                     "uptime": "1 h 2 min", "speed": "49.7"}
+                     "uptime": "1 h 2 min", "speed": "12.3"}
+    assert "2 inference sessions" in dashboard.tiles["requests"].toolTip()  # 48 token steps are not 48 requests
+    assert "49.7 tokens/s per block" in dashboard.tiles["speed"].toolTip()
     assert dashboard.status.subtitle.text() == ("Blocks 10–19 of m (10 of 30) · bfloat16 on cuda:0 · joined swarm")
     assert not dashboard.status.pause_button.isHidden() and dashboard.status.start_button.isHidden()
     dashboard.show_status(StatusEvent(WorkerState.PAUSED, detail="Blocks 10..19 are free for others"), "x")

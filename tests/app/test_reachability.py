@@ -10,6 +10,7 @@ from app.worker.messages import ServeRequest, StatusEvent, WorkerState
 from app.worker.node import WorkerNode
 from core.relay_protocol import Reachability
 from core.server.reachability import ReachabilityStatus
+from core.server.stats import ServingStats
 
 BOOTSTRAP = "/ip4/10.77.0.1/tcp/31337/p2p/QmSeed"
 JOINED = ServeRequest("/m", private_swarm=False, initial_peers=(BOOTSTRAP,), host="0.0.0.0")
@@ -20,7 +21,7 @@ def reported(status: ReachabilityStatus, own_addresses: bool = False) -> StatusE
     """The StatusEvent a worker serving with a server of this reachability sends (the real WorkerNode code)."""
     node = WorkerNode(lambda event: None)
     node.state = WorkerState.SERVING
-    node.server = SimpleNamespace(reachability=status, stats=SimpleNamespace(requests=0, tokens=0, sessions_open=0))
+    node.server = SimpleNamespace(reachability=status, stats=ServingStats())  # the server's real counters
     host = status.address.rsplit(":", 1)[0]
     if host:
         node._own_address[host] = own_addresses

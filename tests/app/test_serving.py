@@ -60,6 +60,7 @@ def test_start_pause_resume_stop_from_the_dashboard(qtbot, make_window, tiny_che
     wait_state(qtbot, window, WorkerState.SERVING, 60_000)
     resumed = window.controller.worker.status
     assert (resumed.start_block, resumed.end_block) == (0, 4)
+    assert resumed.peer_id == first_peer  # the app's identity file: the swarm sees the same server come back
     assert announced_states(client_dht_factory, window)[resumed.peer_id] == ServerState.ONLINE.value
 
     with qtbot.waitSignal(window.controller.worker.exited, timeout=60_000):
