@@ -22,7 +22,7 @@ def setup(request, tiny_checkpoints, swarm_factory, client_dht_factory):
     swarm = swarm_factory(converted, [(0, 2), (2, 4)])
     model = AutoDistributedModelForCausalLM.from_pretrained(str(converted), dht=client_dht_factory(swarm.initial_peers))
     local = AutoModelForCausalLM.from_pretrained(original).eval()
-    yield model, local
+    yield model, local, converted, model.dht
     model.shutdown()
 
 
@@ -32,7 +32,7 @@ def _prompt(seed: int, batch: int = 1, length: int = 6) -> torch.Tensor:
 
 
 def test_greedy_with_min_new_tokens(setup):
-    model, local = setup
+    model, local, *_ = setup
     input_ids = _prompt(13)
     expected = reference_greedy(local, input_ids, "greedy tokens with min_new_tokens", max_new_tokens=10,
                                 min_new_tokens=10)
@@ -42,7 +42,7 @@ def test_greedy_with_min_new_tokens(setup):
 
 
 def test_sampling_with_a_generation_config(setup):
-    model, local = setup
+    model, local, *_ = setup
     input_ids = _prompt(12, batch=2)
     config = GenerationConfig(do_sample=True, temperature=0.8, top_k=40, top_p=0.9, max_new_tokens=8,
                               eos_token_id=1, pad_token_id=PAD)
@@ -63,7 +63,7 @@ class StopOnToken(StoppingCriteria):
 
 
 def test_a_custom_stopping_criterion(setup):
-    model, local = setup
+    model, local, *_ = setup
     input_ids = _prompt(12)
     free = reference_greedy(local, input_ids, "free greedy run", max_new_tokens=8, eos_token_id=None, pad_token_id=PAD)
     token = int(free[0, 6 + 3])  # the fourth generated token
@@ -78,7 +78,7 @@ def test_a_custom_stopping_criterion(setup):
 
 
 def test_no_repeat_ngram_size(setup):
-    model, local = setup
+    model, local, *_ = setup
     input_ids = torch.tensor([[7, 7, 8, 9, 10, 8]])
     expected = reference_greedy(local, input_ids, "greedy tokens without repeated bigrams", max_new_tokens=12,
                                 no_repeat_ngram_size=2, eos_token_id=None, pad_token_id=PAD)
@@ -89,7 +89,7 @@ def test_no_repeat_ngram_size(setup):
 
 
 def test_scores_and_logits_in_a_dict(setup):
-    model, local = setup
+    model, local, *_ = setup
     input_ids = _prompt(12, batch=2)
     settings = dict(max_new_tokens=6, do_sample=False, return_dict_in_generate=True, output_scores=True,
                     output_logits=True, eos_token_id=None, pad_token_id=PAD, repetition_penalty=1.3)
@@ -105,7 +105,7 @@ def test_scores_and_logits_in_a_dict(setup):
 
 
 def test_left_padded_batch_with_attention_mask(setup):
-    model, local = setup
+    model, local, *_ = setup
     long, short = _prompt(15, length=7)[0], _prompt(1015, length=3)[0]
     input_ids = torch.full((2, 7), PAD)
     input_ids[0], input_ids[1, 4:] = long, short
@@ -121,7 +121,7 @@ def test_left_padded_batch_with_attention_mask(setup):
 
 
 def test_beam_search_and_several_return_sequences(setup):
-    model, local = setup
+    model, local, *_ = setup
     input_ids = _prompt(17, batch=2, length=5)
     settings = dict(num_beams=3, num_return_sequences=2, max_new_tokens=6, do_sample=False, eos_token_id=None,
                     pad_token_id=PAD, return_dict_in_generate=True, output_scores=True)
@@ -134,7 +134,7 @@ def test_beam_search_and_several_return_sequences(setup):
 
 
 def test_several_sampled_sequences_per_prompt(setup):
-    model, local = setup
+    model, local, *_ = setup
     input_ids = _prompt(18, length=4)
     settings = dict(do_sample=True, num_return_sequences=3, max_new_tokens=6, top_k=0, eos_token_id=None,
                     pad_token_id=PAD)
@@ -147,7 +147,7 @@ def test_several_sampled_sequences_per_prompt(setup):
 
 
 def test_generation_from_inputs_embeds(setup):
-    model, local = setup
+    model, local, *_ = setup
     input_ids = _prompt(13)
     expected = reference_greedy(local, input_ids, "greedy tokens", max_new_tokens=6, min_new_tokens=6)
     with torch.no_grad():
@@ -156,8 +156,34 @@ def test_generation_from_inputs_embeds(setup):
     assert torch.equal(output, expected[:, 6:])  # as in transformers: only the new tokens
 
 
+def test_a_padded_batch_carries_each_rows_deep_prompts(setup):
+    """Deep prompt tuning with a left-padded batch: each row's own session gets the prompts, and every row
+    generates what it generates alone (the unpadded path is compared with transformers elsewhere)."""
+    _, _, converted, dht = setup
+    torch.manual_seed(3)  # the prompts start from random tokens' embeddings
+    tuned = AutoDistributedModelForCausalLM.from_pretrained(str(converted), dht=dht, tuning_mode="deep_ptune",
+                                                            pre_seq_len=3)
+    with torch.no_grad():
+        tuned.ptune.deep_prompts.normal_(0, 0.5)  # fresh deep prompts are zeros: make them matter
+    long, short = _prompt(15, length=7), _prompt(1015, length=3)
+    input_ids = torch.cat([long, torch.cat([torch.full((1, 4), PAD), short], dim=1)])
+    attention_mask = (torch.arange(7)[None] >= torch.tensor([[0], [4]])).long()
+    settings = dict(max_new_tokens=5, eos_token_id=None, do_sample=False, return_dict_in_generate=True,
+                    output_logits=True)
+    output = tuned.generate(input_ids, attention_mask=attention_mask, **settings)
+    for row, alone in enumerate([tuned.generate(long, **settings), tuned.generate(short, **settings)]):
+        new = alone.sequences.shape[1] - 5
+        assert_no_near_ties(alone.logits, f"greedy tokens of row {row} alone")
+        assert torch.equal(output.sequences[row, -5:], alone.sequences[0, new:])
+        for step in range(5):
+            assert_matches_reference(output.logits[step][row], alone.logits[step][0], f"row {row}, step {step}")
+    untuned = setup[0].generate(short, **settings)
+    difference = (output.logits[0][1] - untuned.logits[0][0]).abs().max()
+    assert difference > 1e-2, "the prompts did not reach the servers"
+
+
 def test_two_generate_calls_with_options_in_one_session(setup):
-    model, local = setup
+    model, local, *_ = setup
     prompt, follow_up = _prompt(19, length=4), torch.tensor([[40, 41]])
     with model.inference_session(max_length=32):
         first = model.generate(prompt, max_new_tokens=4, min_new_tokens=4, do_sample=False)
@@ -191,7 +217,7 @@ class StopAfter:
 
 
 def test_a_streamer_that_raises_stops_generation(setup):
-    model, local = setup
+    model, local, *_ = setup
     prompt = _prompt(11, length=5)
     expected = reference_greedy(local, prompt, "uninterrupted run", max_new_tokens=9, eos_token_id=None,
                                 pad_token_id=PAD)
@@ -209,7 +235,7 @@ def test_a_streamer_that_raises_stops_generation(setup):
 
 
 def test_options_the_swarm_cannot_run_are_refused_by_name(setup):
-    model, _ = setup
+    model, *_ = setup
     input_ids = _prompt(21)
     refusals = {
         "penalty_alpha": dict(penalty_alpha=0.6, top_k=4),
