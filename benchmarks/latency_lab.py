@@ -1,7 +1,7 @@
 """Time per token of a swarm whose hosts are 10-150 ms apart, against the floors the network sets.
 
     python -m benchmarks.latency_lab [--models tiny smollm2] [--one_way_ms 50 10 150] [--servers 4]
-                                     [--new_tokens 64] [--transport p2p|direct]
+                                     [--new_tokens 64] [--transport p2p|direct] [--rate_mbit R]
 
 Root only. It builds the latency lab (:mod:`tests.latency_lab`: namespaces whose links go through a
 user-space delay switch) with a client host, a bootstrap host and ``--servers`` server hosts, the
@@ -179,8 +179,9 @@ def measure_model(name: str, args: argparse.Namespace, folder: Path) -> list[Row
     spans = spans_for(model.num_blocks, args.servers)
     prompt = torch.randint(3, model.vocab_size, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(1))
     paths = [("push", "on"), ("client-mediated", "off")] if push_available() else [("client-mediated", "default")]
+    rate = f"{args.rate_mbit:g} Mbit/s links" if args.rate_mbit else "links not capped"
     print(f"\n== {model.name}: {args.servers} servers, spans {spans}, {args.new_tokens} greedy tokens, transport "
-          f"{args.transport}; paths: {', '.join(path for path, _ in paths)}", flush=True)
+          f"{args.transport}, {rate}; paths: {', '.join(path for path, _ in paths)}", flush=True)
     if not push_available():
         print("   push between servers is not available in this checkout (ClientConfig has no push_between_servers)")
     names = ["client", "bootstrap", *(f"s{index + 1}" for index in range(args.servers))]
@@ -190,7 +191,8 @@ def measure_model(name: str, args: argparse.Namespace, folder: Path) -> list[Row
     extra = ["--direct_port", str(DIRECT_PORT)] if args.transport == "direct" else []
     rows: list[Row] = []
     (folder / f"lab-{name}").mkdir(exist_ok=True)
-    with latency_lab(names, one_way_ms=args.one_way_ms[0], workdir=folder / f"lab-{name}") as lab:
+    with latency_lab(names, one_way_ms=args.one_way_ms[0], rate_mbit=args.rate_mbit,
+                     workdir=folder / f"lab-{name}") as lab:
         _, bootstrap = start_bootstrap(lab["bootstrap"], log_dir)
         servers = [start_server(lab[f"s{index + 1}"], log_dir, f"server{index + 1}", model.converted, [bootstrap],
                                 span, extra) for index, span in enumerate(spans)]
@@ -228,6 +230,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--one_way_ms", nargs="+", type=float, default=[50.0, 10.0, 150.0],
                         help="one-way delays between any two hosts, each measured in turn")
     parser.add_argument("--servers", type=int, default=4)
+    parser.add_argument("--rate_mbit", type=float, default=None,
+                        help="cap every host's link at this many Mbit/s each way (the floors leave it out)")
     parser.add_argument("--new_tokens", type=int, default=NEW_TOKENS)
     parser.add_argument("--transport", choices=["p2p", "direct"], default="p2p",
                         help="direct: servers also open --direct_port and the client steps over plain TCP")
@@ -242,8 +246,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     reason = lab_unavailable_reason()
     if reason:
         raise SystemExit(f"cannot build the latency lab here: {reason}")
-    if args.new_tokens < 2 or any(delay < 0 for delay in args.one_way_ms):
-        raise SystemExit("--new_tokens must be at least 2 and every --one_way_ms at least 0")
+    if args.new_tokens < 2 or any(delay < 0 for delay in args.one_way_ms) or (args.rate_mbit or 1) <= 0:
+        raise SystemExit("--new_tokens must be at least 2, every --one_way_ms at least 0 and --rate_mbit positive")
     args.threads, args.verbose = 1, False
     setup(args)
     with workdir(args) as folder:
