@@ -226,15 +226,18 @@ def test_stop_string_is_honoured(api):
 
 def test_four_concurrent_streams_are_each_correct(api):
     prompts = ["hello blossom", "the lazy dog", "petals and blossoms", "a large language model"]
-    expected = [api.expected(api.chat_ids([{"role": "user", "content": p}]), 20)[1] for p in prompts]
+    expected = [api.expected(api.chat_ids([{"role": "user", "content": p}]), 40)[1] for p in prompts]
     texts: list[str | None] = [None] * 4
     times: list[list[float]] = [[] for _ in prompts]
     errors: list[BaseException] = []
+    clients = [api.client() for _ in prompts]  # made up front, so that the four requests leave together
+    go = threading.Barrier(len(prompts), timeout=60)
 
     def ask(index: int) -> None:
         try:
-            stream = api.client().chat.completions.create(
-                model=api.name, messages=[{"role": "user", "content": prompts[index]}], max_tokens=20, temperature=0,
+            go.wait()
+            stream = clients[index].chat.completions.create(
+                model=api.name, messages=[{"role": "user", "content": prompts[index]}], max_tokens=40, temperature=0,
                 stream=True)
             pieces = []
             for chunk in stream:
@@ -252,7 +255,8 @@ def test_four_concurrent_streams_are_each_correct(api):
     assert not errors, errors
     assert texts == expected
     # each stream had begun before any of them ended: the four ran at once, as four sessions
-    assert max(t[0] for t in times) < min(t[-1] for t in times)
+    began, ended = [t[0] for t in times], [t[-1] for t in times]
+    assert max(began) < min(ended), f"streams began at {began} and ended at {ended}"
 
 
 def test_seed_gives_the_same_sample_even_with_other_requests_at_once(api):
