@@ -7,8 +7,15 @@ one with ``ClientConfig.push_between_servers`` (client -> A -> B -> client: n + 
 without (client -> A -> client -> B -> client: 2n legs). Prompt of 16 tokens, 64 new tokens, greedy,
 batch 1; the three sides alternate, and each checks its tokens equal local transformers'.
 Target (tiny Llama): swarm/local tokens/s >= 0.80 over p2p and over direct.
+
+A second table pairs single-token steps: one session per client, stepping in alternation
+(``--paired_steps`` each), so that load from other programs hits both paths alike; it reports each
+path's median step and the median of the per-pair differences (push minus client-mediated).
 """
 from __future__ import annotations
+
+import statistics
+import time
 
 import torch
 
@@ -33,11 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--new_tokens", type=int, default=NEW_TOKENS)
     parser.add_argument("--servers", type=int, default=2, help="servers in the chain (the blocks split evenly)")
+    parser.add_argument("--paired_steps", type=int, default=300, help="single-token steps per path in the paired table")
     parser.set_defaults(models=["tiny"])
     args = parser.parse_args(argv)
     setup(args)
     dtype = torch_dtype(args.dtype)
-    rows = []
+    rows, paired_rows = [], []
     for name, model in each_model(args):
         generator = torch.Generator().manual_seed(1)
         prompt = torch.randint(3, model.vocab_size, (1, PROMPT_TOKENS), generator=generator)
@@ -62,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
             times = interleaved({"local": run_local, "push": lambda: run_on(pushing, "push"),
                                  "fallback": lambda: run_on(carrying, "fallback")}, args.repeats, args.warmup)
+            paired_rows.append(paired_steps(model, pushing, carrying, args.paired_steps, dtype))
         local_tps = args.new_tokens / median(times["local"])
         for side in ("push", "fallback"):
             tps = args.new_tokens / median(times[side])
@@ -81,7 +90,33 @@ def main(argv: list[str] | None = None) -> int:
         ["model", "path", "local tok/s", "swarm tok/s", "ratio", "target", "verdict", "extra ms/token",
          "local run ms", "swarm run ms", "same tokens"],
         rows, args)
+    print_table(
+        f"Paired single-token steps through the same {args.servers} servers: push and client-mediated sessions "
+        f"stepping in alternation, {args.paired_steps} steps each (first 5 left out)",
+        ["model", "push step ms (median)", "client-mediated step ms (median)", "push - client-mediated, median of pairs"],
+        paired_rows, args)
     return 0
+
+
+def paired_steps(model, pushing: torch.nn.Module, carrying: torch.nn.Module, steps: int,
+                 dtype: torch.dtype) -> list[str]:
+    """One row: median step times of both paths and the median per-pair difference (ms)."""
+    hidden = torch.randn(1, 1, pushing.config.hidden_size, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    times: dict[str, list[float]] = {"push": [], "fallback": []}
+    with pushing.transformer_blocks.inference_session(steps + 1) as pushed, \
+            carrying.transformer_blocks.inference_session(steps + 1) as carried:
+        sessions = {"push": pushed, "fallback": carried}
+        for number in range(steps):
+            for side in ("push", "fallback") if number % 2 else ("fallback", "push"):
+                began = time.perf_counter()
+                sessions[side].step(hidden)
+                times[side].append(time.perf_counter() - began)
+        if pushed.hops_pushed == 0:
+            return [model.name, "NO PUSH HAPPENED", "", ""]
+    push, fallback = times["push"][5:], times["fallback"][5:]
+    difference = statistics.median(a - b for a, b in zip(push, fallback))
+    return [model.name, f"{1000 * statistics.median(push):.3f}", f"{1000 * statistics.median(fallback):.3f}",
+            f"{1000 * difference:+.3f}"]
 
 
 if __name__ == "__main__":
