@@ -20,6 +20,7 @@ from app.bridges.swarm import SwarmBridge
 from app.bridges.tasks import run_in_background
 from app.bridges.tuning import TuningBridge
 from app.credit import CreditLedger, CreditRecorder
+from app.limits import Limits, describe_limits, limited_hardware, set_power_cap
 from app.settings import AppSettings, SettingsStore, build_serve_request
 from app.swarms import KnownSwarm, SwarmListError, known_swarms, load_bundled_swarms, load_import, with_imported
 from app.worker.controller import WorkerController
@@ -46,6 +47,7 @@ class AppController(QObject):
     serve_problem = Signal(str)  # why serving cannot start
     credit_changed = Signal(object, object, object)  # today, lifetime (DayCredit), the chart's days (list)
     auto_pause_changed = Signal(str)  # why serving is paused by itself ("" when it is not)
+    power_cap_reported = Signal(str)  # what setting the GPU power cap did ("" when no cap is asked for)
     quit_ready = Signal()
 
     def __init__(self, store: SettingsStore, parent: QObject | None = None, log_dir: Path | None = None,
@@ -83,6 +85,7 @@ class AppController(QObject):
         self.worker.status_updated.connect(self._on_worker_status)
         self.worker.status_updated.connect(self._record_credit)
         self.worker.state_changed.connect(self._apply_auto_pause)
+        self.worker.state_changed.connect(lambda state: self._refresh_chat())
         self.auto_pause.decision_changed.connect(self._on_pause_decision)
         self.worker.exited.connect(self._on_worker_exited)
 
@@ -143,7 +146,13 @@ class AppController(QObject):
     def _update_recommendation(self) -> None:
         if self.hardware is None or self.model is None:
             return
-        self.recommendation = recommend(self.model.footprint, self.hardware, more_blocks=self.settings.more_blocks)
+        limits = Limits.of(self.settings)
+        recommendation = recommend(self.model.footprint, limited_hardware(self.hardware, limits),
+                                   more_blocks=self.settings.more_blocks)
+        note = describe_limits(limits)
+        if note:
+            recommendation = dataclasses.replace(recommendation, explanation=f"{recommendation.explanation}. {note}")
+        self.recommendation = recommendation
         self.recommendation_changed.emit(self.recommendation)
         if self._start_when_ready:
             self._start_when_ready = False
@@ -158,8 +167,10 @@ class AppController(QObject):
         self.settings_changed.emit(self.settings)
         if settings.model != old.model:
             self.prepare_model()
-        elif settings.more_blocks != old.more_blocks:
+        elif settings.more_blocks != old.more_blocks or Limits.of(settings) != Limits.of(old):
             self._update_recommendation()
+        if settings.gpu_power_watts != old.gpu_power_watts:
+            self.apply_power_cap()
         self._refresh_swarm_peers()
         self._refresh_targets()
         if rules_from(settings) != rules_from(old):
@@ -171,6 +182,16 @@ class AppController(QObject):
                                                  start_serving_at_launch=start_now))
         if start_now:
             self.start_serving()
+
+    def apply_power_cap(self) -> None:
+        """Ask the driver for the settings' GPU power cap (off the GUI thread); the outcome is reported."""
+        watts = self.settings.gpu_power_watts
+        if watts <= 0:
+            self.power_cap_reported.emit("")
+            return
+        run_in_background(lambda: set_power_cap(watts), self.power_cap_reported.emit,
+                          lambda reason: self.power_cap_reported.emit(f"Could not cap the GPU's power: {reason}"),
+                          "blossom-power-cap")
 
     # ---- known swarms (app.swarms) --------------------------------------------------------------
     def known_swarms(self) -> list[KnownSwarm]:
@@ -223,7 +244,9 @@ class AppController(QObject):
                 return True
             return False
         request = build_serve_request(self.settings, self.model.path, self.recommendation,
-                                      identity_path=str(self.identity_path))
+                                      identity_path=str(self.identity_path),
+                                      num_threads=self.settings.cpu_threads or None)
+        self.apply_power_cap()
         self.worker.start(request)
         return True
 
@@ -335,12 +358,22 @@ class AppController(QObject):
             self._refresh_targets()
 
     def _refresh_targets(self) -> None:
+        self._refresh_chat()
+        self.swarm.set_peers(self.swarm_peers)
+        self._refresh_api()
+
+    def _refresh_chat(self) -> None:
+        """The chat's swarm, and whether it can answer now (not while this PC's own private swarm is paused)."""
         if self.model is None or not self.swarm_peers:
             self.chat.set_target(None)
         else:
-            self.chat.set_target(ChatTarget(self.model.path, self.swarm_peers, self.settings.prompts_path))
-        self.swarm.set_peers(self.swarm_peers)
-        self._refresh_api()
+            state, private = self.worker.state, self.settings.private_swarm
+            own = private and state in (WorkerState.PAUSING, WorkerState.PAUSED, WorkerState.RESUMING)
+            unavailable = "Serving is paused: press Resume on the Dashboard (or in the tray) to chat" if own else ""
+            ready = ("Ready: the model runs on this PC (private swarm)" if private
+                     else f"Ready: {len(self.swarm_peers)} initial peer(s) of the joined swarm")
+            self.chat.set_target(ChatTarget(self.model.path, self.swarm_peers, self.settings.prompts_path),
+                                 unavailable, ready)
 
     def _refresh_api(self) -> None:
         """Run the OpenAI-compatible API for the current model and swarm while the setting asks for it."""

@@ -66,6 +66,9 @@ class AppSettings:
     ``first_run_done``: the first-run page was answered (serving never starts before that).
     ``auto_pause`` and the ``pause_*`` / ``schedule_*`` fields: when serving pauses by itself
     (:mod:`app.pause_policy`); ``pause_programs`` starts as the bundled game-launcher list.
+    ``tuning_dataset`` and ``tuning_steps`` (0: the default) are the last training run's, offered again.
+    ``max_vram_gib``, ``ram_percent``, ``cpu_threads``, ``gpu_power_watts``: the most Blossom may use
+    (0 or 100 %: no limit; see :mod:`app.limits`).
     """
 
     model: str = ""
@@ -83,7 +86,7 @@ class AppSettings:
     device: str = ""
     start_serving_at_launch: bool = True
     close_notice_shown: bool = False
-    temperature: float = 0.7
+    temperature: float = 0.0  # greedy: the demo model answers "Paris"; at 0.7 it often did not
     top_p: float = 0.9
     max_new_tokens: int = 160
     prompts_path: str = ""
@@ -100,6 +103,12 @@ class AppSettings:
     schedule_enabled: bool = False
     schedule_start: str = "22:00"
     schedule_end: str = "08:00"
+    tuning_dataset: str = ""
+    tuning_steps: int = 0
+    max_vram_gib: float = 0.0
+    ram_percent: int = 100
+    cpu_threads: int = 0
+    gpu_power_watts: int = 0
 
     @property
     def private_swarm(self) -> bool:

@@ -3,7 +3,8 @@
     ../shared/tools/xshot docs/screenshots/desktop.png 420 -- python docs/screenshots.py
 
 Starts the app with a throwaway settings file and its defaults (a private swarm on this PC serving
-the bundled SmolLM2 demo model), asks the chat a question, trains prompts for a few steps on
+the bundled SmolLM2 demo model), saves the first-run page and answers it with "Start serving now",
+asks the chat a question, trains prompts for a few steps on
 ``resources/examples/flower_facts.txt`` and tries them in the chat, refreshes the swarm view, and
 saves each tab with ``QWidget.grab()`` into ``docs/screenshots/``. Then it shows the dashboard with
 the tray menu open until it is killed (``xshot`` takes the whole screen at that point).
@@ -48,6 +49,17 @@ class Tour:
         self.controller.worker.state_changed.connect(self._on_state)
         self.controller.begin()
         self.controller.swarm.start()
+        QTimer.singleShot(1500, self.first_run)
+
+    def first_run(self) -> None:
+        """The first-run page, then its "Start serving now" (nothing is served before)."""
+        page = self.window.first_run
+        if page is None:
+            return
+        path = self.out / "first_run.png"
+        self.window.grab().save(str(path))
+        logger.info("Saved %s", path)
+        page.start_button.click()
 
     def _on_state(self, state: WorkerState) -> None:
         if state == WorkerState.SERVING and not self._chatted:
@@ -115,7 +127,8 @@ def main() -> int:
     apply_theme(application)
     exit_children_with_parent()
     settings_file = Path(tempfile.mkdtemp(prefix="blossom-shots-")) / "settings.ini"
-    SettingsStore(settings_file).save(AppSettings(public_name="my-gaming-pc", max_new_tokens=40))
+    SettingsStore(settings_file).save(AppSettings(public_name="my-gaming-pc", max_new_tokens=40, first_run_done=False,
+                                                  start_serving_at_launch=False))
     controller = AppController(SettingsStore(settings_file))
     tray = TrayIcon()
     window = MainWindow(controller, tray)

@@ -99,6 +99,9 @@ def build_input_ids(tokenizer: Any, messages: list[dict[str, str]], max_new_toke
         kept = kept[2:] if len(kept) > 2 else kept[1:]
 
 
+NO_SWARM = "No swarm to chat with yet: start serving on the Dashboard (private swarm) or join a swarm in Settings"
+
+
 class ChatBridge(JobBridge):
     """The chat tab's link to ``core``'s client: one reply at a time."""
 
@@ -111,6 +114,7 @@ class ChatBridge(JobBridge):
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.target: ChatTarget | None = None
+        self.unavailable = ""  # why the chat cannot answer now although a swarm is known (e.g. serving is paused)
         self._tokenizer: Any = None
         self._loaded_for: ChatTarget | None = None
 
@@ -124,17 +128,22 @@ class ChatBridge(JobBridge):
         """:attr:`failed`, with the reason."""
         return self.failed
 
-    def set_target(self, target: ChatTarget | None) -> None:
-        """Chat with this model through this swarm from the next message on."""
-        self.target = target
+    def set_target(self, target: ChatTarget | None, unavailable: str = "", ready: str = "") -> None:
+        """Chat with this model through this swarm from the next message on; ``unavailable`` says why replies
+        cannot come now (sent without trying), ``ready`` is the status line to show while idle."""
+        self.target, self.unavailable = target, unavailable
+        if not self.busy:
+            self.status_changed.emit(unavailable or (ready if target is not None else NO_SWARM))
 
     def send(self, messages: list[dict[str, str]], sampling: Sampling) -> bool:
         """Generate the assistant's next turn for ``messages`` (role/content dicts); False if busy or unset."""
         if self.busy:
             return False
         if self.target is None or not self.target.initial_peers:
-            self.reply_failed.emit("No swarm to chat with yet: start serving on the Dashboard (private swarm) "
-                                   "or join a swarm in Settings")
+            self.reply_failed.emit(NO_SWARM)
+            return False
+        if self.unavailable:
+            self.reply_failed.emit(self.unavailable)
             return False
         job = functools.partial(self._generate, self.target, list(messages), sampling)
         if not self.start_job(job, "blossom-chat"):

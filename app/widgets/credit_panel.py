@@ -19,13 +19,18 @@ from app.widgets.common import Card, button, wrapped_label
 CHART_DAYS = 14
 
 
+def plural(count: int, word: str) -> str:
+    """``1 inference session``, ``2 inference sessions``, ``1.2 k tokens``."""
+    return f"{format_count(count)} {word}{'' if count == 1 else 's'}"
+
+
 def describe_credit(credit: DayCredit) -> str:
-    """One line of what a person counts: tokens, inference sessions, training requests, hours, blocks."""
+    """One line of what a person counts: tokens, inference sessions, training requests, hours online, block-hours."""
     hours = credit.hours_online
     online = f"{hours:.1f} h online" if hours >= 0.1 else f"{credit.seconds_online / 60:.0f} min online"
-    return (f"{format_count(credit.tokens)} tokens · {format_count(credit.inference_sessions)} inference sessions · "
-            f"{format_count(credit.training_requests)} training requests · {online} · "
-            f"{credit.block_hours:.1f} block-hours (up to {credit.max_blocks} blocks)")
+    return (f"{plural(credit.tokens, 'token')} · {plural(credit.inference_sessions, 'inference session')} · "
+            f"{plural(credit.training_requests, 'training request')} · {online} · "
+            f"{credit.block_hours:.1f} block\u2011hours")  # a non-breaking hyphen: never "block-" / "hours"
 
 
 class DayBars(QWidget):
@@ -34,7 +39,7 @@ class DayBars(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.days: list[DayCredit] = []
-        self.setMinimumSize(220, 64)
+        self.setMinimumSize(200, 48)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
 
     def show_days(self, days: list[DayCredit]) -> None:
@@ -88,11 +93,15 @@ class CreditCard(Card):
         for caption, label in (("Today", self.today), ("Since the first start", self.lifetime)):
             title = QLabel(caption)
             title.setObjectName("statCaption")
-            text.addWidget(title)
-            text.addWidget(label)
+            title.setFixedWidth(130)
+            line = QHBoxLayout()
+            line.addWidget(title, 0, Qt.AlignmentFlag.AlignTop)
+            line.addWidget(label, 1, Qt.AlignmentFlag.AlignTop)
+            text.addLayout(line)
+        text.addStretch(1)
         row = QHBoxLayout()
         row.setSpacing(16)
-        row.addLayout(text, 3)
+        row.addLayout(text, 5)
         side = QVBoxLayout()
         side.addWidget(self.bars)
         buttons = QHBoxLayout()
@@ -106,6 +115,9 @@ class CreditCard(Card):
     def show_credit(self, today: DayCredit, lifetime: DayCredit, days: list[DayCredit]) -> None:
         self.today.setText(describe_credit(today))
         self.lifetime.setText(describe_credit(lifetime))
+        self.today.setToolTip(f"Up to {today.max_blocks} blocks held today")
+        self.lifetime.setToolTip(f"Up to {lifetime.max_blocks} blocks held on one day; a block-hour is one block "
+                                 "served for one hour")
         self.bars.show_days(days)
 
     def show_message(self, text: str) -> None:

@@ -1,6 +1,8 @@
 """The dashboard tab: what this node is doing, the buttons to change it, its counters, hardware and log."""
 from __future__ import annotations
 
+import time
+
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QGridLayout, QHBoxLayout, QLabel, QPlainTextEdit, QVBoxLayout, QWidget
 
@@ -212,5 +214,10 @@ class DashboardTab(QWidget):
         self.status.show_api(line, failed)
 
     def append_log(self, level: str, text: str) -> None:
+        """One worker log line with the time it arrived; the view keeps following the end unless scrolled up."""
         prefix = "" if level in ("INFO", "OUTPUT") else f"{level}: "
-        self.log.appendPlainText(prefix + text)
+        bar = self.log.verticalScrollBar()
+        following = bar.value() >= bar.maximum() - 2
+        self.log.appendPlainText(f"{time.strftime('%H:%M:%S')}  {prefix}{text}")
+        if following:
+            bar.setValue(bar.maximum())

@@ -116,7 +116,8 @@ class RecommendationCard(Card):
                              device=self.device.currentData() or "")
 
     def show_hardware(self, report: HardwareReport) -> None:
-        """Offer each GPU as a device."""
+        """Offer each GPU as a device; GPU advice only where there is a GPU."""
+        self.more_blocks.setVisible(bool(report.gpus))
         current = self.device.currentData()
         self.device.blockSignals(True)
         while self.device.count() > 2:

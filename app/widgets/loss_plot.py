@@ -23,7 +23,7 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
     first = math.floor(low / step) * step
     ticks, value = [], first
-    while value <= high + step * 0.5:
+    while not ticks or ticks[-1] < high - step * 1e-9:  # the last tick at or above high: no point above the axes
         ticks.append(round(value, 10))
         value += step
     return ticks
@@ -78,7 +78,7 @@ class LossPlot(QWidget):
         low, high = min(losses), max(losses)
         span = high - low or max(abs(high) * 0.1, 0.1)
         y_ticks = nice_ticks(low - span * 0.05, high + span * 0.05)
-        y_low, y_high = y_ticks[0], y_ticks[-1]
+        y_low, y_high = min(y_ticks[0], low), max(y_ticks[-1], high)  # every point inside the axes
         last_step = max(self.total_steps, self.points[-1][0], 2)
         x_ticks = sorted({1, *(tick for tick in nice_ticks(1, last_step, 6) if 1 <= tick <= last_step)})
         if len(x_ticks) > 2 and x_ticks[1] - 1 < (last_step - 1) / 12:

@@ -138,6 +138,7 @@ class MainWindow(QMainWindow):
         c.quit_ready.connect(self._on_quit_ready)
         c.auto_pause_changed.connect(lambda reason: self._on_status(self.controller.worker.status))
         c.auto_pause.observed.connect(lambda seen: self.settings.pause_box.show_notes(seen.notes))
+        c.power_cap_reported.connect(self.settings.limits_box.show_power_note)
         if self.first_run is not None:
             self.first_run.answered.connect(self._on_first_run_answered)
 
@@ -148,6 +149,7 @@ class MainWindow(QMainWindow):
         if self.controller.bundled_swarms_problem:
             self.settings.show_swarm_message(self.controller.bundled_swarms_problem, error=True)
         self.chat.offer_prompts(settings.prompts_path, use=bool(settings.prompts_path))
+        self.tuning.show_remembered(settings.tuning_dataset, settings.tuning_steps)
         self._on_status(self.controller.worker.status)
         self.swarm.show_no_swarm()
         self.tray.show_state(WorkerState.STOPPED)
@@ -238,6 +240,9 @@ class MainWindow(QMainWindow):
                                               max_new_tokens=sampling.max_new_tokens))
 
     def _on_tuning_requested(self, request: TrainingConfig) -> None:
+        c = self.controller
+        c.update_settings(dataclasses.replace(c.settings, tuning_dataset=request.dataset_path,
+                                              tuning_steps=request.steps))  # offered again next time
         problem = self.controller.start_tuning(request)
         if problem:
             self.tuning.show_message(problem)

@@ -28,6 +28,7 @@ from app.bridges.model import DEMO_LABEL
 from app.settings import JOIN, PRIVATE, AppSettings, parse_peers
 from app.swarms import IMPORTED, SAVED, KnownSwarm
 from app.widgets.common import button, wrapped_label
+from app.widgets.limits_settings import LimitsBox
 from app.widgets.pause_settings import PauseSettingsBox
 from app.widgets.swarm_chooser import SwarmChooser
 
@@ -86,6 +87,7 @@ class SettingsTab(QWidget):
         self.api_port.setFixedWidth(120)
         self.api_port.setToolTip("The API listens on 127.0.0.1 (this PC only) at this port")
         self.pause_box = PauseSettingsBox()
+        self.limits_box = LimitsBox()
         self.apply_button = button("Apply", primary=True)
         self.revert_button = button("Revert")
         self.problem = wrapped_label("", "errorText")
@@ -143,6 +145,7 @@ class SettingsTab(QWidget):
         layout.addWidget(node_box)
         layout.addWidget(api_box)
         layout.addWidget(self.pause_box)
+        layout.addWidget(self.limits_box)
         layout.addWidget(self.problem)
         layout.addLayout(buttons)
         layout.addStretch(1)
@@ -244,7 +247,7 @@ class SettingsTab(QWidget):
     def edited(self) -> AppSettings:
         """The settings as shown in the form."""
         return dataclasses.replace(
-            self.pause_box.edited(self.settings),
+            self.limits_box.edited(self.pause_box.edited(self.settings)),
             model=self.model_path.text().strip() if self.custom_model.isChecked() else "",
             swarm_mode=JOIN if self.join_swarm.isChecked() else PRIVATE,
             initial_peers=parse_peers(self.peers.toPlainText()),
@@ -278,6 +281,7 @@ class SettingsTab(QWidget):
         self.api_enabled.setChecked(settings.api_enabled)
         self.api_port.setValue(settings.api_port)
         self.pause_box.show_settings(settings)
+        self.limits_box.show_settings(settings)
         self.problem.hide()
         self.show_start_on_login()
         self._update_enabled()

@@ -6,6 +6,7 @@ values); the app adds the model and the swarm (:meth:`app.app_controller.AppCont
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
@@ -30,6 +31,8 @@ from core.tuning import TUNING_MODES, TrainingConfig
 MODE_LABELS = {"ptune": "Prompt tuning (ptune): trainable tokens before the input",
                "deep_ptune": "Deep prompt tuning (deep_ptune): also a prompt for every block"}
 DEFAULTS = TrainingConfig(model_path="", initial_peers=(), dataset_path="")
+EXAMPLE_DATASET = Path(__file__).resolve().parents[2] / "resources" / "examples" / "flower_facts.txt"
+TRY_HINT = "Save the prompts first: Try in chat uses the saved file"
 
 
 class TuningTab(QWidget):
@@ -47,6 +50,8 @@ class TuningTab(QWidget):
         self.suggested_path = ""
         self.dataset = QLineEdit()
         self.dataset.setPlaceholderText("A .txt file (one example per line) or .jsonl ({\"text\": …} per line)")
+        if EXAMPLE_DATASET.exists():  # an example ships: a first run works without looking for data
+            self.dataset.setText(str(EXAMPLE_DATASET))
         self.browse = button("Browse…")
         self.mode = QComboBox()
         for mode in TUNING_MODES:
@@ -77,11 +82,13 @@ class TuningTab(QWidget):
         self.progress.setValue(0)
         self.progress_label = QLabel("Not started")
         self.progress_label.setObjectName("muted")
+        self.progress_label.setFixedWidth(380)  # a longer status must not squeeze the bar
         self.plot = LossPlot()
         self.save_button = button("Save prompts…")
         self.save_button.setEnabled(False)
         self.try_button = button("Try in chat", primary=True)
         self.try_button.setEnabled(False)
+        self.try_button.setToolTip(TRY_HINT)
         self.saved_label = wrapped_label("", "muted")
         self.message = wrapped_label("", "errorText")
         self.message.hide()
@@ -142,8 +149,9 @@ class TuningTab(QWidget):
             self.dataset.setText(path)
 
     def _choose_save_path(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save trained prompts", self.suggested_path,
-                                              "Prompts (*.safetensors)")
+        start = self.suggested_path or str(Path.home() / "prompts.safetensors")  # never the working directory
+        Path(start).parent.mkdir(parents=True, exist_ok=True)
+        path, _ = QFileDialog.getSaveFileName(self, "Save trained prompts", start, "Prompts (*.safetensors)")
         if path:
             self.save_requested.emit(path if path.endswith(".safetensors") else path + ".safetensors")
 
@@ -174,6 +182,7 @@ class TuningTab(QWidget):
         self.progress.setValue(0)
         self.progress_label.setText("Connecting to the swarm…")
         self.try_button.setEnabled(False)
+        self.try_button.setToolTip(TRY_HINT)
         self.saved_label.setText("")
         self.saved_path = ""
 
@@ -196,6 +205,14 @@ class TuningTab(QWidget):
         self.saved_path = path
         self.saved_label.setText(f"Saved to {path}")
         self.try_button.setEnabled(True)
+        self.try_button.setToolTip("Start a new chat that uses these prompts")
+
+    def show_remembered(self, dataset: str, steps: int) -> None:
+        """The dataset and steps of the last run (kept in the settings), where there was one."""
+        if dataset:
+            self.dataset.setText(dataset)
+        if steps:
+            self.steps.setValue(steps)
 
     def show_message(self, text: str) -> None:
         self.message.setText(text)

@@ -221,8 +221,9 @@ class WorkerNode:
             self.throughput = status.throughput
             self._serving_since = time.monotonic()
             self._samples.clear()
-        logger.info("Serving blocks %d..%d of '%s' (%s on %s), %.1f tokens/s per block", status.start_block,
-                    status.end_block - 1, status.dht_prefix, status.torch_dtype, status.device, status.throughput)
+        logger.info("Serving blocks %d–%d of '%s' (%s on %s); measured capacity %.0f tokens/s per block",
+                    status.start_block, status.end_block - 1, status.dht_prefix, status.torch_dtype, status.device,
+                    status.throughput)
 
     def _close_server(self) -> None:
         with self._lock:

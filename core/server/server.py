@@ -295,7 +295,8 @@ class BlockServer:
             self._direct = DirectListener(handles, self.peer_id)
             port = await self._direct.start(bind, self.config.direct_port)
             self._direct_address = f"{announced}:{port}"
-            logger.info("Taking direct TCP connections at %s (unencrypted)", self._direct_address)
+            logger.info("Taking direct TCP connections at %s (not encrypted, for speed: only hidden states travel "
+                        "on it, never files)", self._direct_address)
 
     async def _unregister_handlers(self) -> None:
         if self._direct is not None:

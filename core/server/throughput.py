@@ -112,7 +112,8 @@ def compute_speed(backend: SpanBackend, cache: ThroughputCache | None, key: str)
     """The cached speed for ``key`` or a fresh measurement (then cached)."""
     cached = cache.get(key) if cache is not None else None
     if cached is not None:
-        logger.info("Using the cached compute speed for %s", key)
+        logger.info("Using the compute speed measured earlier on this PC for this model and device")
+        logger.debug("Compute speed cache key: %s", key)
         return cached
     speed = measure_compute_speed(backend)
     if cache is not None:

@@ -69,7 +69,7 @@ def test_start_pause_resume_stop_from_the_dashboard(qtbot, make_window, tiny_che
     assert not window.controller.worker.running
     with pytest.raises(ProcessLookupError):
         os.kill(worker_pid, 0)
-    assert "Serving blocks 0..3" in window.dashboard.log.toPlainText()
+    assert "Serving blocks 0–3" in window.dashboard.log.toPlainText()
 
 
 @pytest.mark.slow

@@ -1,0 +1,77 @@
+"""Small things volunteers saw and that are mended: the loss plot keeps its points inside the axes, the tuning
+tab offers the shipped example and remembers the last run, no GPU advice without a GPU, the activity log has
+times and keeps following its end."""
+from __future__ import annotations
+
+import re
+
+from PySide6.QtGui import QColor
+
+from app.theme import ACCENT
+from core.hardware import HardwareReport, HostInfo, detect_hardware
+
+
+def test_the_first_loss_point_is_drawn_inside_the_plot(qtbot) -> None:
+    from app.widgets.loss_plot import MARGIN_TOP, LossPlot
+
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    plot.resize(600, 300)
+    plot.clear(8)
+    for step, loss in enumerate((6.2, 5.1, 4.6, 3.6), start=1):  # the first loss is the highest (seen: above 6)
+        plot.add_point(step, loss)
+    image = plot.grab().toImage()
+    accent = QColor(ACCENT)
+    above = [(x, y) for y in range(MARGIN_TOP - 3) for x in range(0, 330)  # the "step 4: …" label is on the right
+             if abs(image.pixelColor(x, y).red() - accent.red()) < 30
+             and abs(image.pixelColor(x, y).green() - accent.green()) < 30
+             and abs(image.pixelColor(x, y).blue() - accent.blue()) < 30]
+    assert above == []
+
+
+def test_tuning_offers_the_example_remembers_the_run_and_explains_try_in_chat(qtbot, make_window,
+                                                                               settings_store) -> None:
+    from app.widgets.tuning import EXAMPLE_DATASET, TuningTab
+
+    tab = TuningTab()
+    qtbot.addWidget(tab)
+    assert tab.dataset.text() == str(EXAMPLE_DATASET) and EXAMPLE_DATASET.exists()
+    assert not tab.try_button.isEnabled() and "Save the prompts first" in tab.try_button.toolTip()
+    width = tab.progress_label.width()
+    tab.show_status("Finished after 123 of 123 steps · final loss 2.3456 and a longer line")
+    assert tab.progress_label.width() == width
+
+    window = make_window(tuning_dataset="/data/mine.jsonl", tuning_steps=7)
+    assert window.tuning.dataset.text() == "/data/mine.jsonl" and window.tuning.steps.value() == 7
+    window.tuning.dataset.setText(str(EXAMPLE_DATASET))
+    window.tuning.steps.setValue(3)
+    window.tuning.start_button.click()  # the model is not ready: refused, but the choice is kept
+    stored = settings_store.load()
+    assert (stored.tuning_dataset, stored.tuning_steps) == (str(EXAMPLE_DATASET), 3)
+
+
+def test_no_gpu_advice_without_a_gpu(qtbot) -> None:
+    from app.widgets.hardware_panel import RecommendationCard
+
+    card = RecommendationCard()
+    qtbot.addWidget(card)
+    card.show_hardware(HardwareReport(gpus=(), host=HostInfo("cpu", 2, 2, 8 * 2**30, 4 * 2**30)))
+    assert card.more_blocks.isHidden()
+    assert detect_hardware().gpus == ()  # this machine has none, as the report above says
+
+
+def test_activity_log_has_times_and_follows_its_end(qtbot) -> None:
+    from app.widgets.dashboard import DashboardTab
+
+    dashboard = DashboardTab()
+    qtbot.addWidget(dashboard)
+    dashboard.resize(1000, 700)
+    dashboard.show()
+    for index in range(300):
+        dashboard.append_log("INFO", f"line {index}")
+    bar = dashboard.log.verticalScrollBar()
+    assert bar.value() == bar.maximum() > 0
+    assert re.fullmatch(r"\d\d:\d\d:\d\d  line 299", dashboard.log.toPlainText().splitlines()[-1])
+    bar.setValue(0)  # the user scrolls up to read: the view stays there
+    dashboard.append_log("WARNING", "more")
+    assert bar.value() == 0
