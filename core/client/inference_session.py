@@ -164,7 +164,7 @@ class InferenceSession:
     server of each pushing run and reads every server's answer (each hop's output: the next hop's input,
     kept for replay). Elsewhere, and for steps carrying deep prompts, the client carries the output to the
     next server itself. A server that cannot push says so in its answer; the client then carries that link's
-    steps from then on (logged, and counted in :attr:`hops_sent`).
+    steps for a while (:meth:`RemoteSequenceManager.push_failed`; logged, and counted in ``hops_sent``).
     """
 
     def __init__(self, manager: RemoteSequenceManager, start: int, end: int, max_length: int) -> None:
@@ -175,7 +175,6 @@ class InferenceSession:
         self.hops_pushed = 0  # steps a server received from the previous server
         self.hops_sent = 0  # steps the client sent to a server itself
         self._sessions: list[_ServerSession] | None = None
-        self._no_push: set[tuple[str, str]] = set()  # links (peer, next peer) whose push failed
         self._closed = False
 
     def __enter__(self) -> "InferenceSession":
@@ -281,13 +280,13 @@ class InferenceSession:
 
     def _link_pushes(self, here: _ServerSession, there: _ServerSession) -> bool:
         return (there.takes_pushes and here.span.server_info.can_push
-                and (here.span.peer_id, there.span.peer_id) not in self._no_push)
+                and self.manager.may_push(here.span.peer_id, there.span.peer_id))
 
     def _push_failed(self, hop: int, reason: str) -> None:
         here, there = self._sessions[hop].span, self._sessions[hop + 1].span
-        self._no_push.add((here.peer_id, there.peer_id))
-        logger.info("Server %s (blocks %d..%d) could not push to %s: %s; the client carries that link's steps",
-                    here.peer_id, here.start, here.end - 1, there.peer_id, reason)
+        self.manager.push_failed(here.peer_id, there.peer_id)
+        logger.info("Server %s (blocks %d..%d) could not push to %s: %s; the client carries that link's steps "
+                    "for a while", here.peer_id, here.start, here.end - 1, there.peer_id, reason)
 
     def _connect_in_parallel(self, sessions: list[_ServerSession]) -> None:
         """Open the streams still closed at once (one round trip for the chain, not one per server); a failure

@@ -59,6 +59,8 @@ WAIT_NOTICE_PERIOD = 5.0  # seconds between the lines that say a route waits for
 RELAY_RETRY_AFTER = 60.0
 """Seconds a relay that failed a client is skipped (the server's other relays are tried meanwhile)."""
 UNREACHABLE_COST = 10.0  # seconds charged for a hop to a server that did not answer a ping
+PUSH_RETRY_AFTER = 300.0
+"""Seconds a client carries a link's steps itself after its first server could not push to the next one."""
 
 
 def is_retriable(error: BaseException) -> bool:
@@ -91,6 +93,7 @@ class RemoteSequenceManager:
         self.pings: dict[str, float] = {}  # peer id -> measured round trip (s), refreshed with the spans
         self.direct_failures: set[str] = set()  # servers whose direct port did not answer: p2p from then on
         self.relay_failures: dict[str, float] = {}  # relay peer id -> until when it is skipped (monotonic)
+        self.push_failures: dict[tuple[str, str], float] = {}  # (server, next server) -> until when not pushed
 
     # ---- swarm view -------------------------------------------------------------------------
     def update(self) -> list[RemoteSpanInfo]:
@@ -241,6 +244,14 @@ class RemoteSequenceManager:
 
     def span_uid(self, start: int, end: int) -> str:
         return " ".join(block_key(self.dht_prefix, index) for index in range(start, end))
+
+    def may_push(self, peer_id: str, next_peer_id: str) -> bool:
+        """Whether to ask ``peer_id`` to push to ``next_peer_id`` (not if it could not, lately)."""
+        return self.push_failures.get((peer_id, next_peer_id), 0.0) <= time.monotonic()
+
+    def push_failed(self, peer_id: str, next_peer_id: str) -> None:
+        """Carry that link's steps for a while: every session would otherwise wait for the push to fail again."""
+        self.push_failures[(peer_id, next_peer_id)] = time.monotonic() + PUSH_RETRY_AFTER
 
     def push_target(self, span: RemoteSpanInfo, session_id: str) -> PushTarget:
         """How the server before ``span`` in a chain reaches ``span``'s session ``session_id`` to push into it: its

@@ -42,6 +42,7 @@ class ChainStandIn:
                  unreachable: tuple[str, int] | None = None) -> None:
         self.addresses, self.can_push, self.unreachable = addresses, can_push, unreachable
         self.banned: list[str] = []
+        self.push_failures: set[tuple[str, str]] = set()
         self.config = ClientConfig(max_retries=2, request_timeout=20, push_between_servers=push)
         self.loop = shared_loop()
 
@@ -58,6 +59,12 @@ class ChainStandIn:
 
     async def open_call_stream(self, span: RemoteSpanInfo, method: str):
         return await open_direct_stream(self.addresses[span.peer_id], span.peer_id, method)
+
+    def may_push(self, peer_id: str, next_peer_id: str) -> bool:
+        return (peer_id, next_peer_id) not in self.push_failures
+
+    def push_failed(self, peer_id: str, next_peer_id: str) -> None:
+        self.push_failures.add((peer_id, next_peer_id))
 
     def push_target(self, span: RemoteSpanInfo, session_id: str) -> PushTarget:
         host, port = self.unreachable or self.addresses[span.peer_id]
@@ -118,8 +125,10 @@ def test_a_next_hop_nobody_can_dial_falls_back_to_the_client(servers, caplog):
     expected, _ = run(ChainStandIn(addresses, push=False), steps)
     closed = ("127.0.0.1", 9)  # the discard port: nothing listens there
     with caplog.at_level(logging.INFO, logger="core.client.inference_session"):
-        outputs, session = run(ChainStandIn(addresses, unreachable=closed), steps)
+        routing = ChainStandIn(addresses, unreachable=closed)
+        outputs, session = run(routing, steps)
     assert session.hops_pushed == 0 and session.hops_sent == 2 * len(steps)  # asked to push once, then carried
+    assert routing.push_failures == {tuple(NAMES[:2])}  # remembered: the next session does not ask again
     assert any("could not push" in record.getMessage() for record in caplog.records)
     for number, (output, reference) in enumerate(zip(outputs, expected)):
         assert_same_computation(output, reference, f"output of step {number}")
