@@ -8,6 +8,10 @@ timed from here over plain HTTP (``/v1/completions``, greedy, the same prompt te
 ``stream: true`` read event by event and once as one JSON answer). Both clients run with the same
 torch thread count. The sides alternate; every side must give the same text (checked).
 Target: API tokens/s >= 0.95 x generate's.
+
+On a machine shared with other work, wall times swing by tens of percent from run to run, so the
+table also gives each client's own CPU time per token (this process during ``generate``; the API
+process, HTTP and all, during a request): what the API itself costs, whatever the load.
 """
 from __future__ import annotations
 
@@ -15,7 +19,10 @@ import http.client
 import json
 import os
 import re
+import time
+from typing import Callable
 
+import psutil
 import torch
 from transformers import AutoTokenizer
 
@@ -109,25 +116,44 @@ def main(argv: list[str] | None = None) -> int:
                 def run_json() -> None:
                     results["json"] = complete(host, port, body)
 
-                times = interleaved({"generate": run_generate, "stream": run_stream, "json": run_json},
-                                    args.repeats, args.warmup)
+                api_process = psutil.Process(process.process.pid)
+                cpu: dict[str, list[float]] = {"generate": [], "stream": [], "json": []}
+
+                def own_cpu() -> float:
+                    return time.process_time()
+
+                def api_cpu() -> float:
+                    used = api_process.cpu_times()
+                    return used.user + used.system
+
+                def with_cpu(side: str, run: Callable[[], None], clock: Callable[[], float]) -> Callable[[], None]:
+                    def measured() -> None:
+                        began = clock()
+                        run()
+                        cpu[side].append(clock() - began)
+                    return measured
+
+                times = interleaved({"generate": with_cpu("generate", run_generate, own_cpu),
+                                     "stream": with_cpu("stream", run_stream, api_cpu),
+                                     "json": with_cpu("json", run_json, api_cpu)}, args.repeats, args.warmup)
             finally:
                 process.stop()
         tokens = results["generate"][1]
         same = results["stream"] == results["json"] == results["generate"]
         base_tps = tokens / median(times["generate"])
+        base_cpu = 1000 * median(cpu["generate"]) / tokens
         for side, label in (("stream", "API, streamed (SSE)"), ("json", "API, one JSON answer")):
             tps = tokens / median(times[side])
             rows.append([model.name, label, tokens, f"{base_tps:.1f}", f"{tps:.1f}", f"{tps / base_tps:.3f}",
                          f">= {TARGET}", met(tps / base_tps >= TARGET), spread(times["generate"]), spread(times[side]),
-                         "yes" if same else "NO"])
+                         f"{base_cpu:.2f}", f"{1000 * median(cpu[side]) / tokens:.2f}", "yes" if same else "NO"])
         del model
     print_table(
         f"API: '/v1/completions', greedy, up to {args.new_tokens} new tokens, through a blossom-api process vs "
         f"model.generate in this process, both clients of the same two-server swarm on 127.0.0.1; medians of "
         f"{args.repeats} runs after {args.warmup} warm-up",
         ["model", "API side", "tokens", "generate tok/s", "API tok/s", "ratio", "target", "verdict",
-         "generate run ms", "API run ms", "same text"],
+         "generate run ms", "API run ms", "generate CPU ms/token", "API CPU ms/token", "same text"],
         rows, args)
     return 0
 
