@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from PySide6.QtWidgets import QDoubleSpinBox, QFormLayout, QGroupBox, QSpinBox, QWidget
+from PySide6.QtWidgets import QDoubleSpinBox, QFormLayout, QGroupBox, QSpinBox, QVBoxLayout, QWidget
 
 from app.settings import AppSettings
 from app.widgets.common import wrapped_label
@@ -34,13 +34,15 @@ class LimitsBox(QGroupBox):
             widget.setFixedWidth(180)
         self.power_note = wrapped_label("", "muted")
         self.power_note.hide()
-        form = QFormLayout(self)
+        form = QFormLayout()
         form.addRow("Most VRAM to use", self.max_vram)
         form.addRow("Most RAM to use", self.ram_percent)
         form.addRow("CPU threads", self.cpu_threads)
         form.addRow("GPU power cap", self.power)
-        form.addRow("", self.power_note)
-        form.addRow("", wrapped_label("The recommendation on the Dashboard and the server follow these limits from "
+        layout = QVBoxLayout(self)  # wrapped labels go under the form: inside one, Qt reserves odd heights
+        layout.addLayout(form)
+        layout.addWidget(self.power_note)
+        layout.addWidget(wrapped_label("The recommendation on the Dashboard and the server follow these limits from "
                                       "the next start of serving (a private swarm still serves every block).",
                                       "muted"))
 

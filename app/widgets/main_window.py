@@ -177,8 +177,8 @@ class MainWindow(QMainWindow):
         reachability = describe_reachability(status, self.controller.worker.last_request)
         reason = self.controller.auto_pause_reason
         if reason and status.state in (WorkerState.PAUSING, WorkerState.PAUSED):  # say why it paused by itself
-            status = dataclasses.replace(status, detail=f"Paused by itself: {reason}. Serving resumes when that "
-                                                        "is over (or press Resume)")
+            status = dataclasses.replace(status, detail=f"By itself: {reason}. Serving resumes when that is over "
+                                                        "(or press Resume)")
         self.dashboard.show_status(status, self.swarm_description(), reachability)
         self.swarm.set_own_peer_id(status.peer_id)
         detail = status.detail if status.state != WorkerState.SERVING else (

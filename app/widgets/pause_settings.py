@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QSpinBox,
     QTimeEdit,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -56,7 +57,7 @@ class PauseSettingsBox(QGroupBox):
             edit.setDisplayFormat("HH:mm")
         self.notes = wrapped_label("", "muted")
         self.notes.hide()
-        form = QFormLayout(self)
+        form = QFormLayout()
         form.addRow("", self.enabled)
         programs_row = QHBoxLayout()
         programs_row.addWidget(self.programs, 1)
@@ -77,7 +78,9 @@ class PauseSettingsBox(QGroupBox):
         schedule_row.addWidget(self.schedule_end)
         schedule_row.addStretch(1)
         form.addRow("", schedule_row)
-        form.addRow("", self.notes)
+        layout = QVBoxLayout(self)  # wrapped labels go under the form: inside one, Qt reserves odd heights
+        layout.addLayout(form)
+        layout.addWidget(self.notes)
         self.restore_programs.clicked.connect(lambda: self.programs.setPlainText("\n".join(default_programs())))
         for box in (self.enabled, self.active, self.schedule):
             box.toggled.connect(self._update_enabled)

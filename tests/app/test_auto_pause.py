@@ -109,7 +109,7 @@ def test_serving_pauses_for_a_game_a_busy_gpu_and_battery_and_resumes(
         qtbot.waitUntil(lambda: worker.state == WorkerState.PAUSED and reason in controller.auto_pause_reason,
                         timeout=60_000)
         assert reason in window.dashboard.status.subtitle.text()
-        assert window.dashboard.status.subtitle.text().startswith("Paused by itself")
+        assert window.dashboard.status.subtitle.text().startswith("By itself: ")
         assert reason in window.tray.icon.toolTip()
 
     def resumed() -> None:
