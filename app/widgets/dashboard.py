@@ -209,6 +209,13 @@ class DashboardTab(QWidget):
         """Something under way that is not an error, e.g. the demo model being prepared (empty: none)."""
         self.status.show_note(text)
 
+    def show_model_preparing(self, text: str) -> None:
+        """While the model is prepared (``text`` says how), Start waits, greyed, with the reason as its tooltip."""
+        self.status.show_note(text)
+        self.status.start_button.setEnabled(not text)
+        self.status.start_button.setToolTip(f"{text} Start is possible once it is ready." if text
+                                            else "Serve blocks of the model to the swarm")
+
     def show_api(self, line: str, failed: bool = False) -> None:
         """The OpenAI-compatible API's address, or why it is not there (empty: the API is off)."""
         self.status.show_api(line, failed)

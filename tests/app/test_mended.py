@@ -75,3 +75,13 @@ def test_activity_log_has_times_and_follows_its_end(qtbot) -> None:
     bar.setValue(0)  # the user scrolls up to read: the view stays there
     dashboard.append_log("WARNING", "more")
     assert bar.value() == 0
+
+
+def test_start_waits_while_the_model_is_prepared(qtbot, make_window) -> None:
+    window = make_window()
+    start = window.dashboard.status.start_button
+    window.controller.model_status_changed.emit("Preparing the bundled demo model (converted on first run only)…")
+    assert not start.isEnabled() and "Start is possible once it is ready" in start.toolTip()
+    assert window.dashboard.status.note.text().startswith("Preparing the bundled demo model")
+    window.controller.model_status_changed.emit("")
+    assert start.isEnabled() and window.dashboard.status.note.isHidden()

@@ -34,7 +34,9 @@ def test_start_pause_resume_stop_from_the_dashboard(qtbot, make_window, tiny_che
     window.controller.begin()
     card = window.dashboard.status
     assert not card.start_button.isHidden()
-    qtbot.mouseClick(card.start_button, Qt.MouseButton.LeftButton)  # before the model is ready: starts when it is
+    qtbot.waitUntil(lambda: window.controller.recommendation is not None, timeout=60_000)
+    assert card.start_button.isEnabled()  # greyed only while the model is prepared
+    qtbot.mouseClick(card.start_button, Qt.MouseButton.LeftButton)
     wait_state(qtbot, window, WorkerState.SERVING)
     assert window.controller.recommendation is not None
 
