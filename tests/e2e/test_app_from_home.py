@@ -70,7 +70,7 @@ def test_the_dashboard_says_a_home_pc_is_reached_through_a_relay(qtbot, tiny_che
         monkeypatch.setenv(PREFIX_VARIABLE, shlex.join(pc.command([])))  # the worker runs on the home PC
         window = make_window(qtbot, tmp_path, AppSettings(
             model=str(converted), swarm_mode=JOIN, initial_peers=[bootstrap], override=True, num_blocks=2,
-            torch_dtype="float32", device="cpu", start_serving_at_launch=False))
+            torch_dtype="float32", device="cpu", start_serving_at_launch=False, first_run_done=True))
         controller = window.controller
         assert controller.worker.command[:4] == ["ip", "netns", "exec", pc.ns]
         statuses: list[StatusEvent] = []
