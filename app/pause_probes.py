@@ -68,12 +68,18 @@ def _x11_fullscreen(own_pids: set[int]) -> tuple[str | None, str]:
         return subprocess.run(["xprop", *arguments], capture_output=True, text=True, timeout=2).stdout
 
     try:
-        active = xprop("-root", "_NET_ACTIVE_WINDOW").rsplit(" ", 1)[-1].strip()
-        if not active.startswith("0x") or int(active, 16) == 0:
+        answer = xprop("-root", "_NET_ACTIVE_WINDOW")
+        if "=" not in answer and "#" not in answer:
+            return None, "Full-screen programs cannot be detected on this desktop (no window manager says which " \
+                         "window is active)"
+        active = int(answer.rsplit(" ", 1)[-1].strip(), 0)  # "window id # 0x1e00004" (or a plain number)
+        if active == 0:
             return None, ""
-        properties = xprop("-id", active, "_NET_WM_STATE", "_NET_WM_PID", "_NET_WM_NAME")
-    except (OSError, subprocess.SubprocessError, ValueError):
+        properties = xprop("-id", str(active), "_NET_WM_STATE", "_NET_WM_PID", "_NET_WM_NAME")
+    except (OSError, subprocess.SubprocessError):
         return None, "Full-screen programs cannot be detected on this desktop (xprop is missing)"
+    except ValueError:
+        return None, ""
     if "_NET_WM_STATE_FULLSCREEN" not in properties:
         return None, ""
     for line in properties.splitlines():
