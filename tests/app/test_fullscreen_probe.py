@@ -1,4 +1,4 @@
-"""The full-screen probe against a real X server (Xvfb) and a real window of another program (xmessage).
+"""The full-screen and idle probes against a real X server (Xvfb), another program's window (xmessage) and real input.
 
 There is no window manager here, so the test sets the two properties a window manager keeps (which window is
 active, and that it is full-screen) with xprop; the probe reads them as it does on a desktop."""
@@ -64,3 +64,15 @@ def test_a_full_screen_window_of_another_program_pauses(game_window) -> None:
     seen = observe([], [], check_idle=False)
     assert decide(seen, PauseRules()).reason == "A full-screen program is open (Space Game)"
     assert decide(seen, PauseRules(when_fullscreen=False)).pause is False
+
+
+def test_keyboard_or_mouse_input_counts_as_someone_using_the_pc(game_window) -> None:
+    from app.pause_probes import idle_seconds
+
+    subprocess.run(["xdotool", "mousemove", "10", "10"], check=True, timeout=10)  # real input on the X server
+    idle, note = idle_seconds()
+    assert note == "" and idle is not None and idle < 5
+    seen = observe([], [], check_idle=True)
+    rules = PauseRules(when_user_active=True, idle_minutes=2)
+    assert decide(seen, rules).reason == "You are using this PC (serving resumes after 2 min idle)"
+    assert decide(observe([], [], check_idle=False), rules).pause is False  # the rule is off: idle is not read
