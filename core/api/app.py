@@ -164,8 +164,9 @@ def create_app(engine: Engine, api_key: str | None = None, max_sessions: int = 8
     return app
 
 
-async def _stream(run: Run, job: GenerationJob, include_usage: bool, text_chunk: Any, final_chunk: Any,
-                  usage_chunk: Any, opening: dict | None = None) -> EventStreamResponse:
+async def _stream(run: Run, job: GenerationJob, include_usage: bool, text_chunk: Callable[[str], dict],
+                  final_chunk: Callable[[GenerationResult], dict], usage_chunk: Callable[[dict], dict],
+                  opening: dict | None = None) -> EventStreamResponse:
     """The SSE answer of a streaming request: [opening], a chunk per text piece, the finish chunk, [usage],
     ``[DONE]``. Waits for the first event so that errors before any text keep their HTTP status."""
     try:

@@ -59,7 +59,7 @@ def from_blossom_error(error: BlossomError) -> ApiError:
     if isinstance(error, MissingBlocksError):
         return ApiError(503, message, "server_error", "missing_blocks")
     if isinstance(error, (SequenceTooLongError, ContextLengthError)):
-        return ApiError(400, message, "invalid_request_error", "context_length_exceeded", "messages")
+        return ApiError(400, message, "invalid_request_error", "context_length_exceeded")
     if isinstance(error, InvalidRequestError):
         return ApiError(400, message, "invalid_request_error", error.code)
     if isinstance(error, (QueueTimeoutError, ServerFullError)):

@@ -384,6 +384,28 @@ def test_missing_blocks_is_503_naming_them(chat_model, swarm_factory):
         assert process.stop() == 0, process.tail()
 
 
+def test_a_swarm_that_stalls_mid_stream_ends_it_with_an_error_event(api, chat_model):
+    """A server frozen (SIGSTOP) after the answer began: the stream ends with OpenAI's error event, bounded by
+    --token_timeout, instead of hanging."""
+    process, url = start_api(chat_model, api.swarm.initial_peers, "--token_timeout", "3")
+    server = api.swarm.servers[1].process
+    try:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=120)
+        stream = client.completions.create(model=api.name, prompt="the quick brown fox", max_tokens=200,
+                                           temperature=0.8, stream=True)
+        received, frozen = "", False
+        with pytest.raises(openai.APIError) as raised:
+            for chunk in stream:
+                received += chunk.choices[0].text if chunk.choices else ""
+                if received and not frozen:  # the answer began: freeze the second server
+                    os.kill(server.pid, signal.SIGSTOP)
+                    frozen = True
+        assert frozen and "no token within 3 s" in str(raised.value.message)
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        assert process.stop() == 0, process.tail()
+
+
 # ---- the command line ----------------------------------------------------------------------------------------
 def test_cli_errors_are_one_line_with_exit_code_2(api):
     with socket.socket() as taken:
