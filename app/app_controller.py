@@ -42,6 +42,7 @@ class AppController(QObject):
     hardware_changed = Signal(object)  # HardwareReport
     model_changed = Signal(object)  # PreparedModel or None
     model_status_changed = Signal(str)  # "Preparing …" while the model is being prepared, "" otherwise
+    model_progress = Signal(str, int, int)  # stage, done, total (0: not counted) of the demo's first conversion
     recommendation_changed = Signal(object)  # Recommendation or None
     swarm_peers_changed = Signal(object)  # tuple[str, ...]
     serve_problem = Signal(str)  # why serving cannot start
@@ -117,7 +118,8 @@ class AppController(QObject):
         self.model_changed.emit(None)
         self._set_model_status("Preparing the bundled demo model (converted on first run only)…" if not spec
                                else f"Opening {spec}…")
-        run_in_background(lambda: prepare_model(spec), lambda model: self._on_model(spec, model),
+        # emitted from the preparing thread: Qt queues it to the window's thread
+        run_in_background(lambda: prepare_model(spec, self.model_progress.emit), lambda model: self._on_model(spec, model),
                           lambda reason: self._on_model_failed(spec, reason), "blossom-model")
 
     def _on_model(self, spec: str, model: PreparedModel) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from core.errors import InvalidRequestError
 from core.hardware import ModelFootprint
@@ -23,16 +24,17 @@ class PreparedModel:
     is_demo: bool
 
 
-def prepare_model(spec: str) -> PreparedModel:
+def prepare_model(spec: str, on_progress: Callable[[str, int, int], None] | None = None) -> PreparedModel:
     """Resolve a model setting (blocking; run it in a background thread).
 
     ``""`` means the bundled SmolLM2 demo, converted into Blossom's home folder on first use; a
-    folder must hold a converted model; anything else is taken as a converted Hub repo.
+    folder must hold a converted model; anything else is taken as a converted Hub repo. The demo's
+    conversion tells ``on_progress(stage, done, total)`` how far it is (from this background thread).
     """
     if not spec:
         from core.cli.demo import ensure_demo_model
 
-        path = ensure_demo_model()
+        path = ensure_demo_model(on_progress=on_progress)
         footprint = ModelFootprint.from_converted_folder(path)
         return PreparedModel(str(path), footprint.name, footprint, True)
     folder = Path(spec).expanduser()

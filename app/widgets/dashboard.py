@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QGridLayout, QHBoxLayout, QLabel, QPlainTextEdit, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QGridLayout, QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QVBoxLayout, QWidget
 
 from app.formatting import format_blocks, format_count, format_duration, format_rate
 from app.icons import render_pixmap
@@ -67,6 +67,13 @@ class StatusCard(Card):
         self.note = wrapped_label("", "muted")
         self.note.hide()
         self.body.addWidget(self.note)
+        self.stage = wrapped_label("", "muted")  # what the preparation does now (a busy bar draws no text)
+        self.stage.hide()
+        self.body.addWidget(self.stage)
+        self.preparation = QProgressBar()  # the first run's conversion of the demo model, stage by stage
+        self.preparation.setTextVisible(True)
+        self.preparation.hide()
+        self.body.addWidget(self.preparation)
         self.api = wrapped_label("", "apiLine")
         self.api.hide()
         self.body.addWidget(self.api)
@@ -105,6 +112,15 @@ class StatusCard(Card):
     def show_note(self, text: str) -> None:
         self.note.setText(text)
         self.note.setVisible(bool(text))
+
+    def show_progress(self, stage: str, done: int, total: int) -> None:
+        """A stage of the model's preparation: a counted bar (``done`` of ``total``) or a busy one (``total`` 0)."""
+        self.stage.setText(f"{stage}…")
+        self.preparation.setRange(0, total)
+        self.preparation.setValue(done)
+        self.preparation.setFormat(f"{done} of {total}" if total else "")
+        for widget in (self.stage, self.preparation):
+            widget.setVisible(True)
 
     def show_api(self, line: str, failed: bool) -> None:
         self.api.setText(line)
@@ -212,9 +228,16 @@ class DashboardTab(QWidget):
     def show_model_preparing(self, text: str) -> None:
         """While the model is prepared (``text`` says how), Start waits, greyed, with the reason as its tooltip."""
         self.status.show_note(text)
+        if not text:
+            self.status.stage.hide()
+            self.status.preparation.hide()
         self.status.start_button.setEnabled(not text)
         self.status.start_button.setToolTip(f"{text} Start is possible once it is ready." if text
                                             else "Serve blocks of the model to the swarm")
+
+    def show_model_progress(self, stage: str, done: int, total: int) -> None:
+        """How far the model's preparation is (the first run converts the bundled demo model)."""
+        self.status.show_progress(stage, done, total)
 
     def show_api(self, line: str, failed: bool = False) -> None:
         """The OpenAI-compatible API's address, or why it is not there (empty: the API is off)."""

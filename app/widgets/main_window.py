@@ -89,6 +89,7 @@ class MainWindow(QMainWindow):
         c.recommendation_changed.connect(self._on_recommendation)
         c.model_changed.connect(self._on_model)
         c.model_status_changed.connect(self.dashboard.show_model_preparing)
+        c.model_progress.connect(self.dashboard.show_model_progress)
         c.serve_problem.connect(self.dashboard.show_problem)
         c.settings_changed.connect(self._on_settings)
         c.swarm_peers_changed.connect(self._on_swarm_peers)

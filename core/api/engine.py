@@ -132,8 +132,8 @@ class Engine:
                                   "pad_token_id": self.pad_token_id}
         if self.eos_token_ids:
             kwargs["eos_token_id"] = self.eos_token_ids if len(self.eos_token_ids) > 1 else self.eos_token_ids[0]
-        if job.sampling:
-            kwargs.update(temperature=job.temperature, top_p=job.top_p)
+        if job.sampling:  # OpenAI's API has no top-k: 0 turns off transformers' default of 50
+            kwargs.update(temperature=job.temperature, top_p=job.top_p, top_k=0)
         input_ids = torch.tensor([job.prompt_ids], dtype=torch.long)
         with self.gate.hold(job.sampling, job.seed):
             try:

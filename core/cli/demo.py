@@ -16,6 +16,7 @@ from pathlib import Path
 
 from core.cli.common import build_parser as new_parser, fail, setup_logging
 from core.errors import BlossomError
+from core.utils.heartbeat import ProgressCallback
 from core.utils.paths import blossom_home
 
 logger = logging.getLogger(__name__)
@@ -24,8 +25,8 @@ DEMO_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_PROMPT = "What is a swarm of volunteers good for? Answer in two sentences."
 
 
-def ensure_demo_model(models_dir: Path | None = None) -> Path:
-    """The converted demo model's folder, converting the bundled GGUF on first use."""
+def ensure_demo_model(models_dir: Path | None = None, on_progress: ProgressCallback | None = None) -> Path:
+    """The converted demo model's folder, converting the bundled GGUF on first use (telling ``on_progress``)."""
     from core.convert import convert_model, find_smollm2_gguf, load_manifest
 
     target = (models_dir or blossom_home() / "models") / DEMO_MODEL_NAME
@@ -38,7 +39,7 @@ def ensure_demo_model(models_dir: Path | None = None) -> Path:
         pass
     logger.info("Converting the bundled %s into %s (first run only)", DEMO_MODEL_NAME, target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    convert_model(str(find_smollm2_gguf()), target, overwrite=True)
+    convert_model(str(find_smollm2_gguf()), target, overwrite=True, on_progress=on_progress)
     return target
 
 

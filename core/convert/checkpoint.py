@@ -18,7 +18,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
 from core.convert.location import HUB_ERRORS, check_repo_id, hub_failure
-from core.utils.heartbeat import still_working
+from core.utils.heartbeat import ProgressCallback, still_working
 from core.convert.sources import CheckpointSource, SafetensorsSource, StateDictSource, load_bin_files
 from core.errors import ConversionError, UnsupportedModelError
 from core.models.registry import ModelFamily, get_family
@@ -56,7 +56,8 @@ def describe_source(model: str | Path, revision: str | None = None) -> str:
     return f"{model}@{revision}" if revision else str(model)
 
 
-def open_checkpoint(model: str | Path, token: str | None = None, revision: str | None = None) -> Checkpoint:
+def open_checkpoint(model: str | Path, token: str | None = None, revision: str | None = None,
+                    on_progress: ProgressCallback | None = None) -> Checkpoint:
     """Open ``model``: a ``.gguf`` file, a local Hugging Face folder, or a Hub repo id."""
     path = Path(model).expanduser()
     description = describe_source(model, revision)
@@ -67,7 +68,7 @@ def open_checkpoint(model: str | Path, token: str | None = None, revision: str |
             raise ConversionError(
                 f"{path} is a file but not a .gguf file: pass a Hugging Face model folder, a repo id, or a .gguf file"
             )
-        return _open_gguf(path, description)
+        return _open_gguf(path, description, on_progress)
     if path.is_dir():
         return _open_folder(path, description)
     check_repo_id(str(model), converted=False)
@@ -168,11 +169,11 @@ def _load_tokenizer(folder: Path, **kwargs: Any) -> Any | None:
         return None
 
 
-def _open_gguf(path: Path, description: str) -> Checkpoint:
+def _open_gguf(path: Path, description: str, on_progress: ProgressCallback | None = None) -> Checkpoint:
     """Dequantize a GGUF file with transformers; the whole model is held in memory as float32."""
     folder, name = path.parent, path.name
     try:
-        with still_working(f"Reading the config and tokenizer of {name}", logger):
+        with still_working(f"Reading the config and tokenizer of {name}", logger, on_progress=on_progress):
             config = AutoConfig.from_pretrained(folder, gguf_file=name)
             family = get_family(config.model_type)
             tokenizer = _load_tokenizer(folder, gguf_file=name)
@@ -181,7 +182,8 @@ def _open_gguf(path: Path, description: str) -> Checkpoint:
     except OSError as error:
         raise ConversionError(f"cannot read the GGUF file {path} ({error}); it may be truncated") from error
     try:
-        with still_working(f"Dequantizing {name} with transformers (the whole model is loaded in memory)", logger):
+        with still_working(f"Dequantizing {name} with transformers (the whole model is loaded in memory)", logger,
+                           on_progress=on_progress):
             model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except (ValueError, KeyError) as error:
         raise UnsupportedModelError(f"transformers cannot load the GGUF file {path}: {error}") from error

@@ -41,7 +41,7 @@ from core.convert.staging import (
 )
 from core.convert.upload import upload_conversion
 from core.errors import ConversionError
-from core.utils.heartbeat import still_working
+from core.utils.heartbeat import ProgressCallback, still_working
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ def convert_model(
     revision: str | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    on_progress: ProgressCallback | None = None,
 ) -> Manifest:
     """Convert ``model`` (Hub repo id, local HF folder, or ``.gguf`` file) into ``output_path``.
 
@@ -95,6 +96,7 @@ def convert_model(
         revision: revision of a Hub source model.
         progress: show a progress bar over blocks.
         overwrite: replace an existing ``output_path``.
+        on_progress: told each stage, and each block written (e.g. for the desktop app's progress bar).
     """
     if torch_dtype not in TORCH_DTYPE_CHOICES:
         raise ConversionError(f"torch_dtype must be one of {', '.join(TORCH_DTYPE_CHOICES)}, not '{torch_dtype}'")
@@ -105,8 +107,8 @@ def convert_model(
     source = describe_source(model, revision)
     manifest = _existing_conversion(output, source, torch_dtype, dht_prefix, overwrite)
     if manifest is None:
-        with open_checkpoint(model, token=token, revision=revision) as checkpoint:
-            manifest = _convert(checkpoint, output, torch_dtype, prefix, source, progress)
+        with open_checkpoint(model, token=token, revision=revision, on_progress=on_progress) as checkpoint:
+            manifest = _convert(checkpoint, output, torch_dtype, prefix, source, progress, on_progress)
     if output_repo is not None:
         upload_conversion(output, manifest, output_repo, token=token)
     return manifest
@@ -154,7 +156,8 @@ def _existing_conversion(
 
 
 def _convert(
-    checkpoint: Checkpoint, output: Path, torch_dtype: str, prefix: str, source: str, progress: bool
+    checkpoint: Checkpoint, output: Path, torch_dtype: str, prefix: str, source: str, progress: bool,
+    on_progress: ProgressCallback | None = None,
 ) -> Manifest:
     config, family = copy.deepcopy(checkpoint.config), checkpoint.family
     plan = plan_conversion(checkpoint.source, family, config)
@@ -167,7 +170,8 @@ def _convert(
         check_free_space(output.parent, needed)
         workdir = Path(tempfile.mkdtemp(prefix=f"{output.name}.tmp-", dir=output.parent))
         try:
-            manifest = _write_conversion(checkpoint, plan, config, workdir, dtype, prefix, source, progress)
+            manifest = _write_conversion(checkpoint, plan, config, workdir, dtype, prefix, source, progress,
+                                         on_progress)
             _move_into_place(workdir, output)
         except BaseException as error:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -180,15 +184,18 @@ def _convert(
 
 def _write_conversion(
     checkpoint: Checkpoint, plan: ConversionPlan, config: PretrainedConfig, workdir: Path, dtype: torch.dtype,
-    prefix: str, source: str, progress: bool,
+    prefix: str, source: str, progress: bool, on_progress: ProgressCallback | None = None,
 ) -> Manifest:
     """Write every file into ``workdir``, verify them, and write ``manifest.json`` last."""
     family = checkpoint.family
-    with still_working("Writing the config, tokenizer and the client's weights (embeddings and head)", logger):
+    with still_working("Writing the config, tokenizer and the client's weights (embeddings and head)", logger,
+                       on_progress=on_progress):
         _write_metadata(checkpoint, config, workdir, prefix, dtype)
         client = write_tensors(workdir, CLIENT_FILE, _client_tensors(checkpoint, plan, dtype))
     blocks: list[BlockEntry] = []
     for index in tqdm(range(plan.num_blocks), desc="Converting blocks", unit="block", disable=not progress):
+        if on_progress is not None:
+            on_progress("Converting blocks", index, plan.num_blocks)
         tensors = {key: _cast(checkpoint.source.get(src), dtype) for key, src in plan.blocks[index].items()}
         entry = write_tensors(workdir, block_file(index), tensors)
         blocks.append(BlockEntry(path=entry.path, sha256=entry.sha256, tensors=entry.tensors, index=index))
@@ -197,7 +204,7 @@ def _write_conversion(
         family=family.name, model_type=str(config.model_type), num_blocks=plan.num_blocks,
         torch_dtype=dtype_name(dtype), dht_prefix=prefix, source=source, client=client, blocks=tuple(blocks),
     )
-    with still_working("Checking every written file against its checksum", logger):
+    with still_working("Checking every written file against its checksum", logger, on_progress=on_progress):
         _verify_output(workdir, manifest)
     _write_text(workdir / MANIFEST_NAME, manifest.to_json())
     return manifest

@@ -11,15 +11,22 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 HEARTBEAT_PERIOD = 5.0
 
+ProgressCallback = Callable[[str, int, int], None]
+"""``(stage, done, total)``: a long job's progress for a progress bar; ``total`` 0 while it cannot be counted."""
+
 
 @contextmanager
-def still_working(what: str, logger: logging.Logger, period: float = HEARTBEAT_PERIOD) -> Iterator[None]:
-    """Log ``what`` now and a reminder every ``period`` seconds until the block ends."""
+def still_working(what: str, logger: logging.Logger, period: float = HEARTBEAT_PERIOD,
+                  on_progress: ProgressCallback | None = None) -> Iterator[None]:
+    """Log ``what`` now and a reminder every ``period`` seconds until the block ends (and tell ``on_progress``
+    that an uncounted stage began)."""
     logger.info("%s ...", what)
+    if on_progress is not None:
+        on_progress(what, 0, 0)
     done = threading.Event()
     began = time.monotonic()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
 
 from app.theme import ACCENT
@@ -85,3 +86,21 @@ def test_start_waits_while_the_model_is_prepared(qtbot, make_window) -> None:
     assert window.dashboard.status.note.text().startswith("Preparing the bundled demo model")
     window.controller.model_status_changed.emit("")
     assert start.isEnabled() and window.dashboard.status.note.isHidden()
+
+
+def test_the_first_conversion_shows_a_real_progress_bar(qtbot, make_window) -> None:
+    """A fresh home: the bundled demo model is converted for real, and the dashboard shows each stage, then
+    counts the blocks, then hides the bar and enables Start."""
+    window = make_window()  # the bundled demo model, not converted yet in this fresh Blossom home
+    status = window.dashboard.status
+    bar, stage_label, start = status.preparation, status.stage, status.start_button
+    formats: list[str] = []
+    window.controller.model_progress.connect(lambda stage, done, total: formats.append(f"{stage_label.text()} "
+                                                                                      f"{bar.format()}".strip()),
+                                             Qt.ConnectionType.QueuedConnection)  # after the dashboard's own slot
+    window.controller.begin()
+    qtbot.waitUntil(lambda: window.controller.model is not None, timeout=600_000)
+    assert any(text.startswith("Reading the config and tokenizer of SmolLM2") for text in formats), formats
+    assert any(text.startswith("Dequantizing") for text in formats), formats
+    assert "Converting blocks… 29 of 30" in formats, formats
+    assert bar.isHidden() and stage_label.isHidden() and start.isEnabled()
