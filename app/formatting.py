@@ -1,6 +1,8 @@
 """Numbers and errors as a person reads them (shared by the GUI and the worker; no Qt, no torch)."""
 from __future__ import annotations
 
+import re
+
 from core.errors import BlossomError
 
 
@@ -46,6 +48,14 @@ def format_rate(value: float) -> str:
 def format_blocks(start: int, end: int) -> str:
     """Blocks ``[start, end)`` as people count them: ``'0–14'`` (both ends included)."""
     return f"{start}–{end - 1}" if end - start > 1 else f"{start}"
+
+
+_DOTTED_RANGE = re.compile(r"\b(\d+)\.\.(\d+)\b")
+
+
+def block_ranges_as_people_write_them(text: str) -> str:
+    """The server's ``blocks 0..29`` (its CLI's START..END, both included) as the app writes ranges: ``0–29``."""
+    return _DOTTED_RANGE.sub("\\1–\\2", text)
 
 
 def short_peer_id(peer_id: str) -> str:

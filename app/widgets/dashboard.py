@@ -6,7 +6,7 @@ import time
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QGridLayout, QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QVBoxLayout, QWidget
 
-from app.formatting import format_blocks, format_count, format_duration, format_rate
+from app.formatting import block_ranges_as_people_write_them, format_blocks, format_count, format_duration, format_rate
 from app.icons import render_pixmap
 from app.reachability import ReachabilityLine
 from app.theme import REACHABILITY_COLORS, STATE_TEXT_COLORS
@@ -248,6 +248,6 @@ class DashboardTab(QWidget):
         prefix = "" if level in ("INFO", "OUTPUT") else f"{level}: "
         bar = self.log.verticalScrollBar()
         following = bar.value() >= bar.maximum() - 2
-        self.log.appendPlainText(f"{time.strftime('%H:%M:%S')}  {prefix}{text}")
+        self.log.appendPlainText(f"{time.strftime('%H:%M:%S')}  {prefix}{block_ranges_as_people_write_them(text)}")
         if following:
             bar.setValue(bar.maximum())

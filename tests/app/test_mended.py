@@ -61,6 +61,18 @@ def test_no_gpu_advice_without_a_gpu(qtbot) -> None:
     assert detect_hardware().gpus == ()  # this machine has none, as the report above says
 
 
+def test_activity_log_writes_block_ranges_as_the_rest_of_the_app(qtbot) -> None:
+    from app.widgets.dashboard import DashboardTab
+
+    dashboard = DashboardTab()
+    qtbot.addWidget(dashboard)
+    dashboard.append_log("INFO", "Loading blocks 0..29 of 'SmolLM2-135M-Instruct' (torch.float32 on cpu)")
+    dashboard.append_log("INFO", "Moving from blocks 0..14 to 15..29; version 0.1.0 stays")
+    lines = [line.split("  ", 1)[1] for line in dashboard.log.toPlainText().splitlines()]
+    assert lines == ["Loading blocks 0–29 of 'SmolLM2-135M-Instruct' (torch.float32 on cpu)",
+                     "Moving from blocks 0–14 to 15–29; version 0.1.0 stays"]
+
+
 def test_activity_log_has_times_and_follows_its_end(qtbot) -> None:
     from app.widgets.dashboard import DashboardTab
 
