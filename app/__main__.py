@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Mapping
 
-from app.command_line import build_parser, demo_arguments, window_options_given
+from app.command_line import build_parser, demo_arguments, self_test_arguments, window_options_given
 
 HEADLESS_NOTICE = ("Blossom: no display found ({why}), so the window cannot open. Running the terminal demo "
                    "instead: a private swarm on this PC serving the bundled SmolLM2 model.")
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.self_test:
         from app.self_test import main as self_test_main
 
-        return self_test_main(["--servers", str(args.servers)] + ["--verbose"] * args.verbose)
+        return self_test_main(self_test_arguments(args))
     if args.headless:
         return run_demo(args, "--headless was given")
     if not display_available():

@@ -36,9 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     modes.add_argument("--self_test", action="store_true",
                        help="check this installation (a private swarm with the demo model) and exit: 0 if it works")
     add_hidden_alias(modes, "--self-test", "self_test", action="store_true")
-    demo = parser.add_argument_group("the terminal demo (--servers also sets the self-test's)")
+    demo = parser.add_argument_group("the terminal demo (--servers and --max_new_tokens also set the self-test's)")
     add_demo_arguments(demo)
     add_hidden_alias(demo, "--max-new-tokens", "max_new_tokens", type=int)
+    for action in demo._group_actions:  # each mode has its own default answer length
+        if action.dest == "max_new_tokens" and action.help != argparse.SUPPRESS:
+            action.default, action.help = None, "longest answer, in tokens (default: 60 in the demo, 8 in the self-test)"
     parser.add_argument("--verbose", action="store_true", help="log every detail (debug level) on stderr")
     return parser
 
@@ -49,7 +52,15 @@ def window_options_given(args: argparse.Namespace) -> list[str]:
     return [f"--{name}" for name in WINDOW_ONLY_OPTIONS if getattr(args, name) != getattr(defaults, name)]
 
 
+def self_test_arguments(args: argparse.Namespace) -> list[str]:
+    """``args`` as ``app.self_test``'s command line."""
+    argv = ["--servers", str(args.servers)] + ["--verbose"] * args.verbose
+    return argv + (["--max_new_tokens", str(args.max_new_tokens)] if args.max_new_tokens is not None else [])
+
+
 def demo_arguments(args: argparse.Namespace) -> list[str]:
     """``args`` as ``core.cli.demo``'s command line."""
-    argv = ["--prompt", args.prompt, "--max_new_tokens", str(args.max_new_tokens), "--servers", str(args.servers)]
+    argv = ["--prompt", args.prompt, "--servers", str(args.servers)]
+    if args.max_new_tokens is not None:
+        argv += ["--max_new_tokens", str(args.max_new_tokens)]
     return argv + ["--interactive"] * args.interactive + ["--verbose"] * args.verbose

@@ -239,6 +239,10 @@ class DashboardTab(QWidget):
         """How far the model's preparation is (the first run converts the bundled demo model)."""
         self.status.show_progress(stage, done, total)
 
+    def show_api_status(self, status: object) -> None:
+        """The API process's status (``app.api_process``): its line, red when it failed."""
+        self.show_api(status.line, status.failed)
+
     def show_api(self, line: str, failed: bool = False) -> None:
         """The OpenAI-compatible API's address, or why it is not there (empty: the API is off)."""
         self.status.show_api(line, failed)

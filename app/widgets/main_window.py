@@ -98,7 +98,7 @@ class MainWindow(QMainWindow):
         worker.log_received.connect(self.dashboard.append_log)
         worker.error_reported.connect(self.dashboard.show_problem)
         worker.crashed.connect(self._on_crash)
-        c.api.status_changed.connect(lambda status: self.dashboard.show_api(status.line, status.failed))
+        c.api.status_changed.connect(self.dashboard.show_api_status)  # bound methods: gone with the window
         c.credit_changed.connect(self.dashboard.credit.show_credit)
         self.dashboard.credit.export_requested.connect(
             lambda path: self.dashboard.credit.show_message(c.export_credit(path)))
@@ -137,8 +137,8 @@ class MainWindow(QMainWindow):
         self.tray.open_requested.connect(self.bring_to_front)
         self.tray.quit_requested.connect(self.request_quit)
         c.quit_ready.connect(self._on_quit_ready)
-        c.auto_pause_changed.connect(lambda reason: self._on_status(self.controller.worker.status))
-        c.auto_pause.observed.connect(lambda seen: self.settings.pause_box.show_notes(seen.notes))
+        c.auto_pause_changed.connect(self._on_auto_pause_changed)
+        c.auto_pause.observed.connect(self.settings.pause_box.show_observation)
         c.power_cap_reported.connect(self.settings.limits_box.show_power_note)
         if self.first_run is not None:
             self.first_run.answered.connect(self._on_first_run_answered)
@@ -173,6 +173,9 @@ class MainWindow(QMainWindow):
         self.pages.setCurrentWidget(self.tabs)
         self.tabs.setCurrentWidget(self.dashboard)
         self.controller.finish_first_run(start_now)
+
+    def _on_auto_pause_changed(self, reason: str) -> None:
+        self._on_status(self.controller.worker.status)
 
     def _on_status(self, status: StatusEvent) -> None:
         reachability = describe_reachability(status, self.controller.worker.last_request)

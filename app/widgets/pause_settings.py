@@ -108,6 +108,10 @@ class PauseSettingsBox(QGroupBox):
             edit.setTime(time if time.isValid() else QTime(0, 0))
         self._update_enabled()
 
+    def show_observation(self, seen: object) -> None:
+        """The auto-pause checks' latest observation: shows its notes."""
+        self.show_notes(seen.notes)
+
     def show_notes(self, notes: tuple[str, ...]) -> None:
         """What the checks cannot see on this PC (e.g. no NVIDIA GPU), so nobody relies on a rule that is off."""
         self.notes.setText("\n".join(notes))

@@ -50,7 +50,8 @@ def test_self_test_is_reached_by_both_spellings(monkeypatch: pytest.MonkeyPatch)
     ran: list[list[str]] = []
     monkeypatch.setattr("app.self_test.main", lambda args: ran.append(args) or 0)
     assert entry.main(["--self_test"]) == 0 and entry.main(["--self-test", "--servers", "3", "--verbose"]) == 0
-    assert ran == [["--servers", "2"], ["--servers", "3", "--verbose"]]
+    assert entry.main(["--self_test", "--max-new-tokens", "6"]) == 0
+    assert ran == [["--servers", "2"], ["--servers", "3", "--verbose"], ["--servers", "2", "--max_new_tokens", "6"]]
 
 
 def test_help_without_a_display_lists_the_apps_options() -> None:

@@ -28,7 +28,7 @@ def test_distributed_generation_equals_local(smollm2, swarm_factory, client_dht_
     model = AutoDistributedModelForCausalLM.from_pretrained(str(converted), dht=client_dht_factory(swarm.initial_peers))
     try:
         tokenizer = AutoTokenizer.from_pretrained(converted)
-        text = build_prompt(tokenizer, "What is the capital of France?")
+        text = build_prompt(tokenizer, [{"role": "user", "content": "What is the capital of France?"}])
         input_ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
         with torch.no_grad():
             assert_matches_reference(model(input_ids).logits, local(input_ids).logits, "SmolLM2 logits")
