@@ -18,10 +18,10 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from PySide6.QtCore import QByteArray, QCoreApplication, QObject, QProcess, QProcessEnvironment, QTimer, Signal
 
+from app.child_log import ChildLog
 from core.launcher import PACKAGE_ROOT, python_command
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class ApiProcess(QObject):
         self._stopping = False
         self._buffer = QByteArray()
         self._tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL)
-        self._log: IO[str] | None = None
+        self._log = ChildLog(log_path, "API")
         self._kill_timer = QTimer(self)
         self._kill_timer.setSingleShot(True)
         self._kill_timer.timeout.connect(self.kill)
@@ -134,7 +134,7 @@ class ApiProcess(QObject):
         self.target, self._stopping = target, False
         self._tail.clear()
         self._buffer.clear()
-        self._open_log()
+        self._log.open()
         process = QProcess(self)
         environment = QProcessEnvironment.systemEnvironment()
         pythonpath = environment.value("PYTHONPATH", "")
@@ -179,9 +179,7 @@ class ApiProcess(QObject):
 
     def _handle_line(self, line: str) -> None:
         self._tail.append(line)
-        if self._log is not None:
-            self._log.write(line + "\n")
-            self._log.flush()
+        self._log.write(line)
         if READY_MARKER in line and (found := re.search(r"http://\S+/v1", line)):
             self._set_status(ApiStatus(RUNNING, found.group(0)))
 
@@ -191,7 +189,7 @@ class ApiProcess(QObject):
         process, self._process = self._process, None
         if process is not None:
             process.deleteLater()
-        self._close_log()
+        self._log.close()
         asked = self._stopping
         self._stopping = False
         if not asked:
@@ -207,7 +205,7 @@ class ApiProcess(QObject):
         reason = f"Could not start the API program: {self._process.errorString()}"
         process, self._process = self._process, None
         process.deleteLater()
-        self._close_log()
+        self._log.close()
         self._fail(reason)
 
     def _fail(self, reason: str) -> None:
@@ -225,18 +223,3 @@ class ApiProcess(QObject):
         if status != self.status:
             self.status = status
             self.status_changed.emit(status)
-
-    # ---- log file -------------------------------------------------------------------------------
-    def _open_log(self) -> None:
-        self._close_log()
-        if self.log_path is not None:
-            try:
-                self.log_path.parent.mkdir(parents=True, exist_ok=True)
-                self._log = open(self.log_path, "a", encoding="utf-8")
-            except OSError as error:
-                logger.warning("Cannot write the API log %s: %s", self.log_path, error)
-
-    def _close_log(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None

@@ -18,10 +18,11 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import IO, Sequence
+from typing import Sequence
 
 from PySide6.QtCore import QByteArray, QObject, QProcess, QProcessEnvironment, QTimer, Signal
 
+from app.child_log import ChildLog
 from app.worker.messages import (
     Command,
     ErrorEvent,
@@ -71,7 +72,7 @@ class WorkerController(QObject):
         self._stop_requested = False
         self._stdout_buffer = QByteArray()
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
-        self._log_file: IO[str] | None = None
+        self._log_file = ChildLog(log_path, "worker")
         self._kill_timer = QTimer(self)
         self._kill_timer.setSingleShot(True)
         self._kill_timer.timeout.connect(self._kill_if_running)
@@ -107,7 +108,7 @@ class WorkerController(QObject):
         self._stop_requested = False
         self._stderr_tail.clear()
         self._stdout_buffer.clear()
-        self._open_log()
+        self._log_file.open()
         process = QProcess(self)
         environment = QProcessEnvironment.systemEnvironment()
         pythonpath = environment.value("PYTHONPATH", "")
@@ -201,9 +202,7 @@ class WorkerController(QObject):
                 self._log("OUTPUT", line)
 
     def _log(self, level: str, text: str) -> None:
-        if self._log_file is not None:
-            self._log_file.write(f"{level} {text}\n")
-            self._log_file.flush()
+        self._log_file.write(f"{level} {text}")
         self.log_received.emit(level, text)
 
     def _set_state(self, state: WorkerState, status: StatusEvent) -> None:
@@ -230,7 +229,7 @@ class WorkerController(QObject):
             self.last_error = reason
             self._set_state(WorkerState.ERROR, StatusEvent(WorkerState.ERROR, reason))
             self.crashed.emit(reason)
-        self._close_log()
+        self._log_file.close()
         self.exited.emit()
 
     def _on_process_error(self, error: QProcess.ProcessError) -> None:
@@ -242,7 +241,7 @@ class WorkerController(QObject):
         self.last_error = reason
         self._set_state(WorkerState.ERROR, StatusEvent(WorkerState.ERROR, reason))
         self.crashed.emit(reason)
-        self._close_log()
+        self._log_file.close()
         self.exited.emit()
 
     def _crash_reason(self, exit_code: int, exit_status: QProcess.ExitStatus) -> str:
@@ -251,18 +250,3 @@ class WorkerController(QObject):
         tail = [line.strip() for line in self._stderr_tail if line.strip()]
         last = next((line for line in reversed(tail) if not line.startswith(("File ", "^", "~"))), "")
         return f"The worker {how} unexpectedly" + (f": {last}" if last else "")
-
-    # ---- log file -----------------------------------------------------------------------------
-    def _open_log(self) -> None:
-        self._close_log()
-        if self.log_path is not None:
-            try:
-                self.log_path.parent.mkdir(parents=True, exist_ok=True)
-                self._log_file = open(self.log_path, "a", encoding="utf-8")
-            except OSError as error:
-                logger.warning("Cannot write the worker log %s: %s", self.log_path, error)
-
-    def _close_log(self) -> None:
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
