@@ -19,10 +19,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, QCoreApplication, QObject, QProcess, QProcessEnvironment, QTimer, Signal
+from PySide6.QtCore import QByteArray, QCoreApplication, QObject, QProcess, QTimer, Signal
 
 from app.child_log import ChildLog
-from core.launcher import PACKAGE_ROOT, python_command
+from app.worker.controller import child_environment
+from core.launcher import python_command
 
 logger = logging.getLogger(__name__)
 
@@ -136,11 +137,7 @@ class ApiProcess(QObject):
         self._buffer.clear()
         self._log.open()
         process = QProcess(self)
-        environment = QProcessEnvironment.systemEnvironment()
-        pythonpath = environment.value("PYTHONPATH", "")
-        environment.insert("PYTHONPATH", str(PACKAGE_ROOT) + (":" + pythonpath if pythonpath else ""))
-        environment.insert("PYTHONUNBUFFERED", "1")
-        process.setProcessEnvironment(environment)
+        process.setProcessEnvironment(child_environment())
         program, *arguments = python_command(target.arguments(), self.python)
         process.setProgram(program)
         process.setArguments(arguments)

@@ -47,6 +47,16 @@ STDERR_TAIL = 40
 PREFIX_VARIABLE = "BLOSSOM_WORKER_PREFIX"
 
 
+
+def child_environment() -> QProcessEnvironment:
+    """The environment of a Python child the app runs (the worker, the API): this checkout importable first,
+    output unbuffered so its lines arrive as they are written."""
+    environment = QProcessEnvironment.systemEnvironment()
+    pythonpath = environment.value("PYTHONPATH", "")
+    environment.insert("PYTHONPATH", str(PACKAGE_ROOT) + (":" + pythonpath if pythonpath else ""))
+    environment.insert("PYTHONUNBUFFERED", "1")
+    return environment
+
 class WorkerController(QObject):
     """Starts, commands and watches one worker process at a time."""
 
@@ -110,11 +120,7 @@ class WorkerController(QObject):
         self._stdout_buffer.clear()
         self._log_file.open()
         process = QProcess(self)
-        environment = QProcessEnvironment.systemEnvironment()
-        pythonpath = environment.value("PYTHONPATH", "")
-        environment.insert("PYTHONPATH", str(PACKAGE_ROOT) + (":" + pythonpath if pythonpath else ""))
-        environment.insert("PYTHONUNBUFFERED", "1")
-        process.setProcessEnvironment(environment)
+        process.setProcessEnvironment(child_environment())
         program, *arguments = self.command
         process.setProgram(program)
         process.setArguments(arguments)
