@@ -32,28 +32,34 @@ def prepare_tiny_model(folder: Path, family: str = "llama", num_layers: int = 4)
     return original, converted
 
 
-def reference_tokens(original: Path, prompts: torch.Tensor, new_tokens: int) -> torch.Tensor:
-    """Greedy tokens of the original checkpoint run locally by transformers (the tokens to match)."""
+def reference_tokens(original: "Path | torch.nn.Module", prompts: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """Greedy tokens of the original checkpoint (a folder, or a loaded transformers model) run locally by
+    transformers: the tokens to match."""
     from transformers import AutoModelForCausalLM
 
-    local = AutoModelForCausalLM.from_pretrained(original).eval()
+    local = original if isinstance(original, torch.nn.Module) else AutoModelForCausalLM.from_pretrained(original).eval()
     with torch.no_grad():
         return local.generate(prompts, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
 
 
-def cache_free_bytes(p2p: "P2P", spans: Sequence["RemoteSpanInfo"], timeout: float = 30.0) -> list[int]:
-    """Free KV-cache bytes each server of ``spans`` reports through its ``rpc_info``."""
+def server_infos(p2p: "P2P", spans: Sequence["RemoteSpanInfo"], timeout: float = 30.0) -> list[dict]:
+    """What each server of ``spans`` answers to ``rpc_info`` (free KV-cache bytes, largest batch ...)."""
     from hivemind.proto import runtime_pb2
 
     from core.network import call_info
     from core.utils.event_loop import shared_loop
     from core.wire import unpack_metadata
 
-    async def ask(span: "RemoteSpanInfo") -> int:
+    async def ask(span: "RemoteSpanInfo") -> dict:
         response = await call_info(p2p, span.peer_id, runtime_pb2.ExpertRequest(), timeout)
-        return int(unpack_metadata(response.metadata)["cache_bytes_left"])
+        return unpack_metadata(response.metadata)
 
     return [shared_loop().run(ask(span), timeout=timeout + 5) for span in spans]
+
+
+def cache_free_bytes(p2p: "P2P", spans: Sequence["RemoteSpanInfo"], timeout: float = 30.0) -> list[int]:
+    """Free KV-cache bytes each server of ``spans`` reports through its ``rpc_info``."""
+    return [int(info["cache_bytes_left"]) for info in server_infos(p2p, spans, timeout)]
 
 
 def process_rss(pid: int) -> int:
@@ -69,6 +75,23 @@ def process_rss(pid: int) -> int:
             total += process.memory_info().rss
         except psutil.NoSuchProcess:
             pass
+    return total
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) a process and all its descendants have used so far."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
     return total
 
 

@@ -52,6 +52,9 @@ class ServerConfig:
     push: bool = True
     """Pass inference outputs straight to the next server of a client's chain (core.push_protocol) and take
     steps pushed by the previous one; announced as ``can_push``. Off: clients carry every step themselves."""
+    batch_tokens: int = 512
+    """Inference steps of concurrent sessions run through the blocks as one batch of up to this many tokens
+    (longer prefills are split across batches); 0 runs each step alone (core.server.compute_queue)."""
 
     def __post_init__(self) -> None:
         if self.quant_type not in QUANT_TYPES:
@@ -71,6 +74,8 @@ class ServerConfig:
         for name in ("max_length", "max_batch_size", "max_tokens_per_request"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_tokens < 0:
+            raise ValueError(f"batch_tokens must be 0 (no batching) or more, got {self.batch_tokens}")
         for name in ("alloc_timeout", "shutdown_timeout"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be a number of seconds >= 0, got {getattr(self, name)}")

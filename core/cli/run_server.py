@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_batch_size", type=int, default=64, help="largest batch accepted in one request")
     parser.add_argument("--max_tokens_per_request", type=int, default=8192,
                         help="largest batch x sequence length accepted in one request")
+    parser.add_argument("--batch_tokens", type=int, default=512,
+                        help="run the inference steps of concurrent sessions through the blocks as one batch of up to "
+                             "this many tokens; longer prompts are split across batches (0: each step alone)")
     parser.add_argument("--alloc_timeout", type=float, default=5.0,
                         help="seconds a new session waits for KV-cache room before it is refused as 'server full'")
     parser.add_argument("--session_idle_timeout", type=float, default=600.0,
@@ -127,6 +130,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         direct_port=args.direct_port,
         relay_service=not args.no_relay,
         push=not args.no_push,
+        batch_tokens=args.batch_tokens,
     )
 
 

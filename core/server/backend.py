@@ -10,6 +10,7 @@ from transformers import PretrainedConfig
 from transformers.cache_utils import DynamicCache
 
 from core.errors import InvalidRequestError, SequenceTooLongError
+from core.models.ragged import RaggedBatch, RaggedStep, remember_lengths, restore_lengths
 from core.wire import check_prompts_shape
 
 logger = logging.getLogger(__name__)
@@ -196,6 +197,34 @@ class SpanBackend:
         device_prompts = None if prompts is None else self._to_device(prompts)
         output = self._run(self._to_device(hidden), start, end, device_prompts, cache, past_length)
         return output.to(device="cpu", dtype=hidden.dtype)
+
+    @torch.inference_mode()
+    def inference_batch(self, steps: list[RaggedStep], start: int, end: int) -> list[torch.Tensor | Exception]:
+        """Several sessions' steps (CPU tensors, already checked) through blocks ``[start, end)`` as one batch,
+        each reading and extending its own cache; returns each step's outputs, or the error that step alone met.
+
+        Spans without ``forward_ragged`` run the steps one by one. A batch that fails as a whole (say, out of
+        memory) has every cache restored and runs its steps one by one, so one bad step fails alone.
+        """
+        if len(steps) == 1 or not hasattr(self.span, "forward_ragged"):
+            return [self._step_alone(step, start, end) for step in steps]
+        lengths = remember_lengths(steps)
+        try:
+            batch = RaggedBatch([RaggedStep(self._to_device(step.hidden), step.cache, step.past_length,
+                                            None if step.prompts is None else self._to_device(step.prompts))
+                                 for step in steps])
+            outputs = batch.split(self.span.forward_ragged(batch, self._active(start, end)))
+        except Exception:
+            logger.warning("A batch of %d inference steps failed; running them one by one", len(steps), exc_info=True)
+            restore_lengths(steps, lengths)
+            return [self._step_alone(step, start, end) for step in steps]
+        return [output.to(device="cpu", dtype=step.hidden.dtype) for output, step in zip(outputs, steps)]
+
+    def _step_alone(self, step: RaggedStep, start: int, end: int) -> torch.Tensor | Exception:
+        try:
+            return self.inference_step(step.hidden, step.cache, step.past_length, start, end, step.prompts)
+        except Exception as error:
+            return error
 
     def check_length(self, past_length: int, new_tokens: int, max_length: int) -> None:
         """Raise :class:`SequenceTooLongError` if a step would pass the session's ``max_length``."""

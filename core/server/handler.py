@@ -8,9 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import torch
 from hivemind.p2p import P2P, P2PContext, ServicerBase
@@ -23,6 +22,7 @@ from core.errors import BlossomError, InvalidRequestError, ServerFullError, Sess
 from core.push_protocol import check_session_id, parse_route
 from core.server.backend import SpanBackend, kv_bytes_per_token
 from core.server.bounded_streams import make_bounded_stream_handler
+from core.server.compute_queue import ComputeQueue
 from core.server.graph_cache import GraphCache, KeptGraph
 from core.server.memory_cache import KVCacheBudget
 from core.server.push import Pusher, SessionDirectory
@@ -38,7 +38,6 @@ from core.wire import (
 )
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 MAX_STREAM_MESSAGES = 4096
 MESSAGE_OVERHEAD_BYTES = MAX_METADATA_BYTES + 64 * 1024  # uid, metadata and protobuf framing around the tensors
@@ -70,6 +69,7 @@ class BlockRequestHandler(ServicerBase):
         stats: ServingStats,
         session_idle_timeout: float = 600.0,
         push: bool = True,
+        batch_tokens: int = 512,
     ) -> None:
         self.backend = backend
         self.push = push  # take part in server-to-server push (core.push_protocol); announced as can_push
@@ -78,7 +78,7 @@ class BlockRequestHandler(ServicerBase):
         self.alloc_timeout = alloc_timeout
         self.stats = stats
         self.session_idle_timeout = session_idle_timeout
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blossom-compute")
+        self.compute = ComputeQueue(batch_tokens, stats)  # one compute thread: sessions' steps batched, then training
         self._max_elements = backend.limits.max_tokens_per_request * backend.hidden_size
         # the largest request: hidden states and gradients of max_elements each, plus deep prompts of up to
         # max_elements per block, all of 4-byte values (a move keeps the span's length, so this stays right)
@@ -141,11 +141,8 @@ class BlockRequestHandler(ServicerBase):
             raise ServerFullError("this server is shutting down and takes no new sessions; use another server")
 
     def shutdown(self) -> None:
-        """Stop the compute thread (pending requests finish first)."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
-
-    async def _compute(self, function: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        """Stop the compute thread (the computation in progress finishes first)."""
+        self.compute.close()
 
     def _parse_span(self, uid: str) -> tuple[int, int]:
         """Turn ``'prefix.3 prefix.4'`` into the absolute range ``(3, 5)`` after checking it is served here."""
@@ -198,13 +195,13 @@ class BlockRequestHandler(ServicerBase):
         if prompts is not None:
             backend.check_prompts(prompts, hidden, start, end)
         if (metadata or {}).get("keep_graph"):  # a training forward: keep the graph for its backward
-            output, inputs, device_output, nbytes = await self._compute(
+            output, inputs, device_output, nbytes = await self.compute.run(
                 backend.forward_keeping_graph, hidden, start, end, prompts)
             sent = [hidden] if prompts is None else [hidden, prompts]
             graph_id = await self.graphs.put(KeptGraph(owner, backend, start, end, sent, inputs, device_output, nbytes))
             answer = Answer([output], {"graph_id": graph_id} if graph_id else {})
         else:
-            answer = Answer([await self._compute(backend.forward, hidden, start, end, prompts)])
+            answer = Answer([await self.compute.run(backend.forward, hidden, start, end, prompts)])
             self.stats.record_training()  # a forward with a graph is counted by its backward
         self.stats.record_request(hidden.shape[0] * hidden.shape[1])
         return answer
@@ -222,9 +219,9 @@ class BlockRequestHandler(ServicerBase):
         sent = [hidden] if prompts is None else [hidden, prompts]
         graph = await self.graphs.take((metadata or {}).get("graph_id"), owner)
         if graph is not None and graph.matches(backend, start, end, sent):  # its forward was this one: no recompute
-            grads = await self._compute(backend.backward_from_graph, graph.inputs, graph.output, grad_output, sent)
+            grads = await self.compute.run(backend.backward_from_graph, graph.inputs, graph.output, grad_output, sent)
         else:
-            grads = await self._compute(backend.backward, hidden, grad_output, start, end, prompts)
+            grads = await self.compute.run(backend.backward, hidden, grad_output, start, end, prompts)
         self.stats.record_request(hidden.shape[0] * hidden.shape[1])
         self.stats.record_training()
         return grads
@@ -238,6 +235,7 @@ class BlockRequestHandler(ServicerBase):
         return runtime_pb2.ExpertResponse(metadata=pack_metadata({
             "dht_prefix": self.dht_prefix, "start_block": self.backend.start, "end_block": self.backend.end,
             "cache_bytes_left": self.cache_budget.free_bytes, "version": __version__,
+            "largest_batch": self.stats.largest_batch,
         }))
 
     async def rpc_info_stream(
@@ -454,7 +452,7 @@ class BlockRequestHandler(ServicerBase):
                 self.backend.check_length(position, hidden.shape[1], max_length)
                 if self.backend is not backend:
                     raise UnknownBlocksError(f"this server moved to other blocks; blocks {start}..{end - 1} are served elsewhere")
-                output = await self._compute(backend.inference_step, hidden, cache, position, start, end, prompts)
+                output = await self.compute.step(backend, hidden, cache, position, start, end, prompts)
                 step_start, position = position, position + hidden.shape[1]
                 self.stats.record_request(batch_size * hidden.shape[1])
                 answer: dict[str, Any] = {"position": position}

@@ -151,7 +151,8 @@ class BlockServer:
         self._kv_per_token = kv_bytes_per_token(backend.config, end - start, self.dtype)
         self._budget = KVCacheBudget((cfg.attn_cache_tokens or DEFAULT_CACHE_TOKENS) * self._kv_per_token)
         self._handler = BlockRequestHandler(backend, self.dht_prefix, self._budget, cfg.alloc_timeout, self.stats,
-                                            session_idle_timeout=cfg.session_idle_timeout, push=cfg.push)
+                                            session_idle_timeout=cfg.session_idle_timeout, push=cfg.push,
+                                            batch_tokens=cfg.batch_tokens)
         self._loop.run(self._register_handlers())
         self._measure_network(backend.hidden_size)
         self._refresh_pings()

@@ -23,6 +23,9 @@ class ServingStats:
     sessions_open: int = 0
     inference_sessions: int = 0
     training_requests: int = 0
+    batches: int = 0
+    batched_steps: int = 0
+    largest_batch: int = 0
 
     def record_request(self, tokens: int) -> None:
         self.requests += 1
@@ -35,6 +38,12 @@ class ServingStats:
     def record_training(self) -> None:
         """A trainer's request was answered: a backward pass, or a forward pass that keeps no graph."""
         self.training_requests += 1
+
+    def record_batch(self, steps: int) -> None:
+        """The compute thread ran ``steps`` inference steps (of as many sessions) as one batch."""
+        self.batches += 1
+        self.batched_steps += steps
+        self.largest_batch = max(self.largest_batch, steps)
 
     def record_error(self) -> None:
         self.errors += 1

@@ -5,9 +5,16 @@ import torch
 from torch import nn
 from transformers import LlamaConfig
 from transformers.cache_utils import Cache
-from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.llama.modeling_llama import (
+    LlamaAttention,
+    LlamaDecoderLayer,
+    LlamaRotaryEmbedding,
+    apply_rotary_pos_emb,
+    eager_attention_forward,
+)
 
-from core.models.masks import additive_causal_mask
+from core.models.ragged import RaggedBatch, causal_mask_if_needed
 
 
 def make_llama_block(config: LlamaConfig, index: int) -> nn.Module:
@@ -37,11 +44,8 @@ class LlamaBlockSpan(nn.Module):
         device, dtype = hidden_states.device, hidden_states.dtype
         position_ids = torch.arange(past_length, past_length + query_length, device=device)[None].expand(batch_size, -1)
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
-        # One new token may attend to everything cached. Several tokens on an empty cache need no mask either:
-        # transformers' sdpa attention then runs causally (is_causal), a faster kernel than an explicit mask.
-        # Only several tokens after cached ones need the explicit mask (their diagonal is offset).
-        needs_mask = query_length > 1 and (past_length > 0 or self.config._attn_implementation != "sdpa")
-        mask = additive_causal_mask(batch_size, query_length, past_length, dtype, device) if needs_mask else None
+        mask = causal_mask_if_needed(batch_size, query_length, past_length, dtype, device,
+                                     implicit_causal=self.config._attn_implementation == "sdpa")
         for block in self.blocks[active]:
             hidden_states = block(
                 hidden_states,
@@ -52,3 +56,47 @@ class LlamaBlockSpan(nn.Module):
                 position_embeddings=position_embeddings,
             )
         return hidden_states
+
+    def forward_ragged(self, batch: RaggedBatch, active: slice = slice(None)) -> torch.Tensor:
+        """Run blocks ``active`` on every step of ``batch`` at once (see :mod:`core.models.ragged`); each step
+        reads and extends its own cache. Returns the flat outputs ``[1, total_tokens, hidden]``."""
+        hidden_states = batch.flatten()
+        position_embeddings = self.rotary_emb(hidden_states, batch.position_ids(hidden_states.device))
+        for offset, block in enumerate(self.blocks[active]):
+            if batch.has_prompts:
+                hidden_states = batch.add_prompts(hidden_states, offset)
+            residual = hidden_states
+            attended = self._ragged_attention(block.self_attn, block.input_layernorm(hidden_states),
+                                              position_embeddings, batch)
+            hidden_states = residual + attended
+            residual = hidden_states
+            hidden_states = residual + block.mlp(block.post_attention_layernorm(hidden_states))
+        return hidden_states
+
+    def _ragged_attention(
+        self,
+        attention: LlamaAttention,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        batch: RaggedBatch,
+    ) -> torch.Tensor:
+        """``LlamaAttention.forward`` over a ragged batch: projections and rotary embeddings on all tokens,
+        then each step's attention on its own cache with the mask it would get alone."""
+        head_dim = attention.head_dim
+        flat_shape = (1, batch.total_tokens, -1, head_dim)
+        cos, sin = position_embeddings
+        query, key = apply_rotary_pos_emb(attention.q_proj(hidden_states).view(flat_shape),
+                                          attention.k_proj(hidden_states).view(flat_shape), cos, sin, unsqueeze_dim=2)
+        value = attention.v_proj(hidden_states).view(flat_shape)
+        attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        implicit_causal = self.config._attn_implementation == "sdpa"
+        outputs = []
+        for index, step in enumerate(batch.steps):
+            step_key, step_value = step.cache.update(batch.heads_of(key, index, head_dim),
+                                                     batch.heads_of(value, index, head_dim), attention.layer_idx)
+            mask = causal_mask_if_needed(step.rows, step.new_tokens, step.past_length, hidden_states.dtype,
+                                         hidden_states.device, implicit_causal)
+            output, _ = attend(attention, batch.heads_of(query, index, head_dim), step_key, step_value, mask,
+                               dropout=0.0, scaling=attention.scaling)
+            outputs.append(output)
+        return attention.o_proj(batch.join_heads(outputs))

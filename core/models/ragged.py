@@ -1,0 +1,127 @@
+"""Several inference sessions' steps through one span as one batch: a "ragged" batch.
+
+Each step brings its own rows, new tokens, KV cache and past length. Per-token work (norms,
+projections, MLPs) runs once over all steps' tokens laid end to end, ``[1, total_tokens, hidden]``,
+so the weights are read once per batch instead of once per session. Attention runs per step
+against that step's own cache, with the same shapes, mask and kernel as the step would get alone,
+so every session gets its own numbers (within float rounding of the larger matrix products).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import DynamicCache
+
+from core.models.masks import additive_causal_mask
+
+
+@dataclass
+class RaggedStep:
+    """One session's step: ``hidden`` ``[rows, new_tokens, hidden]`` after ``past_length`` cached tokens.
+
+    ``prompts`` (deep prompt tuning) is ``[num_blocks, rows, p, hidden]`` with ``p <= new_tokens``: block ``i``
+    of the request gets ``prompts[i]`` added to its input's first ``p`` positions.
+    """
+
+    hidden: torch.Tensor
+    cache: DynamicCache
+    past_length: int
+    prompts: torch.Tensor | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.hidden.shape[0]
+
+    @property
+    def new_tokens(self) -> int:
+        return self.hidden.shape[1]
+
+
+class RaggedBatch:
+    """Steps laid end to end: step ``i`` owns tokens ``offsets[i] .. offsets[i + 1]`` of the flat sequence,
+    row by row (its row 0's tokens, then row 1's ...)."""
+
+    def __init__(self, steps: list[RaggedStep]) -> None:
+        self.steps = steps
+        sizes = [step.rows * step.new_tokens for step in steps]
+        self.offsets = [0]
+        for size in sizes:
+            self.offsets.append(self.offsets[-1] + size)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.offsets[-1]
+
+    def flatten(self) -> torch.Tensor:
+        """All steps' hidden states as one sequence ``[1, total_tokens, hidden]``."""
+        return torch.cat([step.hidden.reshape(1, -1, step.hidden.shape[-1]) for step in self.steps], dim=1)
+
+    def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """``[1, total_tokens, ...]`` back into each step's ``[rows, new_tokens, ...]``."""
+        return [flat[0, begin:end].reshape(step.rows, step.new_tokens, *flat.shape[2:])
+                for step, begin, end in zip(self.steps, self.offsets, self.offsets[1:])]
+
+    def position_ids(self, device: torch.device) -> torch.Tensor:
+        """Every token's absolute position in its session, ``[1, total_tokens]``."""
+        pieces = [torch.arange(step.past_length, step.past_length + step.new_tokens, device=device).repeat(step.rows)
+                  for step in self.steps]
+        return torch.cat(pieces)[None]
+
+    @property
+    def has_prompts(self) -> bool:
+        return any(step.prompts is not None for step in self.steps)
+
+    def add_prompts(self, flat: torch.Tensor, block: int) -> torch.Tensor:
+        """``flat`` plus each step's deep prompt of request block ``block`` at its first positions (out of place)."""
+        pieces = []
+        for step in self.steps:
+            if step.prompts is None:
+                pieces.append(flat.new_zeros(step.rows * step.new_tokens, flat.shape[-1]))
+            else:
+                prompt = step.prompts[block]
+                padded = torch.nn.functional.pad(prompt, (0, 0, 0, step.new_tokens - prompt.shape[1]))
+                pieces.append(padded.to(flat.dtype).reshape(-1, flat.shape[-1]))
+        return flat + torch.cat(pieces)[None]
+
+    def heads_of(self, flat: torch.Tensor, index: int, head_dim: int) -> torch.Tensor:
+        """Step ``index``'s part of a flat projection ``[1, total_tokens, heads * head_dim]`` (or already split
+        into ``[1, total_tokens, heads, head_dim]``) as ``[rows, heads, new_tokens, head_dim]``, the layout a
+        lone step's attention gets."""
+        step = self.steps[index]
+        part = flat[0, self.offsets[index] : self.offsets[index + 1]]
+        return part.reshape(step.rows, step.new_tokens, -1, head_dim).transpose(1, 2)
+
+    def join_heads(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+        """Per-step attention outputs ``[rows, new_tokens, heads, head_dim]`` as one ``[1, total_tokens, heads * head_dim]``."""
+        return torch.cat([output.reshape(-1, output.shape[-2] * output.shape[-1]) for output in outputs])[None]
+
+
+def causal_mask_if_needed(
+    rows: int, new_tokens: int, past_length: int, dtype: torch.dtype, device: torch.device, implicit_causal: bool
+) -> torch.Tensor | None:
+    """The mask ``new_tokens`` after ``past_length`` cached ones need, ``None`` where none is needed.
+
+    One new token may attend to everything cached. With ``implicit_causal`` (transformers' sdpa attention),
+    several tokens on an empty cache need no mask either: the kernel then runs causally (is_causal), faster
+    than with an explicit mask. Only several tokens after cached ones always need it (their diagonal is offset).
+    """
+    if new_tokens == 1 or (past_length == 0 and implicit_causal):
+        return None
+    return additive_causal_mask(rows, new_tokens, past_length, dtype, device)
+
+
+def remember_lengths(steps: list[RaggedStep]) -> list[list[int]]:
+    """Each step's cache length per layer, for :func:`restore_lengths` after a failed batch."""
+    return [[layer.get_seq_length() if getattr(layer, "is_initialized", False) else 0 for layer in step.cache.layers]
+            for step in steps]
+
+
+def restore_lengths(steps: list[RaggedStep], lengths: list[list[int]]) -> None:
+    """Crop each step's cache back to what :func:`remember_lengths` saw (layers added since end up empty)."""
+    for step, before in zip(steps, lengths):
+        for index, layer in enumerate(step.cache.layers):
+            if getattr(layer, "is_initialized", False):
+                extra = layer.get_seq_length() - (before[index] if index < len(before) else 0)
+                if extra > 0:
+                    layer.crop(-extra)

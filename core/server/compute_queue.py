@@ -1,0 +1,213 @@
+"""The server's one compute thread, and what it runs next.
+
+Inference steps come first: whenever the thread is free, every step that is ready, from any
+session, runs through the blocks as one batch (:meth:`SpanBackend.inference_batch`), up to a token
+budget. Single-token steps go in first; a long prefill fills what is left of the budget and
+continues in the next batch, so it never holds everyone's next token for longer than one budget's
+worth of compute. Training work (forward and backward passes) runs when no inference step waits.
+
+A step waits for nothing but the batch in progress: a lone session's step starts at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
+
+import torch
+from transformers.cache_utils import DynamicCache
+
+from core.models.ragged import RaggedStep
+from core.server.backend import SpanBackend
+from core.server.stats import ServingStats
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class _PendingStep:
+    """A session's inference step waiting for (the rest of) its compute."""
+
+    backend: SpanBackend
+    start: int
+    end: int
+    hidden: torch.Tensor
+    cache: DynamicCache
+    past_length: int
+    prompts: torch.Tensor | None
+    future: asyncio.Future
+    done_tokens: int = 0
+    outputs: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return self.hidden.shape[0]
+
+    @property
+    def remaining(self) -> int:
+        return self.hidden.shape[1] - self.done_tokens
+
+    @property
+    def group(self) -> tuple[int, int, int]:
+        """Steps batch together when they run the same blocks of the same backend."""
+        return id(self.backend), self.start, self.end
+
+    def chunk(self, length: int) -> RaggedStep:
+        """The next ``length`` positions of this step as a step of its own."""
+        begin, end = self.done_tokens, self.done_tokens + length
+        prompts = None
+        if self.prompts is not None and begin < self.prompts.shape[2]:
+            prompts = self.prompts[:, :, begin:end]
+        return RaggedStep(self.hidden[:, begin:end], self.cache, self.past_length + begin, prompts)
+
+
+@dataclass(eq=False)
+class _Job:
+    function: Callable[..., Any]
+    args: tuple
+    future: asyncio.Future
+
+
+class ComputeQueue:
+    """Runs all of a server's compute on one thread: batched inference steps first, then other jobs.
+
+    ``batch_tokens`` is the most tokens one batch holds (single-token steps count one per row); 0 runs
+    each step alone and whole, in arrival order (no batching, as before batching existed).
+    """
+
+    def __init__(self, batch_tokens: int, stats: ServingStats) -> None:
+        self.batch_tokens = batch_tokens
+        self.stats = stats
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blossom-compute")
+        self._steps: deque[_PendingStep] = deque()
+        self._jobs: deque[_Job] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+
+    async def run(self, function: Callable[..., T], *args: object) -> T:
+        """``function(*args)`` on the compute thread once no inference step waits (training work)."""
+        job = _Job(function, args, asyncio.get_running_loop().create_future())
+        self._jobs.append(job)
+        self._notify()
+        return await job.future
+
+    async def step(
+        self,
+        backend: SpanBackend,
+        hidden: torch.Tensor,
+        cache: DynamicCache,
+        past_length: int,
+        start: int,
+        end: int,
+        prompts: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One inference step of a session (already validated), computed in a batch with other sessions'
+        ready steps; returns the outputs like :meth:`SpanBackend.inference_step`."""
+        pending = _PendingStep(backend, start, end, hidden, cache, past_length, prompts,
+                               asyncio.get_running_loop().create_future())
+        self._steps.append(pending)
+        self._notify()
+        return await pending.future
+
+    def close(self) -> None:
+        """Stop the compute thread (the computation in progress finishes first)."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def _notify(self) -> None:
+        """Wake the worker task, starting it on this event loop first if needed."""
+        if self._worker is None or self._worker.done() or self._worker.get_loop() is not asyncio.get_running_loop():
+            self._wakeup = asyncio.Event()
+            self._worker = asyncio.create_task(self._work(self._wakeup), name="blossom-compute-queue")
+        assert self._wakeup is not None
+        self._wakeup.set()
+
+    async def _work(self, wakeup: asyncio.Event) -> None:
+        while True:
+            await wakeup.wait()
+            wakeup.clear()
+            while True:
+                self._drop_abandoned()
+                try:
+                    if self._steps:
+                        await self._run_batch()
+                    elif self._jobs:
+                        await self._run_job(self._jobs.popleft())
+                    else:
+                        break
+                except Exception as error:  # a bug here must not leave every session waiting forever
+                    logger.exception("The compute queue failed; failing the steps waiting in it")
+                    for pending in list(self._steps):
+                        self._finish(pending, error=error)
+
+    def _drop_abandoned(self) -> None:
+        """Forget steps and jobs whose caller is gone (a session that ended, a client that left)."""
+        for queue in (self._steps, self._jobs):
+            for item in [item for item in queue if item.future.done()]:
+                queue.remove(item)
+
+    async def _run_job(self, job: _Job) -> None:
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._executor, job.function, *job.args)
+        except Exception as error:
+            if not job.future.done():
+                job.future.set_exception(error)
+        else:
+            if not job.future.done():
+                job.future.set_result(result)
+
+    async def _run_batch(self) -> None:
+        taken = self._take_batch()
+        first = taken[0][0]
+        chunks = [pending.chunk(length) for pending, length in taken]
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._executor, first.backend.inference_batch, chunks, first.start, first.end)
+        except Exception as error:  # the thread itself failed (stopped, or a failure outside any one step)
+            results = [error] * len(chunks)
+        self.stats.record_batch(len(taken))
+        for (pending, length), result in zip(taken, results):
+            if isinstance(result, Exception):
+                self._finish(pending, error=result)
+                continue
+            pending.outputs.append(result)
+            pending.done_tokens += length
+            if pending.remaining == 0:
+                self._finish(pending, output=pending.outputs[0] if len(pending.outputs) == 1
+                             else torch.cat(pending.outputs, dim=1))
+
+    def _finish(self, pending: _PendingStep, output: torch.Tensor | None = None,
+                error: Exception | None = None) -> None:
+        self._steps.remove(pending)
+        if pending.future.done():  # its session ended meanwhile
+            return
+        if error is not None:
+            pending.future.set_exception(error)
+        else:
+            pending.future.set_result(output)
+
+    def _take_batch(self) -> list[tuple[_PendingStep, int]]:
+        """The steps (and how many of each one's positions) the next batch runs: single-token steps first,
+        in arrival order, then longer ones whole or in part, within ``batch_tokens``; all of one group."""
+        first = self._steps[0]
+        if self.batch_tokens <= 0:
+            return [(first, first.remaining)]
+        budget = self.batch_tokens
+        taken: list[tuple[_PendingStep, int]] = []
+        same_group = [pending for pending in self._steps if pending.group == first.group]
+        for pending in same_group:
+            if pending.remaining == 1 and (pending.rows <= budget or not taken):
+                taken.append((pending, 1))
+                budget -= pending.rows
+        for pending in same_group:
+            if pending.remaining == 1:
+                continue
+            if pending.rows > budget and taken:
+                break
+            length = min(pending.remaining, max(1, budget // pending.rows))
+            taken.append((pending, length))
+            budget -= length * pending.rows
+        return taken

@@ -1,0 +1,162 @@
+"""The compute queue batches ready inference steps, chunks long prefills, puts training last, and keeps
+one bad step from failing the others (core.server.compute_queue), on a real tiny Llama span."""
+from __future__ import annotations
+
+import asyncio
+import copy
+import threading
+
+import pytest
+import torch
+from transformers.cache_utils import DynamicCache
+
+from core.server.compute_queue import ComputeQueue
+from core.server.stats import ServingStats
+from tests.numerics import assert_matches_reference
+from tests.tiny_models import tiny_span_backend
+
+HIDDEN = 64
+
+
+@pytest.fixture(scope="module")
+def backend():
+    return tiny_span_backend()
+
+
+def _cache_after(backend, past: int, seed: int) -> DynamicCache:
+    cache = DynamicCache()
+    if past:
+        history = torch.randn(1, past, HIDDEN, generator=torch.Generator().manual_seed(seed))
+        backend.inference_step(history, cache, 0, 0, 2)
+    return cache
+
+
+def _alone(backend, hidden: torch.Tensor, cache: DynamicCache, past: int) -> torch.Tensor:
+    return backend.inference_step(hidden, copy.deepcopy(cache), past, 0, 2)
+
+
+async def _while_busy(queue: ComputeQueue, submit) -> tuple[list, list[str]]:
+    """Hold the compute thread with a job, queue what ``submit`` queues, then let it go; returns the results and
+    the order in which they finished (by name)."""
+    release = threading.Event()
+    blocker = asyncio.ensure_future(queue.run(release.wait, 10))
+    await asyncio.sleep(0.05)  # the blocker is running
+    order: list[str] = []
+    tasks = []
+    for name, coroutine in submit():
+        async def tracked(name=name, coroutine=coroutine):
+            result = await coroutine
+            order.append(name)
+            return result
+        tasks.append(asyncio.ensure_future(tracked()))
+    await asyncio.sleep(0.05)  # everything is queued behind the blocker
+    release.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    await blocker
+    return results, order
+
+
+def test_steps_that_wait_together_run_as_one_batch_with_their_own_numbers(backend):
+    stats = ServingStats()
+    queue = ComputeQueue(512, stats)
+    pasts = [0, 3, 7, 1, 12]
+    caches = [_cache_after(backend, past, seed) for seed, past in enumerate(pasts)]
+    inputs = [torch.randn(1, 1 if past else 4, HIDDEN, generator=torch.Generator().manual_seed(50 + index))
+              for index, past in enumerate(pasts)]
+    expected = [_alone(backend, hidden, cache, past) for hidden, cache, past in zip(inputs, caches, pasts)]
+
+    def submit():
+        return [(f"step{index}", queue.step(backend, hidden, cache, past, 0, 2))
+                for index, (hidden, cache, past) in enumerate(zip(inputs, caches, pasts))]
+
+    try:
+        results, _ = asyncio.run(_while_busy(queue, submit))
+    finally:
+        queue.close()
+    assert stats.largest_batch == len(pasts) and stats.batches == 1
+    for index, (result, reference) in enumerate(zip(results, expected)):
+        assert_matches_reference(result, reference, f"step {index} in a batch")
+
+
+def test_a_long_prefill_is_chunked_and_never_holds_the_single_token_steps(backend):
+    stats = ServingStats()
+    queue = ComputeQueue(8, stats)  # 8 tokens per batch: a 20-token prompt takes several batches
+    decode_caches = [_cache_after(backend, 5, seed) for seed in range(3)]
+    decodes = [torch.randn(1, 1, HIDDEN, generator=torch.Generator().manual_seed(seed)) for seed in range(3)]
+    prompt = torch.randn(1, 20, HIDDEN, generator=torch.Generator().manual_seed(9))
+    prompts = torch.randn(2, 1, 11, HIDDEN, generator=torch.Generator().manual_seed(10))  # deep prompts past a chunk
+    expected_prefill = backend.inference_step(prompt, DynamicCache(), 0, 0, 2, prompts)
+    expected_decodes = [_alone(backend, hidden, cache, 5) for hidden, cache in zip(decodes, decode_caches)]
+    prefill_cache = DynamicCache()
+
+    def submit():
+        yield "prefill", queue.step(backend, prompt, prefill_cache, 0, 0, 2, prompts)
+        for index, (hidden, cache) in enumerate(zip(decodes, decode_caches)):
+            yield f"decode{index}", queue.step(backend, hidden, cache, 5, 0, 2)
+
+    try:
+        results, order = asyncio.run(_while_busy(queue, submit))
+    finally:
+        queue.close()
+    assert order[-1] == "prefill" and stats.batches == 3  # 3 decodes + 5 tokens of the prompt, then 8, then 7
+    assert prefill_cache.get_seq_length(0) == 20
+    assert_matches_reference(results[0], expected_prefill, "a chunked prefill with deep prompts")
+    for index, (result, reference) in enumerate(zip(results[1:], expected_decodes)):
+        assert_matches_reference(result, reference, f"decode {index} next to a chunked prefill")
+
+
+def test_training_work_waits_for_the_inference_steps_queued_with_it(backend):
+    queue = ComputeQueue(512, ServingStats())
+    cache = _cache_after(backend, 2, 0)
+
+    def submit():
+        yield "training", queue.run(backend.forward, torch.randn(1, 6, HIDDEN), 0, 2)
+        yield "inference", queue.step(backend, torch.randn(1, 1, HIDDEN), cache, 2, 0, 2)
+
+    try:
+        _, order = asyncio.run(_while_busy(queue, submit))
+    finally:
+        queue.close()
+    assert order == ["inference", "training"]
+
+
+def test_a_step_that_fails_inside_a_batch_fails_alone(backend):
+    stats = ServingStats()
+    queue = ComputeQueue(512, stats)
+    good_caches = [_cache_after(backend, past, seed) for seed, past in enumerate([4, 6])]
+    good = [torch.randn(1, 1, HIDDEN, generator=torch.Generator().manual_seed(seed)) for seed in range(2)]
+    expected = [_alone(backend, hidden, cache, past) for hidden, cache, past in zip(good, good_caches, [4, 6])]
+    broken = _cache_after(backend, 3, 7)
+    for layer in broken.layers:  # a cache that no longer fits its session: the batch's attention fails on it
+        layer.keys = layer.keys[..., :-1]
+
+    def submit():
+        yield "good0", queue.step(backend, good[0], good_caches[0], 4, 0, 2)
+        yield "broken", queue.step(backend, torch.randn(1, 1, HIDDEN), broken, 3, 0, 2)
+        yield "good1", queue.step(backend, good[1], good_caches[1], 6, 0, 2)
+
+    try:
+        results, _ = asyncio.run(_while_busy(queue, submit))
+    finally:
+        queue.close()
+    assert isinstance(results[1], Exception)
+    for index, (result, reference) in enumerate(zip([results[0], results[2]], expected)):
+        assert_matches_reference(result, reference, f"good step {index} after a batch failed")
+    assert [cache.get_seq_length(0) for cache in good_caches] == [5, 7]  # rolled back once, then extended once
+
+
+def test_without_batching_each_step_runs_alone(backend):
+    stats = ServingStats()
+    queue = ComputeQueue(0, stats)
+    caches = [_cache_after(backend, 3, seed) for seed in range(3)]
+
+    def submit():
+        return [(f"step{index}", queue.step(backend, torch.randn(1, 1, HIDDEN), cache, 3, 0, 2))
+                for index, cache in enumerate(caches)]
+
+    try:
+        results, order = asyncio.run(_while_busy(queue, submit))
+    finally:
+        queue.close()
+    assert order == ["step0", "step1", "step2"] and stats.largest_batch == 1 and stats.batches == 3
+    assert all(isinstance(result, torch.Tensor) for result in results)
