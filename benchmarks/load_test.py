@@ -101,9 +101,8 @@ class LoadReport:
     failures: list[str] = field(default_factory=list)
     first_token: list[float] = field(default_factory=list)
     steps: list[float] = field(default_factory=list)
-    largest_batch: list[int] = field(default_factory=list)
-    """Each server's largest batch of steps since it started, after the run (and before it, below)."""
-    largest_batch_before: list[int] = field(default_factory=list)
+    batch_counts: list[tuple[int, int]] = field(default_factory=list)
+    """Each server's (batches, steps in them) during the run."""
     server_cpu: list[float] = field(default_factory=list)
     """CPU seconds each server (with its p2p daemon) spent during the run."""
     rss_idle: list[int] = field(default_factory=list)
@@ -126,13 +125,10 @@ class LoadReport:
         return sum(self.server_cpu) / (self.clients * self.new_tokens) * 1e3 if self.server_cpu else math.nan
 
     @property
-    def batch_label(self) -> str:
-        """The largest batch any server ran during this run. The servers only tell their largest since start:
-        where that did not grow during the run, it only bounds this run's ("<= n"; a step is a batch of 1)."""
-        pairs = list(zip(self.largest_batch, self.largest_batch_before))
-        known = max([after for after, before in pairs if after > before], default=1 if self.steps else 0)
-        bound = max((before for after, before in pairs if after <= before), default=0)
-        return str(known) if known >= bound else f"<= {bound}"
+    def mean_batch(self) -> float:
+        """Inference steps per batch the servers ran during this run (1.0: no batching happened)."""
+        batches = sum(count for count, _ in self.batch_counts)
+        return sum(steps for _, steps in self.batch_counts) / batches if batches else math.nan
 
     def within_budget(self) -> list[bool]:
         return [peak <= idle + budget + COMPUTE_ALLOWANCE
@@ -191,9 +187,14 @@ def _server_infos(dht, converted: Path) -> tuple[list[dict], list[str]]:
     return server_infos(p2p, spans), [f"{span.start}..{span.end - 1}" for span in spans]
 
 
+def _batch_counts(infos: list[dict]) -> list[tuple[int, int]]:
+    """(batches, steps batched) each server has run since it started, from its ``rpc_info``."""
+    return [(int(info["batches"]), int(info["batched_steps"])) for info in infos]
+
+
 class ServerWatch:
-    """What the swarm's servers use over one run, written into ``report``: idle memory, KV budget and largest
-    batch so far when made (no session open yet); peak memory, CPU seconds and largest batch from
+    """What the swarm's servers use over one run, written into ``report``: idle memory, KV budget and batch
+    counters when made (no session open yet); peak memory, CPU seconds and the batches run from
     :meth:`begin` to :meth:`end`."""
 
     def __init__(self, swarm: LocalSwarm, dht: "hivemind.DHT", converted: Path, report: LoadReport) -> None:
@@ -201,7 +202,7 @@ class ServerWatch:
         self.pids = [server.process.pid for server in swarm.servers]
         infos, report.spans = _server_infos(dht, converted)
         report.kv_budget = [int(info["cache_bytes_left"]) for info in infos]
-        report.largest_batch_before = [int(info.get("largest_batch", 1)) for info in infos]
+        self._batches_before = _batch_counts(infos)
         report.rss_idle = [process_rss(pid) for pid in self.pids]
         self._sampler = MemorySampler(self.pids)
         self._cpu_before: list[float] = []
@@ -213,8 +214,9 @@ class ServerWatch:
     def end(self) -> None:
         self.report.rss_peak = self._sampler.stop()
         self.report.server_cpu = [process_cpu_seconds(pid) - before for pid, before in zip(self.pids, self._cpu_before)]
-        infos = _server_infos(self.dht, self.converted)[0]
-        self.report.largest_batch = [int(info.get("largest_batch", 1)) for info in infos]
+        after = _batch_counts(_server_infos(self.dht, self.converted)[0])
+        self.report.batch_counts = [(batches - batches_before, steps - steps_before) for (batches, steps), (
+            batches_before, steps_before) in zip(after, self._batches_before)]
 
 
 @contextlib.contextmanager
@@ -387,29 +389,29 @@ def _rows(reports: dict[tuple[str, int], LoadReport]) -> list[tuple[str, int, Lo
 
 
 def curve_table(reports: dict[tuple[str, int], LoadReport]) -> str:
-    """One row per (clients, batching): throughput, latencies, correctness, memory and the largest batch."""
-    rows = ["| clients | batching | correct | throughput | first token p50 | step p50 | step p99 | largest batch "
+    """One row per (clients, batching): throughput, latencies, correctness, memory and the mean batch."""
+    rows = ["| clients | batching | correct | throughput | first token p50 | step p50 | step p99 | mean batch "
             "| servers' CPU per token | memory within budget |", "|---|---|---|---|---|---|---|---|---|---|"]
     for mode, clients, report in _rows(reports):
         rows.append(
             f"| {clients} | {mode} | {report.correct}/{clients} | {report.throughput:.1f} tokens/s "
             f"| {percentile(report.first_token, 50) * 1e3:.0f} ms | {percentile(report.steps, 50) * 1e3:.1f} ms "
-            f"| {percentile(report.steps, 99) * 1e3:.1f} ms | {report.batch_label} "
+            f"| {percentile(report.steps, 99) * 1e3:.1f} ms | {report.mean_batch:.1f} "
             f"| {report.server_ms_per_token:.2f} ms "
             f"| {'yes' if report.rss_peak and all(report.within_budget()) else 'NO'} |")
     return "\n".join(rows)
 
 
 def capacity_table(reports: dict[tuple[str, int], LoadReport]) -> str:
-    """One row per (clients, batching) of :func:`run_steps`: steps per second, step latencies, largest batch and
+    """One row per (clients, batching) of :func:`run_steps`: steps per second, step latencies, mean batch and
     the servers' CPU per step."""
-    rows = ["| clients | batching | sessions ok | steps/s | step p50 | step p99 | largest batch "
+    rows = ["| clients | batching | sessions ok | steps/s | step p50 | step p99 | mean batch "
             "| servers' CPU per step |", "|---|---|---|---|---|---|---|---|"]
     for mode, clients, report in _rows(reports):
         rows.append(
             f"| {clients} | {mode} | {report.correct}/{clients} | {report.throughput:.1f} "
             f"| {percentile(report.steps, 50) * 1e3:.1f} ms | {percentile(report.steps, 99) * 1e3:.1f} ms "
-            f"| {report.batch_label} | {report.server_ms_per_token:.2f} ms |")
+            f"| {report.mean_batch:.1f} | {report.server_ms_per_token:.2f} ms |")
     return "\n".join(rows)
 
 
@@ -480,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         swarms = {mode: stack.enter_context(LocalSwarm(converted, spans, log_dir=Path(folder) / f"logs-{mode}",
                                                        server_args=["--throughput", "10", *MODES[mode]]))
                   for mode in args.batching}
-        for clients in args.clients:  # phases interleaved: growing client counts keep each largest batch exact
+        for clients in args.clients:
             for mode, swarm in swarms.items():
                 if "generate" in args.phases:
                     report = generated[(mode, clients)] = run_load(swarm, original, converted, clients,

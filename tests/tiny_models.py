@@ -87,19 +87,17 @@ def save_model(family: str, path: Path, seed: int = 0, num_layers: int = 4, hidd
     return path
 
 
-def tiny_span_backend(max_length: int = 128):
-    """A seeded two-block Llama span served on the CPU (``core.server.backend.SpanBackend``), for unit tests
-    of the server without a network."""
+def tiny_span_backend(max_length: int = 128, family: str = "llama"):
+    """A seeded two-block span of ``family`` served on the CPU (``core.server.backend.SpanBackend``), for unit
+    tests of the server without a network."""
     from core.models.registry import get_family
     from core.server.backend import SpanBackend, SpanLimits
 
     torch.manual_seed(0)
-    config = tiny_llama_config(num_layers=2)
-    family = get_family("llama")
-    blocks = [family.make_block(config, index) for index in range(2)]
+    config = tiny_llama_config(num_layers=2) if family == "llama" else tiny_bloom_config(num_layers=2)
+    blocks = [get_family(family).make_block(config, index) for index in range(2)]
     for block in blocks:
         for parameter in block.parameters():
             torch.nn.init.normal_(parameter, 0, 0.2)
-    span = family.make_span(config, blocks, 0).eval().requires_grad_(False)
+    span = get_family(family).make_span(config, blocks, 0).eval().requires_grad_(False)
     return SpanBackend(config, span, 0, 2, torch.float32, torch.device("cpu"), SpanLimits(8, 1024, max_length))
-

@@ -235,7 +235,8 @@ class BlockRequestHandler(ServicerBase):
         return runtime_pb2.ExpertResponse(metadata=pack_metadata({
             "dht_prefix": self.dht_prefix, "start_block": self.backend.start, "end_block": self.backend.end,
             "cache_bytes_left": self.cache_budget.free_bytes, "version": __version__,
-            "largest_batch": self.stats.largest_batch,
+            "largest_batch": self.stats.largest_batch, "batches": self.stats.batches,
+            "batched_steps": self.stats.batched_steps,
         }))
 
     async def rpc_info_stream(

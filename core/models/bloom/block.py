@@ -5,9 +5,10 @@ import torch
 from torch import nn
 from transformers import BloomConfig
 from transformers.cache_utils import Cache
-from transformers.models.bloom.modeling_bloom import BloomBlock, _get_alibi_slopes
+from transformers.models.bloom.modeling_bloom import BloomAttention, BloomBlock, _get_alibi_slopes
 
 from core.models.masks import additive_causal_mask
+from core.models.ragged import RaggedBatch, RaggedStep
 
 
 def make_bloom_block(config: BloomConfig, index: int) -> nn.Module:
@@ -36,11 +37,69 @@ class BloomBlockSpan(nn.Module):
         batch_size, query_length, _ = hidden_states.shape
         kv_length = past_length + query_length
         device, dtype = hidden_states.device, hidden_states.dtype
-        slopes = _get_alibi_slopes(self.num_heads, device)
-        alibi = (slopes[:, None, None] * torch.arange(kv_length, device=device)).repeat(batch_size, 1, 1).to(dtype)
+        alibi = self._alibi(batch_size, kv_length, dtype, device)
         mask = additive_causal_mask(batch_size, query_length, past_length, dtype, device)
         for block in self.blocks[active]:
             hidden_states = block(
                 hidden_states, alibi, mask, layer_past=cache, use_cache=cache is not None
             )[0]
         return hidden_states
+
+    def _alibi(self, batch_size: int, kv_length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """ALiBi biases ``[batch * heads, 1, kv_length]`` for keys at positions ``0 .. kv_length - 1``."""
+        slopes = _get_alibi_slopes(self.num_heads, device)
+        return (slopes[:, None, None] * torch.arange(kv_length, device=device)).repeat(batch_size, 1, 1).to(dtype)
+
+    def forward_ragged(self, batch: RaggedBatch, active: slice = slice(None)) -> torch.Tensor:
+        """Run blocks ``active`` on every step of ``batch`` at once (see :mod:`core.models.ragged`); each step
+        reads and extends its own cache. Returns the flat outputs ``[1, total_tokens, hidden]``."""
+        hidden_states = batch.flatten()
+        for offset, block in enumerate(self.blocks[active]):
+            if batch.has_prompts:
+                hidden_states = batch.add_prompts(hidden_states, offset)
+            normed = block.input_layernorm(hidden_states)
+            residual = normed if block.apply_residual_connection_post_layernorm else hidden_states
+            attended = self._ragged_attention(block.self_attention, normed, residual, batch)
+            normed = block.post_attention_layernorm(attended)
+            residual = normed if block.apply_residual_connection_post_layernorm else attended
+            hidden_states = block.mlp(normed, residual)
+        return hidden_states
+
+    def _ragged_attention(
+        self, attention: BloomAttention, hidden_states: torch.Tensor, residual: torch.Tensor, batch: RaggedBatch
+    ) -> torch.Tensor:
+        """``BloomAttention.forward`` over a ragged batch: the fused projection on all tokens, then each step's
+        ALiBi attention on its own cache, then the output projection on all tokens."""
+        fused = attention.query_key_value(hidden_states)[0]
+        contexts = [self._step_attention(attention, fused[begin:end], step)
+                    for step, begin, end in zip(batch.steps, batch.offsets, batch.offsets[1:])]
+        context = torch.cat(contexts)[None]
+        if attention.pretraining_tp > 1 and attention.slow_but_exact:
+            slices = attention.hidden_size / attention.pretraining_tp
+            output = torch.zeros_like(context)
+            for index in range(attention.pretraining_tp):
+                output = output + torch.nn.functional.linear(
+                    context[:, :, int(index * slices) : int((index + 1) * slices)],
+                    attention.dense.weight[:, int(index * slices) : int((index + 1) * slices)],
+                )
+        else:
+            output = attention.dense(context)
+        return residual + output
+
+    def _step_attention(self, attention: BloomAttention, fused: torch.Tensor, step: RaggedStep) -> torch.Tensor:
+        """One step's attention context ``[rows * new_tokens, hidden]`` from its part of the fused projection."""
+        rows, query_length, heads, head_dim = step.rows, step.new_tokens, attention.num_heads, attention.head_dim
+        query, key, value = attention._reshape(fused.reshape(rows, query_length, -1))
+        key, value = step.cache.update(key, value, attention.layer_idx)
+        kv_length = key.shape[2]
+        scores = self._alibi(rows, kv_length, fused.dtype, fused.device).baddbmm(
+            batch1=query.reshape(rows * heads, -1, head_dim),
+            batch2=key.reshape(rows * heads, -1, head_dim).transpose(-1, -2),
+            beta=attention.beta,
+            alpha=attention.inv_norm_factor,
+        ).view(rows, heads, query_length, -1)
+        if query_length > 1:
+            scores = scores + additive_causal_mask(rows, query_length, step.past_length, fused.dtype, fused.device)
+        probs = torch.nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+        context = torch.bmm(probs.view(rows * heads, query_length, -1), value.reshape(rows * heads, -1, head_dim))
+        return attention._merge_heads(context).reshape(rows * query_length, -1)

@@ -1,4 +1,4 @@
-"""A ragged batch through a Llama span gives each step what it gets alone (core.models.ragged)."""
+"""A ragged batch through a Llama or BLOOM span gives each step what it gets alone (core.models.ragged)."""
 from __future__ import annotations
 
 import copy
@@ -28,10 +28,11 @@ def _new(rows: int, tokens: int, seed: int) -> torch.Tensor:
     return torch.randn(rows, tokens, HIDDEN, generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.mark.parametrize("family", ["llama", "bloom"])
 @pytest.mark.parametrize("with_prompts", [False, True])
 @torch.inference_mode()
-def test_ragged_batch_equals_each_step_alone(with_prompts: bool) -> None:
-    backend = tiny_span_backend()
+def test_ragged_batch_equals_each_step_alone(with_prompts: bool, family: str) -> None:
+    backend = tiny_span_backend(family=family)
     span = backend.span
     # (rows, cached tokens, new tokens): decodes, a prefill on an empty cache, a chunk after a history, two rows
     shapes = [(1, 5, 1), (1, 0, 7), (1, 12, 1), (2, 3, 4), (1, 9, 1)]
