@@ -90,11 +90,13 @@ def save_model(family: str, path: Path, seed: int = 0, num_layers: int = 4, hidd
 def tiny_span_backend(max_length: int = 128, family: str = "llama"):
     """A seeded two-block span of ``family`` served on the CPU (``core.server.backend.SpanBackend``), for unit
     tests of the server without a network."""
+    from core.convert.loading import DEFAULT_ATTENTION
     from core.models.registry import get_family
     from core.server.backend import SpanBackend, SpanLimits
 
     torch.manual_seed(0)
     config = tiny_llama_config(num_layers=2) if family == "llama" else tiny_bloom_config(num_layers=2)
+    config._attn_implementation = DEFAULT_ATTENTION.get(family, "eager")  # as a server's loaded config has it
     blocks = [get_family(family).make_block(config, index) for index in range(2)]
     for block in blocks:
         for parameter in block.parameters():

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from transformers.cache_utils import DynamicCache
 
 from core.models.masks import additive_causal_mask
@@ -92,6 +93,15 @@ class RaggedBatch:
         part = flat[0, self.offsets[index] : self.offsets[index + 1]]
         return part.reshape(step.rows, step.new_tokens, -1, head_dim).transpose(1, 2)
 
+    def single_token_steps(self) -> list[int]:
+        """Indices of the steps that bring one new token per row: decoding steps, whose attention can run as
+        one padded batch (:func:`padded_histories`)."""
+        return [index for index, step in enumerate(self.steps) if step.new_tokens == 1]
+
+    def token_positions(self, indices: list[int], device: torch.device) -> torch.Tensor:
+        """Positions in the flat sequence of the tokens of steps ``indices``, in that order."""
+        return torch.cat([torch.arange(self.offsets[index], self.offsets[index + 1]) for index in indices]).to(device)
+
     def join_heads(self, outputs: list[torch.Tensor]) -> torch.Tensor:
         """Per-step attention outputs ``[rows, new_tokens, heads, head_dim]`` as one ``[1, total_tokens, heads * head_dim]``."""
         return torch.cat([output.reshape(-1, output.shape[-2] * output.shape[-1]) for output in outputs])[None]
@@ -109,6 +119,29 @@ def causal_mask_if_needed(
     if new_tokens == 1 or (past_length == 0 and implicit_causal):
         return None
     return additive_causal_mask(rows, new_tokens, past_length, dtype, device)
+
+
+def padded_histories(
+    keys: list[torch.Tensor], values: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Several steps' whole cached keys and values ``[rows, kv_heads, length, head_dim]`` (lengths differ) as one
+    batch ``[total_rows, kv_heads, longest, head_dim]``, zero-padded at the end, with each row's length."""
+    key_rows = [row.transpose(0, 1) for key in keys for row in key.unbind(0)]
+    value_rows = [row.transpose(0, 1) for value in values for row in value.unbind(0)]
+    lengths = [row.shape[0] for row in key_rows]
+    return (pad_sequence(key_rows, batch_first=True).transpose(1, 2),
+            pad_sequence(value_rows, batch_first=True).transpose(1, 2), lengths)
+
+
+def key_padding_mask(lengths: list[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+    """The additive mask ``[rows, 1, 1, longest]`` that hides the padding :func:`padded_histories` added
+    (``None`` when every row is equally long)."""
+    if len(set(lengths)) == 1:
+        return None
+    longest = max(lengths)
+    blocked = torch.arange(longest, device=device)[None] >= torch.tensor(lengths, device=device)[:, None]
+    mask = torch.zeros(len(lengths), longest, dtype=dtype, device=device).masked_fill_(blocked, torch.finfo(dtype).min)
+    return mask[:, None, None]
 
 
 def remember_lengths(steps: list[RaggedStep]) -> list[list[int]]:

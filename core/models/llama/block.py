@@ -1,6 +1,8 @@
 """Server side of Llama: a span of consecutive ``LlamaDecoderLayer``s with rotary embeddings."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 from transformers import LlamaConfig
@@ -14,7 +16,7 @@ from transformers.models.llama.modeling_llama import (
     eager_attention_forward,
 )
 
-from core.models.ragged import RaggedBatch, causal_mask_if_needed
+from core.models.ragged import RaggedBatch, causal_mask_if_needed, key_padding_mask, padded_histories
 
 
 def make_llama_block(config: LlamaConfig, index: int) -> nn.Module:
@@ -80,8 +82,9 @@ class LlamaBlockSpan(nn.Module):
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         batch: RaggedBatch,
     ) -> torch.Tensor:
-        """``LlamaAttention.forward`` over a ragged batch: projections and rotary embeddings on all tokens,
-        then each step's attention on its own cache with the mask it would get alone."""
+        """``LlamaAttention.forward`` over a ragged batch: projections and rotary embeddings on all tokens; then
+        the decoding steps' attention as one padded batch, and each longer step's on its own cache with the
+        mask it would get alone."""
         head_dim = attention.head_dim
         flat_shape = (1, batch.total_tokens, -1, head_dim)
         cos, sin = position_embeddings
@@ -89,14 +92,51 @@ class LlamaBlockSpan(nn.Module):
                                           attention.k_proj(hidden_states).view(flat_shape), cos, sin, unsqueeze_dim=2)
         value = attention.v_proj(hidden_states).view(flat_shape)
         attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        outputs: list[torch.Tensor | None] = [None] * len(batch.steps)
+        decoding = batch.single_token_steps()
+        if len(decoding) > 1:
+            self._decoding_attention(attention, attend, query, key, value, batch, decoding, outputs)
         implicit_causal = self.config._attn_implementation == "sdpa"
-        outputs = []
         for index, step in enumerate(batch.steps):
+            if outputs[index] is not None:
+                continue
             step_key, step_value = step.cache.update(batch.heads_of(key, index, head_dim),
                                                      batch.heads_of(value, index, head_dim), attention.layer_idx)
             mask = causal_mask_if_needed(step.rows, step.new_tokens, step.past_length, hidden_states.dtype,
                                          hidden_states.device, implicit_causal)
-            output, _ = attend(attention, batch.heads_of(query, index, head_dim), step_key, step_value, mask,
-                               dropout=0.0, scaling=attention.scaling)
-            outputs.append(output)
+            outputs[index], _ = attend(attention, batch.heads_of(query, index, head_dim), step_key, step_value, mask,
+                                       dropout=0.0, scaling=attention.scaling)
         return attention.o_proj(batch.join_heads(outputs))
+
+    @staticmethod
+    def _decoding_attention(
+        attention: LlamaAttention,
+        attend: Callable,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        batch: RaggedBatch,
+        decoding: list[int],
+        outputs: list[torch.Tensor | None],
+    ) -> None:
+        """The attention of the single-token steps ``decoding`` in one call: each extends its own cache, then all
+        their histories, padded to the longest, meet their queries at once. Fills ``outputs`` at those steps."""
+        positions = batch.token_positions(decoding, query.device)
+        new_keys, new_values = key[0, positions, :, None], value[0, positions, :, None]  # [rows, kv_heads, 1, dim]
+        keys, values, first = [], [], 0
+        for index in decoding:
+            rows = batch.steps[index].rows
+            step_key, step_value = batch.steps[index].cache.update(
+                new_keys[first : first + rows], new_values[first : first + rows], attention.layer_idx)
+            keys.append(step_key)
+            values.append(step_value)
+            first += rows
+        keys, values, lengths = padded_histories(keys, values)
+        mask = key_padding_mask(lengths, query.dtype, query.device)
+        output, _ = attend(attention, query[0, positions, :, None], keys, values, mask, dropout=0.0,
+                           scaling=attention.scaling)
+        first = 0
+        for index in decoding:
+            rows = batch.steps[index].rows
+            outputs[index] = output[first : first + rows]
+            first += rows

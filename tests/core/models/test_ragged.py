@@ -34,8 +34,9 @@ def _new(rows: int, tokens: int, seed: int) -> torch.Tensor:
 def test_ragged_batch_equals_each_step_alone(with_prompts: bool, family: str) -> None:
     backend = tiny_span_backend(family=family)
     span = backend.span
-    # (rows, cached tokens, new tokens): decodes, a prefill on an empty cache, a chunk after a history, two rows
-    shapes = [(1, 5, 1), (1, 0, 7), (1, 12, 1), (2, 3, 4), (1, 9, 1)]
+    # (rows, cached tokens, new tokens): decodes of different lengths (one of two rows, one on an empty cache),
+    # a prefill on an empty cache, a chunk after a history, two rows
+    shapes = [(1, 5, 1), (1, 0, 7), (1, 12, 1), (2, 3, 4), (1, 9, 1), (2, 6, 1), (1, 0, 1)]
     steps, alone = [], []
     for seed, (rows, past, new) in enumerate(shapes):
         _, cache = _session(span, rows, past, seed)
