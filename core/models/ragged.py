@@ -17,6 +17,11 @@ from transformers.cache_utils import DynamicCache
 from core.models.masks import additive_causal_mask
 
 
+PADDED_TOKENS = 65536
+"""At most this many rows x positions of cached keys (and as many values) are padded into one attention call
+of decoding steps: a transient copy of at most that much of one layer's cache."""
+
+
 @dataclass
 class RaggedStep:
     """One session's step: ``hidden`` ``[rows, new_tokens, hidden]`` after ``past_length`` cached tokens.
@@ -93,10 +98,22 @@ class RaggedBatch:
         part = flat[0, self.offsets[index] : self.offsets[index + 1]]
         return part.reshape(step.rows, step.new_tokens, -1, head_dim).transpose(1, 2)
 
-    def single_token_steps(self) -> list[int]:
-        """Indices of the steps that bring one new token per row: decoding steps, whose attention can run as
-        one padded batch (:func:`padded_histories`)."""
-        return [index for index, step in enumerate(self.steps) if step.new_tokens == 1]
+    def decoding_groups(self, padded_tokens: int = PADDED_TOKENS) -> list[list[int]]:
+        """The single-token steps (indices), by length of their history, in groups whose padded histories
+        (rows x longest) stay within ``padded_tokens``: each group's attention can run as one call."""
+        decoding = sorted((index for index, step in enumerate(self.steps) if step.new_tokens == 1),
+                          key=lambda index: self.steps[index].past_length)
+        groups: list[list[int]] = []
+        rows = 0
+        for index in decoding:
+            step = self.steps[index]
+            if groups and (rows + step.rows) * (step.past_length + 1) <= padded_tokens:
+                groups[-1].append(index)
+                rows += step.rows
+            else:
+                groups.append([index])
+                rows = step.rows
+        return groups
 
     def token_positions(self, indices: list[int], device: torch.device) -> torch.Tensor:
         """Positions in the flat sequence of the tokens of steps ``indices``, in that order."""

@@ -93,9 +93,9 @@ class LlamaBlockSpan(nn.Module):
         value = attention.v_proj(hidden_states).view(flat_shape)
         attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         outputs: list[torch.Tensor | None] = [None] * len(batch.steps)
-        decoding = batch.single_token_steps()
-        if len(decoding) > 1:
-            self._decoding_attention(attention, attend, query, key, value, batch, decoding, outputs)
+        for group in batch.decoding_groups():
+            if len(group) > 1:
+                self._decoding_attention(attention, attend, query, key, value, batch, group, outputs)
         implicit_causal = self.config._attn_implementation == "sdpa"
         for index, step in enumerate(batch.steps):
             if outputs[index] is not None:

@@ -30,8 +30,11 @@ def _new(rows: int, tokens: int, seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("family", ["llama", "bloom"])
 @pytest.mark.parametrize("with_prompts", [False, True])
+@pytest.mark.parametrize("padded_tokens", [65536, 16])  # one padded attention call for all decodes, or several
 @torch.inference_mode()
-def test_ragged_batch_equals_each_step_alone(with_prompts: bool, family: str) -> None:
+def test_ragged_batch_equals_each_step_alone(with_prompts: bool, family: str, padded_tokens: int, monkeypatch) -> None:
+    groups = RaggedBatch.decoding_groups
+    monkeypatch.setattr(RaggedBatch, "decoding_groups", lambda self: groups(self, padded_tokens))
     backend = tiny_span_backend(family=family)
     span = backend.span
     # (rows, cached tokens, new tokens): decodes of different lengths (one of two rows, one on an empty cache),
@@ -71,3 +74,13 @@ def test_a_failed_batch_leaves_every_cache_as_it_was() -> None:
     assert [step.cache.get_seq_length(0) for step in steps] == [5, 1, 7]
     restore_lengths(steps, before)
     assert [step.cache.get_seq_length(0) for step in steps] == [4, 0, 6]
+
+
+def test_decoding_steps_are_grouped_by_length_within_the_padding_limit() -> None:
+    def step(rows: int, past: int, new: int = 1) -> RaggedStep:
+        return RaggedStep(torch.zeros(rows, new, HIDDEN), DynamicCache(), past)
+
+    batch = RaggedBatch([step(1, 10), step(1, 2), step(1, 30), step(2, 5), step(1, 4, new=3)])
+    # by length: 2 (3 positions), 5 (2 rows x 6), 10 (11), 30 (31); the 3-token step is not decoding
+    assert batch.decoding_groups(padded_tokens=44) == [[1, 3, 0], [2]]
+    assert batch.decoding_groups(padded_tokens=10) == [[1], [3], [0], [2]]
