@@ -2,9 +2,10 @@
 
 Each step brings its own rows, new tokens, KV cache and past length. Per-token work (norms,
 projections, MLPs) runs once over all steps' tokens laid end to end, ``[1, total_tokens, hidden]``,
-so the weights are read once per batch instead of once per session. Attention runs per step
-against that step's own cache, with the same shapes, mask and kernel as the step would get alone,
-so every session gets its own numbers (within float rounding of the larger matrix products).
+so the weights are read once per batch instead of once per session. Attention reads each step's
+own cache: a longer step's with the same shapes, mask and kernel it would get alone; single-token
+steps' (decoding) together, their histories padded to the longest and the padding masked. Every
+session gets its own numbers, within float rounding of the larger matrix products.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers.cache_utils import DynamicCache
 
 from core.models.masks import additive_causal_mask
-
 
 PADDED_TOKENS = 65536
 """At most this many rows x positions of cached keys (and as many values) are padded into one attention call

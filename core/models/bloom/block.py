@@ -8,7 +8,7 @@ from transformers.cache_utils import Cache
 from transformers.models.bloom.modeling_bloom import BloomAttention, BloomBlock, _get_alibi_slopes
 
 from core.models.masks import additive_causal_mask
-from core.models.ragged import RaggedBatch, RaggedStep
+from core.models.ragged import RaggedBatch, key_padding_mask, padded_histories
 
 
 def make_bloom_block(config: BloomConfig, index: int) -> nn.Module:
@@ -68,11 +68,23 @@ class BloomBlockSpan(nn.Module):
     def _ragged_attention(
         self, attention: BloomAttention, hidden_states: torch.Tensor, residual: torch.Tensor, batch: RaggedBatch
     ) -> torch.Tensor:
-        """``BloomAttention.forward`` over a ragged batch: the fused projection on all tokens, then each step's
-        ALiBi attention on its own cache, then the output projection on all tokens."""
+        """``BloomAttention.forward`` over a ragged batch: the fused projection on all tokens; then the decoding
+        steps' ALiBi attention as one padded batch, and each longer step's on its own cache; then the output
+        projection on all tokens."""
         fused = attention.query_key_value(hidden_states)[0]
-        contexts = [self._step_attention(attention, fused[begin:end], step)
-                    for step, begin, end in zip(batch.steps, batch.offsets, batch.offsets[1:])]
+        contexts: list[torch.Tensor | None] = [None] * len(batch.steps)
+        for group in batch.decoding_groups():
+            if len(group) > 1:
+                self._decoding_attention(attention, fused, batch, group, contexts)
+        for index, step in enumerate(batch.steps):
+            if contexts[index] is not None:
+                continue
+            part = fused[batch.offsets[index] : batch.offsets[index + 1]]
+            query, key, value = attention._reshape(part.reshape(step.rows, step.new_tokens, -1))
+            key, value = step.cache.update(key, value, attention.layer_idx)
+            mask = None if step.new_tokens == 1 else additive_causal_mask(
+                step.rows, step.new_tokens, step.past_length, fused.dtype, fused.device)
+            contexts[index] = self._attend(attention, query, key, value, mask)
         context = torch.cat(contexts)[None]
         if attention.pretraining_tp > 1 and attention.slow_but_exact:
             slices = attention.hidden_size / attention.pretraining_tp
@@ -86,20 +98,54 @@ class BloomBlockSpan(nn.Module):
             output = attention.dense(context)
         return residual + output
 
-    def _step_attention(self, attention: BloomAttention, fused: torch.Tensor, step: RaggedStep) -> torch.Tensor:
-        """One step's attention context ``[rows * new_tokens, hidden]`` from its part of the fused projection."""
-        rows, query_length, heads, head_dim = step.rows, step.new_tokens, attention.num_heads, attention.head_dim
-        query, key, value = attention._reshape(fused.reshape(rows, query_length, -1))
-        key, value = step.cache.update(key, value, attention.layer_idx)
+    def _decoding_attention(
+        self,
+        attention: BloomAttention,
+        fused: torch.Tensor,
+        batch: RaggedBatch,
+        decoding: list[int],
+        contexts: list[torch.Tensor | None],
+    ) -> None:
+        """The attention of the single-token steps ``decoding`` in one call: each extends its own cache, then all
+        their histories, padded to the longest, meet their queries at once. Fills ``contexts`` at those steps."""
+        query, key, value = attention._reshape(fused[batch.token_positions(decoding, fused.device)][:, None])
+        keys, values, first = [], [], 0
+        for index in decoding:
+            rows = batch.steps[index].rows
+            step_key, step_value = batch.steps[index].cache.update(
+                key[first : first + rows], value[first : first + rows], attention.layer_idx)
+            keys.append(step_key)
+            values.append(step_value)
+            first += rows
+        keys, values, lengths = padded_histories(keys, values)
+        context = self._attend(attention, query, keys, values, key_padding_mask(lengths, fused.dtype, fused.device))
+        first = 0
+        for index in decoding:
+            rows = batch.steps[index].rows
+            contexts[index] = context[first : first + rows]
+            first += rows
+
+    def _attend(
+        self,
+        attention: BloomAttention,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """BLOOM's ALiBi attention of ``query`` ``[rows, heads, q, dim]`` over ``key`` and ``value``
+        ``[rows, heads, kv, dim]`` (``mask`` additive, or ``None``), as ``[rows * q, hidden]``."""
+        rows, heads, query_length, head_dim = query.shape
         kv_length = key.shape[2]
-        scores = self._alibi(rows, kv_length, fused.dtype, fused.device).baddbmm(
-            batch1=query.reshape(rows * heads, -1, head_dim),
-            batch2=key.reshape(rows * heads, -1, head_dim).transpose(-1, -2),
+        scores = self._alibi(rows, kv_length, query.dtype, query.device).baddbmm(
+            batch1=query.reshape(rows * heads, query_length, head_dim),
+            batch2=key.reshape(rows * heads, kv_length, head_dim).transpose(-1, -2),
             beta=attention.beta,
             alpha=attention.inv_norm_factor,
-        ).view(rows, heads, query_length, -1)
-        if query_length > 1:
-            scores = scores + additive_causal_mask(rows, query_length, step.past_length, fused.dtype, fused.device)
+        ).view(rows, heads, query_length, kv_length)
+        if mask is not None:
+            scores = scores + mask
         probs = torch.nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-        context = torch.bmm(probs.view(rows * heads, query_length, -1), value.reshape(rows * heads, -1, head_dim))
+        context = torch.bmm(probs.view(rows * heads, query_length, kv_length),
+                            value.reshape(rows * heads, kv_length, head_dim))
         return attention._merge_heads(context).reshape(rows * query_length, -1)
