@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +27,14 @@ from core.server.stats import ServingStats
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+
+GATHER_FRACTION = 0.25
+"""A batch waits for more steps at most this fraction of the last batch's compute time ..."""
+QUIET_FRACTION = 0.05
+"""... and stops waiting once no step arrived for this fraction of it (at least QUIET_SECONDS)."""
+QUIET_SECONDS = 0.001
+ACTIVE_SECONDS = 2.0
+"""A session that stepped within this long (or four batches' time, if longer) counts as active."""
 
 
 @dataclass(eq=False)
@@ -87,6 +96,8 @@ class ComputeQueue:
         self._jobs: deque[_Job] = deque()
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
+        self._last_step: dict[int, float] = {}  # id of a session's cache -> when its last step arrived
+        self._batch_seconds = 0.0  # how long the last batch took
 
     async def run(self, function: Callable[..., T], *args: object) -> T:
         """``function(*args)`` on the compute thread once no inference step waits (training work)."""
@@ -109,9 +120,14 @@ class ComputeQueue:
         ready steps; returns the outputs like :meth:`SpanBackend.inference_step`."""
         pending = _PendingStep(backend, start, end, hidden, cache, past_length, prompts,
                                asyncio.get_running_loop().create_future())
+        self._last_step[id(cache)] = time.monotonic()
         self._steps.append(pending)
         self._notify()
         return await pending.future
+
+    def forget(self, cache: DynamicCache) -> None:
+        """The session owning ``cache`` ended: batches no longer wait for it."""
+        self._last_step.pop(id(cache), None)
 
     def close(self) -> None:
         """Stop the compute thread (the computation in progress finishes first)."""
@@ -133,6 +149,7 @@ class ComputeQueue:
                 self._drop_abandoned()
                 try:
                     if self._steps:
+                        await self._gather(wakeup)
                         await self._run_batch()
                     elif self._jobs:
                         await self._run_job(self._jobs.popleft())
@@ -142,6 +159,30 @@ class ComputeQueue:
                     logger.exception("The compute queue failed; failing the steps waiting in it")
                     for pending in list(self._steps):
                         self._finish(pending, error=error)
+
+    async def _gather(self, wakeup: asyncio.Event) -> None:
+        """Give the other active sessions' steps a moment to arrive and join this batch.
+
+        Steps of many sessions tend to arrive in bursts (a batch's outputs come back from the next server or
+        the clients at about the same time); starting a batch on a burst's first step would split it. The wait
+        ends when every active session is queued, when no step arrived for a short quiet gap, or at a fraction
+        of the last batch's time; a lone session never waits.
+        """
+        if self.batch_tokens <= 0 or self._batch_seconds <= 0:
+            return
+        began = time.monotonic()
+        deadline = began + GATHER_FRACTION * self._batch_seconds
+        quiet = max(QUIET_SECONDS, QUIET_FRACTION * self._batch_seconds)
+        horizon = max(ACTIVE_SECONDS, 4 * self._batch_seconds)
+        while (now := time.monotonic()) < deadline:
+            queued = {id(pending.cache) for pending in self._steps}
+            if not any(key not in queued and now - last < horizon for key, last in self._last_step.items()):
+                return
+            wakeup.clear()
+            try:
+                await asyncio.wait_for(wakeup.wait(), min(quiet, deadline - now))
+            except asyncio.TimeoutError:
+                return
 
     def _drop_abandoned(self) -> None:
         """Forget steps and jobs whose caller is gone (a session that ended, a client that left)."""
@@ -163,11 +204,13 @@ class ComputeQueue:
         taken = self._take_batch()
         first = taken[0][0]
         chunks = [pending.chunk(length) for pending, length in taken]
+        began = time.monotonic()
         try:
             results = await asyncio.get_running_loop().run_in_executor(
                 self._executor, first.backend.inference_batch, chunks, first.start, first.end)
         except Exception as error:  # the thread itself failed (stopped, or a failure outside any one step)
             results = [error] * len(chunks)
+        self._batch_seconds = time.monotonic() - began
         self.stats.record_batch(len(taken))
         for (pending, length), result in zip(taken, results):
             if isinstance(result, Exception):

@@ -467,6 +467,7 @@ class BlockRequestHandler(ServicerBase):
                 async with asyncio.timeout(self.session_idle_timeout):  # no extra task per step, unlike wait_for
                     request = await next_request()
         finally:
+            self.compute.forget(cache)
             if pump is not None:
                 pump.cancel()
                 await asyncio.gather(pump, return_exceptions=True)

@@ -160,3 +160,29 @@ def test_without_batching_each_step_runs_alone(backend):
         queue.close()
     assert order == ["step0", "step1", "step2"] and stats.largest_batch == 1 and stats.batches == 3
     assert all(isinstance(result, torch.Tensor) for result in results)
+
+
+@pytest.mark.parametrize("other_is_active", [True, False])
+def test_a_batch_waits_briefly_for_the_other_active_sessions(backend, other_is_active):
+    """A step arriving just after another session's joins its batch while that session is active (it stepped
+    recently and did not end); once the session ended, nothing waits for it."""
+    stats = ServingStats()
+    queue = ComputeQueue(512, stats)
+    caches = [_cache_after(backend, 3, seed) for seed in range(2)]
+
+    async def run() -> None:
+        for cache in caches:  # both sessions step once: active, and the queue has timed a batch
+            await queue.step(backend, torch.randn(1, 1, HIDDEN), cache, 3, 0, 2)
+        queue._batch_seconds = 2.0  # as if batches took 2 s: waits of up to 0.5 s, quiet gaps of 0.1 s
+        if not other_is_active:
+            queue.forget(caches[1])
+        first = asyncio.ensure_future(queue.step(backend, torch.randn(1, 1, HIDDEN), caches[0], 4, 0, 2))
+        await asyncio.sleep(0.01)
+        await queue.step(backend, torch.randn(1, 1, HIDDEN), caches[1], 4, 0, 2)
+        await first
+
+    try:
+        asyncio.run(run())
+    finally:
+        queue.close()
+    assert stats.batches == (3 if other_is_active else 4)
