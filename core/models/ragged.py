@@ -19,7 +19,8 @@ from core.models.masks import additive_causal_mask
 
 PADDED_TOKENS = 65536
 """At most this many rows x positions of cached keys (and as many values) are padded into one attention call
-of decoding steps: a transient copy of at most that much of one layer's cache."""
+of decoding steps: a transient copy of at most that much of one layer's cache (for a model with 8 KV heads of
+128 in float16, 128 MiB of keys and as much of values)."""
 
 
 @dataclass
@@ -44,12 +45,23 @@ class RaggedStep:
         return self.hidden.shape[1]
 
 
+@dataclass
+class DecodingGroup:
+    """Single-token steps whose attention runs as one call (:meth:`RaggedBatch.decoding_plan`): their indices,
+    their tokens' positions in the flat sequence, and the mask that hides their padded histories' padding."""
+
+    steps: list[int]
+    positions: torch.Tensor
+    mask: torch.Tensor | None
+
+
 class RaggedBatch:
     """Steps laid end to end: step ``i`` owns tokens ``offsets[i] .. offsets[i + 1]`` of the flat sequence,
     row by row (its row 0's tokens, then row 1's ...)."""
 
     def __init__(self, steps: list[RaggedStep]) -> None:
         self.steps = steps
+        self._plan: list[DecodingGroup] | None = None
         sizes = [step.rows * step.new_tokens for step in steps]
         self.offsets = [0]
         for size in sizes:
@@ -115,6 +127,15 @@ class RaggedBatch:
                 rows = step.rows
         return groups
 
+    def decoding_plan(self, dtype: torch.dtype, device: torch.device) -> list[DecodingGroup]:
+        """The groups of :meth:`decoding_groups` with more than one step, with what each layer needs for them
+        (computed once per batch): each row's history is its cache plus the new token."""
+        if self._plan is None:
+            self._plan = [DecodingGroup(group, self.token_positions(group, device), key_padding_mask(
+                [self.steps[index].past_length + 1 for index in group for _ in range(self.steps[index].rows)],
+                dtype, device)) for group in self.decoding_groups() if len(group) > 1]
+        return self._plan
+
     def token_positions(self, indices: list[int], device: torch.device) -> torch.Tensor:
         """Positions in the flat sequence of the tokens of steps ``indices``, in that order."""
         return torch.cat([torch.arange(self.offsets[index], self.offsets[index + 1]) for index in indices]).to(device)
@@ -138,21 +159,18 @@ def causal_mask_if_needed(
     return additive_causal_mask(rows, new_tokens, past_length, dtype, device)
 
 
-def padded_histories(
-    keys: list[torch.Tensor], values: list[torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def padded_histories(keys: list[torch.Tensor], values: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Several steps' whole cached keys and values ``[rows, kv_heads, length, head_dim]`` (lengths differ) as one
-    batch ``[total_rows, kv_heads, longest, head_dim]``, zero-padded at the end, with each row's length."""
+    batch ``[total_rows, kv_heads, longest, head_dim]``, zero-padded at the end."""
     key_rows = [row.transpose(0, 1) for key in keys for row in key.unbind(0)]
     value_rows = [row.transpose(0, 1) for value in values for row in value.unbind(0)]
-    lengths = [row.shape[0] for row in key_rows]
     return (pad_sequence(key_rows, batch_first=True).transpose(1, 2),
-            pad_sequence(value_rows, batch_first=True).transpose(1, 2), lengths)
+            pad_sequence(value_rows, batch_first=True).transpose(1, 2))
 
 
 def key_padding_mask(lengths: list[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
-    """The additive mask ``[rows, 1, 1, longest]`` that hides the padding :func:`padded_histories` added
-    (``None`` when every row is equally long)."""
+    """The additive mask ``[rows, 1, 1, longest]`` that hides the padding :func:`padded_histories` adds to rows of
+    these ``lengths`` (``None`` when every row is equally long)."""
     if len(set(lengths)) == 1:
         return None
     longest = max(lengths)

@@ -2,11 +2,14 @@
 
 Inference steps come first: whenever the thread is free, every step that is ready, from any
 session, runs through the blocks as one batch (:meth:`SpanBackend.inference_batch`), up to a token
-budget. Single-token steps go in first; a long prefill fills what is left of the budget and
-continues in the next batch, so it never holds everyone's next token for longer than one budget's
-worth of compute. Training work (forward and backward passes) runs when no inference step waits.
+budget. Single-token steps go in first, up to three quarters of the budget while a longer step
+waits; a long prefill fills the rest and continues in a later batch, so it holds the others' next
+tokens for at most one batch. Training work (forward and backward passes) runs when no inference
+step waits, or once it has waited :data:`JOB_PATIENCE_SECONDS`.
 
-A step waits for nothing but the batch in progress: a lone session's step starts at once.
+Before a batch, the queue waits briefly for the steps of other active sessions of the same blocks
+(see :meth:`ComputeQueue._gather`); a lone session's step starts at once, and so does a lone prefill,
+whole.
 """
 from __future__ import annotations
 
@@ -33,8 +36,13 @@ GATHER_FRACTION = 0.25
 QUIET_FRACTION = 0.05
 """... and stops waiting once no step arrived for this fraction of it (at least QUIET_SECONDS)."""
 QUIET_SECONDS = 0.001
+"""The shortest quiet gap."""
 ACTIVE_SECONDS = 2.0
 """A session that stepped within this long (or four batches' time, if longer) counts as active."""
+PREFILL_SHARE = 4
+"""While a longer step waits, single-token steps take at most all but 1/PREFILL_SHARE of a batch's tokens."""
+JOB_PATIENCE_SECONDS = 1.0
+"""Training work that has waited this long runs before the next batch: inference first, but nothing starves."""
 
 
 @dataclass(eq=False)
@@ -79,13 +87,14 @@ class _Job:
     function: Callable[..., Any]
     args: tuple
     future: asyncio.Future
+    queued_at: float = field(default_factory=time.monotonic)
 
 
 class ComputeQueue:
     """Runs all of a server's compute on one thread: batched inference steps first, then other jobs.
 
     ``batch_tokens`` is the most tokens one batch holds (single-token steps count one per row); 0 runs
-    each step alone and whole, in arrival order (no batching, as before batching existed).
+    each step alone and whole, in arrival order (no batching; training work still comes second).
     """
 
     def __init__(self, batch_tokens: int, stats: ServingStats) -> None:
@@ -96,7 +105,7 @@ class ComputeQueue:
         self._jobs: deque[_Job] = deque()
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
-        self._last_step: dict[int, float] = {}  # id of a session's cache -> when its last step arrived
+        self._last_step: dict[int, tuple[float, tuple]] = {}  # id of a session's cache -> (last step's time, group)
         self._batch_seconds = 0.0  # how long the last batch took
 
     async def run(self, function: Callable[..., T], *args: object) -> T:
@@ -120,7 +129,7 @@ class ComputeQueue:
         ready steps; returns the outputs like :meth:`SpanBackend.inference_step`."""
         pending = _PendingStep(backend, start, end, hidden, cache, past_length, prompts,
                                asyncio.get_running_loop().create_future())
-        self._last_step[id(cache)] = time.monotonic()
+        self._last_step[id(cache)] = (time.monotonic(), pending.group)
         self._steps.append(pending)
         self._notify()
         return await pending.future
@@ -134,8 +143,13 @@ class ComputeQueue:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     def _notify(self) -> None:
-        """Wake the worker task, starting it on this event loop first if needed."""
-        if self._worker is None or self._worker.done() or self._worker.get_loop() is not asyncio.get_running_loop():
+        """Wake the worker task, starting it on this event loop first if needed (and forgetting what callers on
+        an event loop that is gone left queued)."""
+        loop = asyncio.get_running_loop()
+        if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
+            for queue in (self._steps, self._jobs):
+                for item in [item for item in queue if item.future.get_loop() is not loop]:
+                    queue.remove(item)
             self._wakeup = asyncio.Event()
             self._worker = asyncio.create_task(self._work(self._wakeup), name="blossom-compute-queue")
         assert self._wakeup is not None
@@ -148,11 +162,14 @@ class ComputeQueue:
             while True:
                 self._drop_abandoned()
                 try:
-                    if self._steps:
-                        await self._gather(wakeup)
-                        await self._run_batch()
-                    elif self._jobs:
+                    if self._jobs and (not self._steps or
+                                       time.monotonic() - self._jobs[0].queued_at >= JOB_PATIENCE_SECONDS):
                         await self._run_job(self._jobs.popleft())
+                    elif self._steps:
+                        await self._gather(wakeup)
+                        self._drop_abandoned()  # steps whose session ended during the wait
+                        if self._steps:
+                            await self._run_batch()
                     else:
                         break
                 except Exception as error:  # a bug here must not leave every session waiting forever
@@ -170,19 +187,26 @@ class ComputeQueue:
         """
         if self.batch_tokens <= 0 or self._batch_seconds <= 0:
             return
-        began = time.monotonic()
-        deadline = began + GATHER_FRACTION * self._batch_seconds
+        deadline = time.monotonic() + GATHER_FRACTION * self._batch_seconds
         quiet = max(QUIET_SECONDS, QUIET_FRACTION * self._batch_seconds)
         horizon = max(ACTIVE_SECONDS, 4 * self._batch_seconds)
-        while (now := time.monotonic()) < deadline:
-            queued = {id(pending.cache) for pending in self._steps}
-            if not any(key not in queued and now - last < horizon for key, last in self._last_step.items()):
+        while (now := time.monotonic()) < deadline and self._steps:
+            group = self._steps[0].group
+            same_group = [pending for pending in self._steps if pending.group == group]
+            if sum(pending.rows * pending.remaining for pending in same_group) >= self.batch_tokens:
+                return  # a full batch is waiting already
+            if not self._others_active(group, {id(pending.cache) for pending in same_group}, now, horizon):
                 return
             wakeup.clear()
             try:
                 await asyncio.wait_for(wakeup.wait(), min(quiet, deadline - now))
             except asyncio.TimeoutError:
                 return
+
+    def _others_active(self, group: tuple, queued: set[int], now: float, horizon: float) -> bool:
+        """Whether a session of ``group`` that is not queued (not in ``queued``) stepped within ``horizon``."""
+        return any(key not in queued and step_group == group and now - last < horizon
+                   for key, (last, step_group) in self._last_step.items())
 
     def _drop_abandoned(self) -> None:
         """Forget steps and jobs whose caller is gone (a session that ended, a client that left)."""
@@ -221,6 +245,9 @@ class ComputeQueue:
             if pending.remaining == 0:
                 self._finish(pending, output=pending.outputs[0] if len(pending.outputs) == 1
                              else torch.cat(pending.outputs, dim=1))
+            elif pending in self._steps:  # a prefill in parts goes to the back: other blocks' steps get a turn
+                self._steps.remove(pending)
+                self._steps.append(pending)
 
     def _finish(self, pending: _PendingStep, output: torch.Tensor | None = None,
                 error: Exception | None = None) -> None:
@@ -233,21 +260,25 @@ class ComputeQueue:
             pending.future.set_result(output)
 
     def _take_batch(self) -> list[tuple[_PendingStep, int]]:
-        """The steps (and how many of each one's positions) the next batch runs: single-token steps first,
-        in arrival order, then longer ones whole or in part, within ``batch_tokens``; all of one group."""
+        """The steps (and how many of each one's positions) the next batch runs, all of the oldest step's group:
+        single-token steps first, in arrival order (leaving a share of the budget to a longer step waiting),
+        then longer ones whole or in part, within ``batch_tokens``. A lone step with no other session active
+        runs whole."""
         first = self._steps[0]
-        if self.batch_tokens <= 0:
+        if self.batch_tokens <= 0 or (len(self._steps) == 1 and not self._others_active(
+                first.group, {id(first.cache)}, time.monotonic(), max(ACTIVE_SECONDS, 4 * self._batch_seconds))):
             return [(first, first.remaining)]
         budget = self.batch_tokens
         taken: list[tuple[_PendingStep, int]] = []
         same_group = [pending for pending in self._steps if pending.group == first.group]
+        longer = [pending for pending in same_group if pending.remaining > 1]
+        decode_budget = budget - (budget // PREFILL_SHARE if longer else 0)
         for pending in same_group:
-            if pending.remaining == 1 and (pending.rows <= budget or not taken):
+            if pending.remaining == 1 and (pending.rows <= decode_budget or not taken):
                 taken.append((pending, 1))
+                decode_budget -= pending.rows
                 budget -= pending.rows
-        for pending in same_group:
-            if pending.remaining == 1:
-                continue
+        for pending in longer:
             if pending.rows > budget and taken:
                 break
             length = min(pending.remaining, max(1, budget // pending.rows))

@@ -78,7 +78,8 @@ class BlockRequestHandler(ServicerBase):
         self.alloc_timeout = alloc_timeout
         self.stats = stats
         self.session_idle_timeout = session_idle_timeout
-        self.compute = ComputeQueue(batch_tokens, stats)  # one compute thread: sessions' steps batched, then training
+        # one compute thread: sessions' steps batched, then training; a batch never holds more than a request may
+        self.compute = ComputeQueue(min(batch_tokens, backend.limits.max_tokens_per_request), stats)
         self._max_elements = backend.limits.max_tokens_per_request * backend.hidden_size
         # the largest request: hidden states and gradients of max_elements each, plus deep prompts of up to
         # max_elements per block, all of 4-byte values (a move keeps the span's length, so this stays right)

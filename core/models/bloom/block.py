@@ -8,7 +8,7 @@ from transformers.cache_utils import Cache
 from transformers.models.bloom.modeling_bloom import BloomAttention, BloomBlock, _get_alibi_slopes
 
 from core.models.masks import additive_causal_mask
-from core.models.ragged import RaggedBatch, key_padding_mask, padded_histories
+from core.models.ragged import DecodingGroup, RaggedBatch, padded_histories
 
 
 def make_bloom_block(config: BloomConfig, index: int) -> nn.Module:
@@ -73,9 +73,8 @@ class BloomBlockSpan(nn.Module):
         projection on all tokens."""
         fused = attention.query_key_value(hidden_states)[0]
         contexts: list[torch.Tensor | None] = [None] * len(batch.steps)
-        for group in batch.decoding_groups():
-            if len(group) > 1:
-                self._decoding_attention(attention, fused, batch, group, contexts)
+        for group in batch.decoding_plan(fused.dtype, fused.device):
+            self._decoding_attention(attention, fused, batch, group, contexts)
         for index, step in enumerate(batch.steps):
             if contexts[index] is not None:
                 continue
@@ -103,24 +102,24 @@ class BloomBlockSpan(nn.Module):
         attention: BloomAttention,
         fused: torch.Tensor,
         batch: RaggedBatch,
-        decoding: list[int],
+        group: DecodingGroup,
         contexts: list[torch.Tensor | None],
     ) -> None:
-        """The attention of the single-token steps ``decoding`` in one call: each extends its own cache, then all
+        """The attention of the single-token steps of ``group`` in one call: each extends its own cache, then all
         their histories, padded to the longest, meet their queries at once. Fills ``contexts`` at those steps."""
-        query, key, value = attention._reshape(fused[batch.token_positions(decoding, fused.device)][:, None])
+        query, key, value = attention._reshape(fused[group.positions][:, None])
         keys, values, first = [], [], 0
-        for index in decoding:
+        for index in group.steps:
             rows = batch.steps[index].rows
             step_key, step_value = batch.steps[index].cache.update(
                 key[first : first + rows], value[first : first + rows], attention.layer_idx)
             keys.append(step_key)
             values.append(step_value)
             first += rows
-        keys, values, lengths = padded_histories(keys, values)
-        context = self._attend(attention, query, keys, values, key_padding_mask(lengths, fused.dtype, fused.device))
+        keys, values = padded_histories(keys, values)
+        context = self._attend(attention, query, keys, values, group.mask)
         first = 0
-        for index in decoding:
+        for index in group.steps:
             rows = batch.steps[index].rows
             contexts[index] = context[first : first + rows]
             first += rows

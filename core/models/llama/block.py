@@ -16,7 +16,7 @@ from transformers.models.llama.modeling_llama import (
     eager_attention_forward,
 )
 
-from core.models.ragged import RaggedBatch, causal_mask_if_needed, key_padding_mask, padded_histories
+from core.models.ragged import DecodingGroup, RaggedBatch, causal_mask_if_needed, padded_histories
 
 
 def make_llama_block(config: LlamaConfig, index: int) -> nn.Module:
@@ -93,9 +93,8 @@ class LlamaBlockSpan(nn.Module):
         value = attention.v_proj(hidden_states).view(flat_shape)
         attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         outputs: list[torch.Tensor | None] = [None] * len(batch.steps)
-        for group in batch.decoding_groups():
-            if len(group) > 1:
-                self._decoding_attention(attention, attend, query, key, value, batch, group, outputs)
+        for group in batch.decoding_plan(query.dtype, query.device):
+            self._decoding_attention(attention, attend, query, key, value, batch, group, outputs)
         implicit_causal = self.config._attn_implementation == "sdpa"
         for index, step in enumerate(batch.steps):
             if outputs[index] is not None:
@@ -116,27 +115,25 @@ class LlamaBlockSpan(nn.Module):
         key: torch.Tensor,
         value: torch.Tensor,
         batch: RaggedBatch,
-        decoding: list[int],
+        group: DecodingGroup,
         outputs: list[torch.Tensor | None],
     ) -> None:
-        """The attention of the single-token steps ``decoding`` in one call: each extends its own cache, then all
+        """The attention of the single-token steps of ``group`` in one call: each extends its own cache, then all
         their histories, padded to the longest, meet their queries at once. Fills ``outputs`` at those steps."""
-        positions = batch.token_positions(decoding, query.device)
-        new_keys, new_values = key[0, positions, :, None], value[0, positions, :, None]  # [rows, kv_heads, 1, dim]
+        new_keys, new_values = key[0, group.positions, :, None], value[0, group.positions, :, None]  # [rows, kv, 1, dim]
         keys, values, first = [], [], 0
-        for index in decoding:
+        for index in group.steps:
             rows = batch.steps[index].rows
             step_key, step_value = batch.steps[index].cache.update(
                 new_keys[first : first + rows], new_values[first : first + rows], attention.layer_idx)
             keys.append(step_key)
             values.append(step_value)
             first += rows
-        keys, values, lengths = padded_histories(keys, values)
-        mask = key_padding_mask(lengths, query.dtype, query.device)
-        output, _ = attend(attention, query[0, positions, :, None], keys, values, mask, dropout=0.0,
+        keys, values = padded_histories(keys, values)
+        output, _ = attend(attention, query[0, group.positions, :, None], keys, values, group.mask, dropout=0.0,
                            scaling=attention.scaling)
         first = 0
-        for index in decoding:
+        for index in group.steps:
             rows = batch.steps[index].rows
             outputs[index] = output[first : first + rows]
             first += rows

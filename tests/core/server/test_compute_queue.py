@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers.cache_utils import DynamicCache
 
+from core.server import compute_queue
 from core.server.compute_queue import ComputeQueue
 from core.server.stats import ServingStats
 from tests.numerics import assert_matches_reference
@@ -186,3 +187,52 @@ def test_a_batch_waits_briefly_for_the_other_active_sessions(backend, other_is_a
     finally:
         queue.close()
     assert stats.batches == (3 if other_is_active else 4)
+
+
+def test_training_work_that_waited_long_enough_goes_first(backend, monkeypatch):
+    monkeypatch.setattr(compute_queue, "JOB_PATIENCE_SECONDS", 0.0)  # every job has waited long enough
+    queue = ComputeQueue(512, ServingStats())
+    cache = _cache_after(backend, 2, 0)
+
+    def submit():
+        yield "training", queue.run(backend.forward, torch.randn(1, 6, HIDDEN), 0, 2)
+        yield "inference", queue.step(backend, torch.randn(1, 1, HIDDEN), cache, 2, 0, 2)
+
+    try:
+        _, order = asyncio.run(_while_busy(queue, submit))
+    finally:
+        queue.close()
+    assert order == ["training", "inference"]
+
+
+def test_a_prefill_in_parts_lets_steps_of_other_blocks_through(backend):
+    """A long prompt on blocks 0..1 is split; a step on block 1 alone (another group, so another batch) runs
+    after its first part, not after all of it."""
+    stats = ServingStats()
+    queue = ComputeQueue(8, stats)
+    prompt = torch.randn(1, 20, HIDDEN, generator=torch.Generator().manual_seed(4))
+    expected = backend.inference_step(prompt, DynamicCache(), 0, 0, 2)
+    other = DynamicCache()
+
+    def submit():
+        yield "prefill", queue.step(backend, prompt, DynamicCache(), 0, 0, 2)
+        yield "other blocks", queue.step(backend, torch.randn(1, 1, HIDDEN), other, 0, 1, 2)
+
+    try:
+        results, order = asyncio.run(_while_busy(queue, submit))
+    finally:
+        queue.close()
+    assert order == ["other blocks", "prefill"] and stats.batches == 3  # 8 tokens, the other step, the last 12 (alone)
+    assert_matches_reference(results[0], expected, "a prefill in parts")
+
+
+def test_a_lone_prefill_runs_whole(backend):
+    stats = ServingStats()
+    queue = ComputeQueue(8, stats)
+    prompt = torch.randn(1, 20, HIDDEN, generator=torch.Generator().manual_seed(5))
+    try:
+        output = asyncio.run(queue.step(backend, prompt, DynamicCache(), 0, 0, 2))
+    finally:
+        queue.close()
+    assert stats.batches == 1
+    assert_matches_reference(output, backend.inference_step(prompt, DynamicCache(), 0, 0, 2), "a lone prefill")
