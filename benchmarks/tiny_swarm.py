@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import psutil
 import torch
@@ -62,8 +62,8 @@ def cache_free_bytes(p2p: "P2P", spans: Sequence["RemoteSpanInfo"], timeout: flo
     return [int(info["cache_bytes_left"]) for info in server_infos(p2p, spans, timeout)]
 
 
-def process_rss(pid: int) -> int:
-    """Resident memory of a process and all its descendants (a server and its p2p daemon), in bytes."""
+def _process_tree_sum(pid: int, measure: "Callable[[psutil.Process], float]") -> float:
+    """``measure`` summed over a process and all its descendants (0 for those already gone)."""
     try:
         root = psutil.Process(pid)
         processes = [root, *root.children(recursive=True)]
@@ -72,27 +72,20 @@ def process_rss(pid: int) -> int:
     total = 0
     for process in processes:
         try:
-            total += process.memory_info().rss
+            total += measure(process)
         except psutil.NoSuchProcess:
             pass
     return total
 
 
+def process_rss(pid: int) -> int:
+    """Resident memory of a process and all its descendants (a server and its p2p daemon), in bytes."""
+    return int(_process_tree_sum(pid, lambda process: process.memory_info().rss))
+
+
 def process_cpu_seconds(pid: int) -> float:
     """CPU seconds (user + system) a process and all its descendants have used so far."""
-    try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0.0
-    for process in processes:
-        try:
-            times = process.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
+    return float(_process_tree_sum(pid, lambda process: sum(process.cpu_times()[:2])))
 
 
 def percentile(values: Sequence[float], q: float) -> float:

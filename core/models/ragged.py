@@ -136,6 +136,30 @@ class RaggedBatch:
                 dtype, device)) for group in self.decoding_groups() if len(group) > 1]
         return self._plan
 
+    def extend_caches(
+        self, group: DecodingGroup, new_keys: torch.Tensor, new_values: torch.Tensor, layer_idx: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each step of ``group`` appends its rows of ``new_keys`` and ``new_values`` (``[rows, kv_heads, 1, dim]``,
+        the group's rows in order) to its own cache at ``layer_idx``; returns all their histories padded into one
+        batch (:func:`padded_histories`)."""
+        keys, values, first = [], [], 0
+        for index in group.steps:
+            rows = self.steps[index].rows
+            key, value = self.steps[index].cache.update(new_keys[first : first + rows], new_values[first : first + rows],
+                                                        layer_idx)
+            keys.append(key)
+            values.append(value)
+            first += rows
+        return padded_histories(keys, values)
+
+    def scatter_rows(self, group: DecodingGroup, rows: torch.Tensor, into: list[torch.Tensor | None]) -> None:
+        """Give each step of ``group`` its part of ``rows`` (the group's rows in order) at its index in ``into``."""
+        first = 0
+        for index in group.steps:
+            count = self.steps[index].rows
+            into[index] = rows[first : first + count]
+            first += count
+
     def token_positions(self, indices: list[int], device: torch.device) -> torch.Tensor:
         """Positions in the flat sequence of the tokens of steps ``indices``, in that order."""
         return torch.cat([torch.arange(self.offsets[index], self.offsets[index + 1]) for index in indices]).to(device)

@@ -8,7 +8,7 @@ from transformers.cache_utils import Cache
 from transformers.models.bloom.modeling_bloom import BloomAttention, BloomBlock, _get_alibi_slopes
 
 from core.models.masks import additive_causal_mask
-from core.models.ragged import DecodingGroup, RaggedBatch, padded_histories
+from core.models.ragged import DecodingGroup, RaggedBatch
 
 
 def make_bloom_block(config: BloomConfig, index: int) -> nn.Module:
@@ -108,21 +108,8 @@ class BloomBlockSpan(nn.Module):
         """The attention of the single-token steps of ``group`` in one call: each extends its own cache, then all
         their histories, padded to the longest, meet their queries at once. Fills ``contexts`` at those steps."""
         query, key, value = attention._reshape(fused[group.positions][:, None])
-        keys, values, first = [], [], 0
-        for index in group.steps:
-            rows = batch.steps[index].rows
-            step_key, step_value = batch.steps[index].cache.update(
-                key[first : first + rows], value[first : first + rows], attention.layer_idx)
-            keys.append(step_key)
-            values.append(step_value)
-            first += rows
-        keys, values = padded_histories(keys, values)
-        context = self._attend(attention, query, keys, values, group.mask)
-        first = 0
-        for index in group.steps:
-            rows = batch.steps[index].rows
-            contexts[index] = context[first : first + rows]
-            first += rows
+        keys, values = batch.extend_caches(group, key, value, attention.layer_idx)
+        batch.scatter_rows(group, self._attend(attention, query, keys, values, group.mask), contexts)
 
     def _attend(
         self,

@@ -16,7 +16,7 @@ from transformers.models.llama.modeling_llama import (
     eager_attention_forward,
 )
 
-from core.models.ragged import DecodingGroup, RaggedBatch, causal_mask_if_needed, padded_histories
+from core.models.ragged import DecodingGroup, RaggedBatch, causal_mask_if_needed
 
 
 def make_llama_block(config: LlamaConfig, index: int) -> nn.Module:
@@ -120,20 +120,8 @@ class LlamaBlockSpan(nn.Module):
     ) -> None:
         """The attention of the single-token steps of ``group`` in one call: each extends its own cache, then all
         their histories, padded to the longest, meet their queries at once. Fills ``outputs`` at those steps."""
-        new_keys, new_values = key[0, group.positions, :, None], value[0, group.positions, :, None]  # [rows, kv, 1, dim]
-        keys, values, first = [], [], 0
-        for index in group.steps:
-            rows = batch.steps[index].rows
-            step_key, step_value = batch.steps[index].cache.update(
-                new_keys[first : first + rows], new_values[first : first + rows], attention.layer_idx)
-            keys.append(step_key)
-            values.append(step_value)
-            first += rows
-        keys, values = padded_histories(keys, values)
+        keys, values = batch.extend_caches(group, key[0, group.positions, :, None], value[0, group.positions, :, None],
+                                           attention.layer_idx)
         output, _ = attend(attention, query[0, group.positions, :, None], keys, values, group.mask, dropout=0.0,
                            scaling=attention.scaling)
-        first = 0
-        for index in group.steps:
-            rows = batch.steps[index].rows
-            outputs[index] = output[first : first + rows]
-            first += rows
+        batch.scatter_rows(group, output, outputs)

@@ -106,7 +106,9 @@ def test_a_long_prefill_is_chunked_and_never_holds_the_single_token_steps(backen
         assert_matches_reference(result, reference, f"decode {index} next to a chunked prefill")
 
 
-def test_training_work_waits_for_the_inference_steps_queued_with_it(backend):
+@pytest.mark.parametrize("patience", [compute_queue.JOB_PATIENCE_SECONDS, 0.0])
+def test_training_work_waits_for_inference_steps_unless_it_waited_long_enough(backend, monkeypatch, patience):
+    monkeypatch.setattr(compute_queue, "JOB_PATIENCE_SECONDS", patience)  # 0: every job has waited long enough
     queue = ComputeQueue(512, ServingStats())
     cache = _cache_after(backend, 2, 0)
 
@@ -118,7 +120,7 @@ def test_training_work_waits_for_the_inference_steps_queued_with_it(backend):
         _, order = asyncio.run(_while_busy(queue, submit))
     finally:
         queue.close()
-    assert order == ["inference", "training"]
+    assert order == (["inference", "training"] if patience else ["training", "inference"])
 
 
 def test_a_step_that_fails_inside_a_batch_fails_alone(backend):
@@ -187,22 +189,6 @@ def test_a_batch_waits_briefly_for_the_other_active_sessions(backend, other_is_a
     finally:
         queue.close()
     assert stats.batches == (3 if other_is_active else 4)
-
-
-def test_training_work_that_waited_long_enough_goes_first(backend, monkeypatch):
-    monkeypatch.setattr(compute_queue, "JOB_PATIENCE_SECONDS", 0.0)  # every job has waited long enough
-    queue = ComputeQueue(512, ServingStats())
-    cache = _cache_after(backend, 2, 0)
-
-    def submit():
-        yield "training", queue.run(backend.forward, torch.randn(1, 6, HIDDEN), 0, 2)
-        yield "inference", queue.step(backend, torch.randn(1, 1, HIDDEN), cache, 2, 0, 2)
-
-    try:
-        _, order = asyncio.run(_while_busy(queue, submit))
-    finally:
-        queue.close()
-    assert order == ["training", "inference"]
 
 
 def test_a_prefill_in_parts_lets_steps_of_other_blocks_through(backend):
