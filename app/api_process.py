@@ -21,8 +21,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QCoreApplication, QObject, QProcess, QTimer, Signal
 
-from app.child_log import ChildLog
-from app.worker.controller import child_environment
+from app.child_process import ChildLog, child_environment
 from core.launcher import python_command
 
 logger = logging.getLogger(__name__)

@@ -37,11 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="check this installation (a private swarm with the demo model) and exit: 0 if it works")
     add_hidden_alias(modes, "--self-test", "self_test", action="store_true")
     demo = parser.add_argument_group("the terminal demo (--servers and --max_new_tokens also set the self-test's)")
-    add_demo_arguments(demo)
+    add_demo_arguments(demo, max_new_tokens_default=None,  # each mode has its own default answer length
+                       max_new_tokens_help="longest answer, in tokens (default: 60 in the demo, 8 in the self-test)")
     add_hidden_alias(demo, "--max-new-tokens", "max_new_tokens", type=int)
-    for action in demo._group_actions:  # each mode has its own default answer length
-        if action.dest == "max_new_tokens" and action.help != argparse.SUPPRESS:
-            action.default, action.help = None, "longest answer, in tokens (default: 60 in the demo, 8 in the self-test)"
     parser.add_argument("--verbose", action="store_true", help="log every detail (debug level) on stderr")
     return parser
 

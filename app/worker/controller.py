@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from PySide6.QtCore import QByteArray, QObject, QProcess, QProcessEnvironment, QTimer, Signal
+from PySide6.QtCore import QByteArray, QObject, QProcess, QTimer, Signal
 
-from app.child_log import ChildLog
+from app.child_process import ChildLog, child_environment
 from app.worker.messages import (
     Command,
     ErrorEvent,
@@ -42,20 +42,9 @@ from core.launcher import python_command
 
 logger = logging.getLogger(__name__)
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 STDERR_TAIL = 40
 PREFIX_VARIABLE = "BLOSSOM_WORKER_PREFIX"
 
-
-
-def child_environment() -> QProcessEnvironment:
-    """The environment of a Python child the app runs (the worker, the API): this checkout importable first,
-    output unbuffered so its lines arrive as they are written."""
-    environment = QProcessEnvironment.systemEnvironment()
-    pythonpath = environment.value("PYTHONPATH", "")
-    environment.insert("PYTHONPATH", str(PACKAGE_ROOT) + (":" + pythonpath if pythonpath else ""))
-    environment.insert("PYTHONUNBUFFERED", "1")
-    return environment
 
 class WorkerController(QObject):
     """Starts, commands and watches one worker process at a time."""

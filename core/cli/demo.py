@@ -50,10 +50,15 @@ def build_prompt(tokenizer: object, conversation: list[dict[str, str]]) -> str:
     return "\n".join(turn["content"] for turn in conversation)
 
 
-def add_demo_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """The demo's options (also offered by ``blossom`` when it has no display and runs the demo)."""
+def add_demo_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    max_new_tokens_default: int | None = 60,
+    max_new_tokens_help: str = "longest answer, in tokens",
+) -> None:
+    """The demo's options (also offered by ``blossom`` when it has no display and runs the demo, where
+    ``--max_new_tokens`` defaults to each mode's own answer length)."""
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the first thing to ask the model")
-    parser.add_argument("--max_new_tokens", type=int, default=60, help="longest answer, in tokens")
+    parser.add_argument("--max_new_tokens", type=int, default=max_new_tokens_default, help=max_new_tokens_help)
     parser.add_argument("--interactive", action="store_true",
                         help="keep chatting (the model sees the whole conversation) until an empty line or Ctrl-D")
     parser.add_argument("--servers", type=int, default=2, choices=[1, 2, 3], help="how many block servers to start")

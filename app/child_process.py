@@ -1,15 +1,30 @@
-"""The log file of a child process the app runs (the worker, the API): appended to, flushed line by line.
+"""What the app's Python children (the worker, the API) share: their environment and their log file.
 
-Both are QProcess children whose output the app reads; the file keeps what they said after the app
-shows only the last lines, and a failure to write it is a warning, never a reason not to run.
+Both are QProcess children whose output the app reads; the log file keeps what they said after the
+app shows only the last lines, and a failure to write it is a warning, never a reason not to run.
 """
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import IO
 
+from PySide6.QtCore import QProcessEnvironment
+
+from core.launcher import PACKAGE_ROOT
+
 logger = logging.getLogger(__name__)
+
+
+def child_environment() -> QProcessEnvironment:
+    """The environment of a Python child the app runs: this checkout importable first, output unbuffered so
+    its lines arrive as they are written."""
+    environment = QProcessEnvironment.systemEnvironment()
+    pythonpath = environment.value("PYTHONPATH", "")
+    environment.insert("PYTHONPATH", os.pathsep.join(filter(None, [str(PACKAGE_ROOT), pythonpath])))
+    environment.insert("PYTHONUNBUFFERED", "1")
+    return environment
 
 
 class ChildLog:
