@@ -189,13 +189,12 @@ class ComputeQueue:
             return
         deadline = time.monotonic() + GATHER_FRACTION * self._batch_seconds
         quiet = max(QUIET_SECONDS, QUIET_FRACTION * self._batch_seconds)
-        horizon = max(ACTIVE_SECONDS, 4 * self._batch_seconds)
         while (now := time.monotonic()) < deadline and self._steps:
             group = self._steps[0].group
             same_group = [pending for pending in self._steps if pending.group == group]
             if sum(pending.rows * pending.remaining for pending in same_group) >= self.batch_tokens:
                 return  # a full batch is waiting already
-            if not self._others_active(group, {id(pending.cache) for pending in same_group}, now, horizon):
+            if not self._others_active(group, {id(pending.cache) for pending in same_group}, now):
                 return
             wakeup.clear()
             try:
@@ -203,8 +202,10 @@ class ComputeQueue:
             except asyncio.TimeoutError:
                 return
 
-    def _others_active(self, group: tuple, queued: set[int], now: float, horizon: float) -> bool:
-        """Whether a session of ``group`` that is not queued (not in ``queued``) stepped within ``horizon``."""
+    def _others_active(self, group: tuple, queued: set[int], now: float) -> bool:
+        """Whether a session of ``group`` that is not queued (not in ``queued``) is active: it stepped within
+        :data:`ACTIVE_SECONDS`, or four batches' time if that is longer."""
+        horizon = max(ACTIVE_SECONDS, 4 * self._batch_seconds)
         return any(key not in queued and step_group == group and now - last < horizon
                    for key, (last, step_group) in self._last_step.items())
 
@@ -266,7 +267,7 @@ class ComputeQueue:
         runs whole."""
         first = self._steps[0]
         if self.batch_tokens <= 0 or (len(self._steps) == 1 and not self._others_active(
-                first.group, {id(first.cache)}, time.monotonic(), max(ACTIVE_SECONDS, 4 * self._batch_seconds))):
+                first.group, {id(first.cache)}, time.monotonic())):
             return [(first, first.remaining)]
         budget = self.batch_tokens
         taken: list[tuple[_PendingStep, int]] = []
