@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import closing
+from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 from google.protobuf.message import Message
@@ -106,31 +107,48 @@ async def _read_until_end(
         pass
 
 
-async def _first_done(awaitable: Awaitable, other: asyncio.Task) -> bool:
-    """Wait for ``awaitable`` unless ``other`` finishes first (then cancel it); ``True`` if it completed."""
-    task = asyncio.ensure_future(awaitable)
-    try:
-        await asyncio.wait({task, other}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    if task.done():
-        return True
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)  # let it let go of the reader before anyone reads again
-    return False
-
-
 async def read_frame_within(
     reader: asyncio.StreamReader, message_type: type[M], max_message_bytes: int, idle_timeout: float
 ) -> M | None:
     """:func:`read_frame`, raising :class:`InvalidRequestError` if it takes over ``idle_timeout`` seconds."""
     try:
-        return await asyncio.wait_for(read_frame(reader, message_type, max_message_bytes), idle_timeout)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(idle_timeout):  # a deadline on this task: no extra task per frame, unlike wait_for
+            return await read_frame(reader, message_type, max_message_bytes)
+    except TimeoutError:
         raise InvalidRequestError(
             f"no complete message arrived for {idle_timeout:g} s; this stream is closed (open a new one)"
         ) from None
+
+
+@dataclass(frozen=True)
+class _FeedEnd:
+    """How the caller's side of a stream ended: it left (closed or died), said goodbye, or sent a frame that
+    was refused (``unread_payload``: bytes of a refused oversized frame still to be skipped)."""
+
+    left: bool = False
+    said_goodbye: bool = False
+    unread_payload: int = 0
+
+
+async def _feed(
+    reader: asyncio.StreamReader, inbox: asyncio.Queue, message_type: type[Message], max_message_bytes: int,
+    idle_timeout: float,
+) -> _FeedEnd:
+    """Read the caller's frames into ``inbox`` (waiting for room: back-pressure) until its end-of-stream frame,
+    a bad frame or its disconnection; one task for the whole stream."""
+    while True:
+        try:
+            item: Message | InvalidRequestError | None = await read_frame_within(
+                reader, message_type, max_message_bytes, idle_timeout)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return _FeedEnd(left=True)
+        except InvalidRequestError as error:
+            item = error
+        await inbox.put(item)
+        if item is None:
+            return _FeedEnd(said_goodbye=True)
+        if isinstance(item, InvalidRequestError):  # nothing more is read: the handler answers with the reason
+            return _FeedEnd(unread_payload=item.length if isinstance(item, OversizedFrameError) else 0)
 
 
 def make_bounded_stream_handler(
@@ -160,29 +178,21 @@ def make_bounded_stream_handler(
 
         with closing(writer):
             responding = asyncio.create_task(respond())
-            unread_payload = 0
+            feeding = asyncio.create_task(_feed(reader, inbox, message_type, max_message_bytes, idle_timeout))
             try:
-                while not responding.done():
-                    reading = asyncio.ensure_future(
-                        read_frame_within(reader, message_type, max_message_bytes, idle_timeout))
-                    if not await _first_done(reading, responding):
-                        break
-                    try:
-                        item: Message | InvalidRequestError | None = reading.result()
-                    except (asyncio.IncompleteReadError, ConnectionError):
-                        return  # the caller closed the stream or died: the handler is cancelled below
-                    except InvalidRequestError as error:
-                        item = error
-                    if not await _first_done(inbox.put(item), responding):
-                        break
-                    if item is None:
-                        await responding  # the caller is done sending: let the handler finish its answers
+                await asyncio.wait({responding, feeding}, return_when=asyncio.FIRST_COMPLETED)
+                unread_payload = 0
+                if feeding.done():
+                    end = feeding.result()
+                    if end.left:
+                        return  # the handler is cancelled below
+                    await responding  # the caller is done sending (or sent garbage): let the handler finish
+                    if end.said_goodbye:
                         return
-                    if isinstance(item, InvalidRequestError):
-                        await responding  # nothing more is read: let the handler answer with the reason
-                        if isinstance(item, OversizedFrameError):
-                            unread_payload = item.length  # skipped so the caller's goodbye can still be read
-                        break
+                    unread_payload = end.unread_payload
+                else:  # the handler finished first: stop handing requests over
+                    feeding.cancel()
+                    await asyncio.gather(feeding, return_exceptions=True)
                 await _linger(reader, message_type, max_message_bytes, unread_payload)
             except asyncio.CancelledError:
                 # the server is stopping; ending quietly keeps asyncio from logging the cancelled connection
@@ -190,9 +200,10 @@ def make_bounded_stream_handler(
             except Exception:
                 logger.warning("Stream %s from %s failed", name, stream_info.peer_id, exc_info=True)
             finally:
-                if not responding.done():
-                    responding.cancel()
-                await asyncio.gather(responding, return_exceptions=True)
+                for task in (feeding, responding):
+                    if not task.done():
+                        task.cancel()
+                await asyncio.gather(feeding, responding, return_exceptions=True)
 
     return handle
 

@@ -89,8 +89,9 @@ class SessionDirectory:
         if inbox is None:
             raise InvalidRequestError(f"session {session_id} has ended on this server")
         try:
-            await asyncio.wait_for(inbox.put(request), PUSH_WRITE_TIMEOUT)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(PUSH_WRITE_TIMEOUT):  # no extra task per step, unlike wait_for
+                await inbox.put(request)
+        except TimeoutError:
             raise InvalidRequestError(f"session {session_id} took no new step for {PUSH_WRITE_TIMEOUT:g} s") from None
 
 
@@ -121,7 +122,8 @@ class Pusher:
                 self._streams[key] = stream
             _, writer = stream
             frames.write_message(writer, message)
-            await asyncio.wait_for(writer.drain(), PUSH_WRITE_TIMEOUT)
+            async with asyncio.timeout(PUSH_WRITE_TIMEOUT):
+                await writer.drain()
             return None
         except Exception as error:
             self._close(key)

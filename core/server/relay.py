@@ -164,10 +164,14 @@ async def _pipe_both_ways(a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
 
 async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
-        while chunk := await asyncio.wait_for(reader.read(64 * 1024), CIRCUIT_IDLE_TIMEOUT):
+        while True:
+            async with asyncio.timeout(CIRCUIT_IDLE_TIMEOUT):  # a deadline per chunk, without a task per chunk
+                chunk = await reader.read(64 * 1024)
+            if not chunk:
+                return
             writer.write(chunk)
             await writer.drain()
-    except (asyncio.TimeoutError, ConnectionError, OSError):
+    except (TimeoutError, ConnectionError, OSError):
         pass
 
 
