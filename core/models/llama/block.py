@@ -48,6 +48,11 @@ class LlamaBlockSpan(nn.Module):
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
         mask = causal_mask_if_needed(batch_size, query_length, past_length, dtype, device,
                                      implicit_causal=self.config._attn_implementation == "sdpa")
+        if cache is not None and not torch.is_grad_enabled():  # inference: the same math, fewer Python layers
+            attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+            for block in self.blocks[active]:
+                hidden_states = _inference_block(block, hidden_states, position_embeddings, mask, cache, attend)
+            return hidden_states
         for block in self.blocks[active]:
             hidden_states = block(
                 hidden_states,
@@ -125,3 +130,45 @@ class LlamaBlockSpan(nn.Module):
         output, _ = attend(attention, query[0, group.positions, :, None], keys, values, group.mask, dropout=0.0,
                            scaling=attention.scaling)
         batch.scatter_rows(group, output, outputs)
+
+
+def _inference_block(
+    block: LlamaDecoderLayer,
+    hidden_states: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    mask: torch.Tensor | None,
+    cache: Cache,
+    attend: Callable,
+) -> torch.Tensor:
+    """``block(hidden_states, ...)`` for inference with a cache: transformers' ``LlamaDecoderLayer`` and
+    ``LlamaAttention`` operations in their order (the same numbers), without their module calls, decorators and
+    keyword handling, which cost a small model's decoding step about as much as its matrix products."""
+    attention, mlp = block.self_attn, block.mlp
+    batch_size, query_length, _ = hidden_states.shape
+    heads_shape = (batch_size, query_length, -1, attention.head_dim)
+    normed = _rms_norm(block.input_layernorm, hidden_states)
+    query = _linear(attention.q_proj, normed).view(heads_shape).transpose(1, 2)
+    key = _linear(attention.k_proj, normed).view(heads_shape).transpose(1, 2)
+    value = _linear(attention.v_proj, normed).view(heads_shape).transpose(1, 2)
+    cos, sin = position_embeddings
+    query, key = apply_rotary_pos_emb(query, key, cos, sin)
+    key, value = cache.update(key, value, attention.layer_idx)
+    attended, _ = attend(attention, query, key, value, mask, dropout=0.0, scaling=attention.scaling)
+    hidden_states = hidden_states + _linear(attention.o_proj, attended.reshape(batch_size, query_length, -1))
+    normed = _rms_norm(block.post_attention_layernorm, hidden_states)
+    return hidden_states + _linear(mlp.down_proj, mlp.act_fn(_linear(mlp.gate_proj, normed)) * _linear(mlp.up_proj, normed))
+
+
+def _linear(layer: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """``layer(inputs)``; a plain ``nn.Linear`` without the module call (quantized layers run their own forward)."""
+    if type(layer) is nn.Linear:
+        return nn.functional.linear(inputs, layer.weight, layer.bias)
+    return layer(inputs)
+
+
+def _rms_norm(norm: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    """``LlamaRMSNorm.forward``: in float32, then back to the input's dtype and scaled."""
+    input_dtype = hidden_states.dtype
+    hidden_states = hidden_states.to(torch.float32)
+    variance = hidden_states.pow(2).mean(-1, keepdim=True)
+    return norm.weight * (hidden_states * torch.rsqrt(variance + norm.variance_epsilon)).to(input_dtype)
