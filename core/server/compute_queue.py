@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +44,10 @@ PREFILL_SHARE = 4
 """While a longer step waits, single-token steps take at most all but 1/PREFILL_SHARE of a batch's tokens."""
 JOB_PATIENCE_SECONDS = 1.0
 """Training work that has waited this long runs before the next batch: inference first, but nothing starves."""
+INLINE_SECONDS = 0.005
+"""A lone session's step whose like last took under this long runs on the event loop itself: handing it to the
+compute thread and back costs about 0.1-0.2 ms, a large share of a short step. Longer steps, batches and
+training work go to the compute thread, so the loop never stalls for long."""
 
 
 @dataclass(eq=False)
@@ -107,6 +112,7 @@ class ComputeQueue:
         self._worker: asyncio.Task | None = None
         self._last_step: dict[int, tuple[float, tuple]] = {}  # id of a session's cache -> (last step's time, group)
         self._batch_seconds = 0.0  # how long the last batch took
+        self._lone_step_seconds: dict[tuple, float] = {}  # group -> how long its last lone single-token step took
 
     async def run(self, function: Callable[..., T], *args: object) -> T:
         """``function(*args)`` on the compute thread once no inference step waits (training work)."""
@@ -229,13 +235,20 @@ class ComputeQueue:
         taken = self._take_batch()
         first = taken[0][0]
         chunks = [pending.chunk(length) for pending, length in taken]
+        lone_token = (len(self._steps) == 1 and chunks[0].new_tokens == 1 and not self._jobs
+                      and not self._others_active(first.group, {id(first.cache)}, time.monotonic()))
         began = time.monotonic()
         try:
-            results = await asyncio.get_running_loop().run_in_executor(
-                self._executor, first.backend.inference_batch, chunks, first.start, first.end)
+            if lone_token and self._lone_step_seconds.get(first.group, math.inf) < INLINE_SECONDS:
+                results = first.backend.inference_batch(chunks, first.start, first.end)
+            else:
+                results = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, first.backend.inference_batch, chunks, first.start, first.end)
         except Exception as error:  # the thread itself failed (stopped, or a failure outside any one step)
             results = [error] * len(chunks)
         self._batch_seconds = time.monotonic() - began
+        if lone_token:
+            self._lone_step_seconds[first.group] = self._batch_seconds
         self.stats.record_batch(len(taken))
         for (pending, length), result in zip(taken, results):
             if isinstance(result, Exception):

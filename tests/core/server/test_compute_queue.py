@@ -222,3 +222,43 @@ def test_a_lone_prefill_runs_whole(backend):
         queue.close()
     assert stats.batches == 1
     assert_matches_reference(output, backend.inference_step(prompt, DynamicCache(), 0, 0, 2), "a lone prefill")
+
+
+@pytest.mark.parametrize("short", [True, False])
+def test_a_lone_sessions_short_decoding_steps_run_on_the_event_loop(backend, monkeypatch, short):
+    """Handing a short step to the compute thread and back costs a share of it: a lone session's single-token
+    steps run on the loop itself once one took under INLINE_SECONDS; a prefill, and steps that take longer, do
+    not. The numbers are the same either way."""
+    if not short:
+        monkeypatch.setattr(compute_queue, "INLINE_SECONDS", 0.0)
+    threads: list[str] = []
+    compute = backend.inference_batch
+
+    def recording(*args):
+        threads.append(threading.current_thread().name)
+        return compute(*args)
+
+    monkeypatch.setattr(backend, "inference_batch", recording)
+    queue = ComputeQueue(512, ServingStats())
+    cache, reference_cache = DynamicCache(), DynamicCache()
+    inputs = [torch.randn(1, 5 if index == 0 else 1, HIDDEN, generator=torch.Generator().manual_seed(60 + index))
+              for index in range(4)]
+
+    async def session() -> list[torch.Tensor]:
+        outputs, past = [], 0
+        for hidden in inputs:
+            outputs.append(await queue.step(backend, hidden, cache, past, 0, 2))
+            past += hidden.shape[1]
+        return outputs
+
+    try:
+        outputs = asyncio.run(session())
+    finally:
+        queue.close()
+    past = 0
+    for hidden, output in zip(inputs, outputs):
+        assert_matches_reference(output, backend.inference_step(hidden, reference_cache, past, 0, 2), "a step")
+        past += hidden.shape[1]
+    on_loop = [name == threading.main_thread().name for name in threads]
+    # the prefill and the first decoding step (not timed yet) go to the compute thread
+    assert on_loop == ([False, False, True, True] if short else [False] * 4)
