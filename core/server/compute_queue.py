@@ -45,9 +45,10 @@ PREFILL_SHARE = 4
 JOB_PATIENCE_SECONDS = 1.0
 """Training work that has waited this long runs before the next batch: inference first, but nothing starves."""
 INLINE_SECONDS = 0.005
-"""A lone session's step whose like last took under this long runs on the event loop itself: handing it to the
-compute thread and back costs about 0.1-0.2 ms, a large share of a short step. Longer steps, batches and
-training work go to the compute thread, so the loop never stalls for long."""
+"""A lone session's single-token step runs at once on the event loop itself, while nothing else is queued or
+computing, if such a step of its blocks last took under this long: queueing it, handing it to the compute
+thread and back cost about 0.1-0.2 ms, a large share of a short step. Longer steps, batches and training work
+go to the compute thread, so the loop never stalls for long."""
 
 
 @dataclass(eq=False)
@@ -113,6 +114,7 @@ class ComputeQueue:
         self._last_step: dict[int, tuple[float, tuple]] = {}  # id of a session's cache -> (last step's time, group)
         self._batch_seconds = 0.0  # how long the last batch took
         self._lone_step_seconds: dict[tuple, float] = {}  # group -> how long its last lone single-token step took
+        self._computing = False  # the compute thread is busy with a batch or a job
 
     async def run(self, function: Callable[..., T], *args: object) -> T:
         """``function(*args)`` on the compute thread once no inference step waits (training work)."""
@@ -133,12 +135,27 @@ class ComputeQueue:
     ) -> torch.Tensor:
         """One inference step of a session (already validated), computed in a batch with other sessions'
         ready steps; returns the outputs like :meth:`SpanBackend.inference_step`."""
+        group, now = (id(backend), start, end), time.monotonic()
+        self._last_step[id(cache)] = (now, group)
+        if (hidden.shape[1] == 1 and not (self._steps or self._jobs or self._computing)
+                and self._lone_step_seconds.get(group, math.inf) < INLINE_SECONDS
+                and not self._others_active(group, {id(cache)}, now)):
+            return self._step_here(backend, RaggedStep(hidden, cache, past_length, prompts), start, end)
         pending = _PendingStep(backend, start, end, hidden, cache, past_length, prompts,
                                asyncio.get_running_loop().create_future())
-        self._last_step[id(cache)] = (time.monotonic(), pending.group)
         self._steps.append(pending)
         self._notify()
         return await pending.future
+
+    def _step_here(self, backend: SpanBackend, step: RaggedStep, start: int, end: int) -> torch.Tensor:
+        """A lone session's short step, computed on the calling (event loop) thread (see INLINE_SECONDS)."""
+        began = time.monotonic()
+        (result,) = backend.inference_batch([step], start, end)
+        self._batch_seconds = self._lone_step_seconds[(id(backend), start, end)] = time.monotonic() - began
+        self.stats.record_batch(1)
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def forget(self, cache: DynamicCache) -> None:
         """The session owning ``cache`` ended: batches no longer wait for it."""
@@ -223,7 +240,7 @@ class ComputeQueue:
 
     async def _run_job(self, job: _Job) -> None:
         try:
-            result = await asyncio.get_running_loop().run_in_executor(self._executor, job.function, *job.args)
+            result = await self._on_compute_thread(job.function, *job.args)
         except Exception as error:
             if not job.future.done():
                 job.future.set_exception(error)
@@ -231,23 +248,24 @@ class ComputeQueue:
             if not job.future.done():
                 job.future.set_result(result)
 
+    async def _on_compute_thread(self, function: Callable[..., T], *args: object) -> T:
+        self._computing = True
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        finally:
+            self._computing = False
+
     async def _run_batch(self) -> None:
         taken = self._take_batch()
         first = taken[0][0]
         chunks = [pending.chunk(length) for pending, length in taken]
-        lone_token = (len(self._steps) == 1 and chunks[0].new_tokens == 1 and not self._jobs
-                      and not self._others_active(first.group, {id(first.cache)}, time.monotonic()))
         began = time.monotonic()
         try:
-            if lone_token and self._lone_step_seconds.get(first.group, math.inf) < INLINE_SECONDS:
-                results = first.backend.inference_batch(chunks, first.start, first.end)
-            else:
-                results = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, first.backend.inference_batch, chunks, first.start, first.end)
+            results = await self._on_compute_thread(first.backend.inference_batch, chunks, first.start, first.end)
         except Exception as error:  # the thread itself failed (stopped, or a failure outside any one step)
             results = [error] * len(chunks)
         self._batch_seconds = time.monotonic() - began
-        if lone_token:
+        if len(chunks) == 1 and chunks[0].new_tokens == 1:  # what a lone session's next step may expect
             self._lone_step_seconds[first.group] = self._batch_seconds
         self.stats.record_batch(len(taken))
         for (pending, length), result in zip(taken, results):
