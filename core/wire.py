@@ -13,7 +13,6 @@ from typing import Any, Iterable, Sequence
 
 import msgpack
 import torch
-from hivemind.compression import deserialize_torch_tensor, serialize_torch_tensor
 from hivemind.proto import runtime_pb2
 from hivemind.utils.streaming import combine_from_streaming, split_for_streaming
 
@@ -29,13 +28,23 @@ def block_rpc_handle(method: str) -> str:
     return f"{BLOCK_HANDLER_NAME}.{method}"
 
 
-ALLOWED_WIRE_DTYPES = frozenset({"float32", "float16", "bfloat16", "int64", "int32", "bool"})
+WIRE_DTYPES = {name: getattr(torch, name) for name in ("float32", "float16", "bfloat16", "int64", "int32", "bool")}
+"""The dtypes a tensor may travel in, by their wire name (hivemind's: torch's name without ``torch.``)."""
+ALLOWED_WIRE_DTYPES = frozenset(WIRE_DTYPES)
 MAX_METADATA_BYTES = 64 * 1024
 
 
 def serialize_tensors(tensors: Iterable[torch.Tensor]) -> list[runtime_pb2.Tensor]:
-    """Serialize CPU tensors without compression (exact values)."""
-    return [serialize_torch_tensor(t.detach().cpu()) for t in tensors]
+    """Serialize CPU tensors without compression (exact values), as hivemind's ``serialize_torch_tensor`` does:
+    the raw bytes in C order, bfloat16 as its 2-byte pattern."""
+    protos = []
+    for tensor in tensors:
+        tensor = tensor.detach().cpu()
+        raw = tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor  # numpy has no bfloat16
+        protos.append(runtime_pb2.Tensor(compression=runtime_pb2.CompressionType.NONE, buffer=raw.numpy().tobytes(),
+                                         size=tensor.shape, dtype=str(tensor.dtype)[len("torch."):],
+                                         requires_grad=tensor.requires_grad))
+    return protos
 
 
 def deserialize_tensors(protos: Sequence[runtime_pb2.Tensor], max_elements: int) -> list[torch.Tensor]:
@@ -44,7 +53,8 @@ def deserialize_tensors(protos: Sequence[runtime_pb2.Tensor], max_elements: int)
     for position, proto in enumerate(protos):
         if proto.compression != runtime_pb2.CompressionType.NONE:
             raise InvalidRequestError(f"tensor {position}: compressed tensors are not accepted; send them uncompressed")
-        if proto.dtype not in ALLOWED_WIRE_DTYPES:
+        dtype = WIRE_DTYPES.get(proto.dtype)
+        if dtype is None:
             raise InvalidRequestError(
                 f"tensor {position}: dtype '{proto.dtype}' is not accepted (use one of {sorted(ALLOWED_WIRE_DTYPES)})"
             )
@@ -58,16 +68,20 @@ def deserialize_tensors(protos: Sequence[runtime_pb2.Tensor], max_elements: int)
             raise InvalidRequestError(
                 f"tensor {position}: {numel} elements is over this server's limit of {max_elements}; send smaller batches"
             )
-        itemsize = torch.empty(0, dtype=getattr(torch, proto.dtype)).element_size()
-        sizes = {numel * itemsize, numel * 4} if proto.dtype == "bfloat16" else {numel * itemsize}  # hivemind may send bf16 as fp32
-        if len(proto.buffer) not in sizes:
-            raise InvalidRequestError(
-                f"tensor {position}: buffer holds {len(proto.buffer)} bytes but shape {shape} of {proto.dtype} "
-                f"needs {numel * itemsize}; the message is truncated or corrupt"
-            )
-        try:
-            tensors.append(deserialize_torch_tensor(proto))
-        except Exception as error:  # hivemind raises assorted errors on corrupt buffers
+        itemsize = dtype.itemsize
+        sent_as = dtype
+        if len(proto.buffer) != numel * itemsize:
+            if dtype == torch.bfloat16 and len(proto.buffer) == numel * 4:
+                sent_as = torch.float32  # hivemind's legacy mode sends bfloat16 as float32
+            else:
+                raise InvalidRequestError(
+                    f"tensor {position}: buffer holds {len(proto.buffer)} bytes but shape {shape} of {proto.dtype} "
+                    f"needs {numel * itemsize}; the message is truncated or corrupt"
+                )
+        try:  # a writable copy of the bytes (tensors may be changed in place later); an empty buffer has no storage
+            flat = torch.frombuffer(bytearray(proto.buffer), dtype=sent_as) if numel else torch.empty(0, dtype=sent_as)
+            tensors.append(flat.to(dtype).reshape(shape).requires_grad_(proto.requires_grad))
+        except RuntimeError as error:  # say, requires_grad on integers
             raise InvalidRequestError(f"tensor {position} could not be read: {error}") from error
     return tensors
 

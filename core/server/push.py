@@ -122,8 +122,9 @@ class Pusher:
                 self._streams[key] = stream
             _, writer = stream
             frames.write_message(writer, message)
-            async with asyncio.timeout(PUSH_WRITE_TIMEOUT):
-                await writer.drain()
+            if writer.transport.get_write_buffer_size() or writer.is_closing():  # not all of it left at once
+                async with asyncio.timeout(PUSH_WRITE_TIMEOUT):
+                    await writer.drain()
             return None
         except Exception as error:
             self._close(key)

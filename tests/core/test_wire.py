@@ -24,6 +24,29 @@ def test_round_trip_is_exact(dtype):
     assert back.dtype == dtype and torch.equal(back, tensor)
 
 
+@pytest.mark.parametrize("tensor", [torch.randn(4, 3).t(), torch.randn(2, 5).to(torch.bfloat16), torch.randn(0, 4),
+                                    torch.tensor([True, False]), torch.arange(6, dtype=torch.int32)],
+                         ids=["transposed", "bfloat16", "empty", "bool", "int32"])
+def test_hivemind_and_blossom_read_each_others_tensors(tensor):
+    """Blossom writes and reads tensors itself, in hivemind's format: peers of either kind understand both,
+    bfloat16 sent as float32 (hivemind's default) included; what is read is a writable copy."""
+    from hivemind.compression import deserialize_torch_tensor, serialize_torch_tensor
+
+    (ours,) = serialize_tensors([tensor])
+    assert torch.equal(deserialize_torch_tensor(ours), tensor)
+    for proto in (ours, serialize_torch_tensor(tensor)):
+        (back,) = deserialize_tensors([proto], max_elements=100)
+        assert back.dtype == tensor.dtype and torch.equal(back, tensor)
+        back.zero_()  # writable, and not the message's bytes
+        assert torch.equal(deserialize_tensors([proto], max_elements=100)[0], tensor)
+
+
+def test_integers_that_require_grad_are_rejected():
+    proto = runtime_pb2.Tensor(buffer=torch.arange(3).numpy().tobytes(), size=[3], dtype="int64", requires_grad=True)
+    with pytest.raises(InvalidRequestError, match="could not be read"):
+        deserialize_tensors([proto], max_elements=100)
+
+
 def test_streaming_split_and_combine():
     tensors = [torch.randn(600, 1000), torch.randn(3)]
     parts = split_tensors_for_streaming(tensors)
