@@ -50,6 +50,7 @@ class _ServerSession:
         self.uid = manager.span_uid(span.start, span.end)
         self._stream: BlockingStream | None = None
         self._opened = False  # the first message (max_length...) went out
+        self._push_target: PushTarget | None = None
 
     async def _open(self) -> BlockingStream:
         reader, writer = await self.manager.open_call_stream(self.span, "rpc_inference")  # direct if offered
@@ -64,6 +65,13 @@ class _ServerSession:
         if self.takes_pushes and not self._opened:
             self._write({"max_length": self.max_length, "batch_size": batch_size, "session_id": self.session_id}, [])
             self._opened = True
+
+    @property
+    def push_target(self) -> PushTarget:
+        """How the server before this one reaches this session to push into it (worked out once per session)."""
+        if self._push_target is None:
+            self._push_target = self.manager.push_target(self.span, self.session_id)
+        return self._push_target
 
     def step(self, hidden: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
         """Send one step's hidden states (deep ``prompts`` with the first) and return the blocks' outputs."""
@@ -255,7 +263,7 @@ class InferenceSession:
             session = sessions[index]
             span = session.span
             try:
-                route = [self.manager.push_target(s.span, s.session_id) for s in sessions[index + 1 : last + 1]]
+                route = [s.push_target for s in sessions[index + 1 : last + 1]]
                 hop_prompts = None if prompts is None else prompts[span.start - self.start : span.end - self.start]
                 session.send(hidden, hop_prompts, route=route)
                 self.hops_sent += 1

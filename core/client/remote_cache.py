@@ -165,6 +165,8 @@ class RemoteCache(Cache):
             raise InvalidRequestError(
                 f"attention_mask must be [batch, past + new tokens] = [{batch}, {self.seen + length}], got "
                 f"{list(attention_mask.shape)}")
+        if self._rows is None and self.attention_mask is None and bool(attention_mask.all()):
+            return None  # every position so far is a token (the usual case, checked in one pass)
         mask = attention_mask.to("cpu").bool()
         known = self.attention_mask if self.attention_mask is not None else torch.ones(batch, self.seen, dtype=torch.bool)
         if not torch.equal(mask[:, : self.seen], known):

@@ -120,6 +120,28 @@ async def read_frame_within(
         ) from None
 
 
+class QueuedRequests:
+    """A stream's requests as its handler iterates them: read from ``queue``, where each is a message, an
+    :class:`InvalidRequestError` (raised here) or ``None`` (the caller's end). A handler that merges other
+    messages into the stream (the steps another server pushes into a session) may put them into ``queue``."""
+
+    def __init__(self, queue: asyncio.Queue) -> None:
+        self.queue = queue
+        self._ended = False
+
+    def __aiter__(self) -> "QueuedRequests":
+        return self
+
+    async def __anext__(self) -> Message:
+        item = None if self._ended else await self.queue.get()
+        if item is None:
+            self._ended = True
+            raise StopAsyncIteration
+        if isinstance(item, InvalidRequestError):
+            raise item
+        return item
+
+
 @dataclass(frozen=True)
 class _FeedEnd:
     """How the caller's side of a stream ended: it left (closed or died), said goodbye, or sent a frame that
@@ -161,14 +183,8 @@ def make_bounded_stream_handler(
         context = P2PContext(handle_name=name, local_id=p2p.peer_id, remote_id=stream_info.peer_id)
         inbox: asyncio.Queue[Message | InvalidRequestError | None] = asyncio.Queue(MAX_PREFETCH)
 
-        async def requests() -> AsyncIterator[Message]:
-            while (item := await inbox.get()) is not None:
-                if isinstance(item, InvalidRequestError):
-                    raise item
-                yield item
-
         async def respond() -> None:
-            async for response in handler(requests(), context):
+            async for response in handler(QueuedRequests(inbox), context):
                 try:
                     frames.write_message(writer, response)
                     await writer.drain()

@@ -362,7 +362,9 @@ class BlockRequestHandler(ServicerBase):
                     raise InvalidRequestError(f"batch_size must be an integer in 1..{self.backend.limits.max_batch_size}"
                                               f", got {batch_size!r}")
                 first = None
-            inbox = self.pushed_sessions.register(shared_id) if shared_id is not None else None
+            # pushed steps join the client's own in its stream's queue when it has one (no task moving them over)
+            inbox = self.pushed_sessions.register(shared_id, getattr(requests, "queue", None)) \
+                if shared_id is not None else None
             try:
                 cache_bytes = batch_size * max_length * kv_bytes_per_token(self.backend.config, end - start,
                                                                            self.backend.dtype)
@@ -425,7 +427,8 @@ class BlockRequestHandler(ServicerBase):
             async def next_request() -> runtime_pb2.ExpertRequest | None:
                 return await anext(requests, None)
         else:  # the client's own steps and the pushed ones meet in the inbox
-            pump = asyncio.create_task(_pump(requests, inbox))
+            if inbox is not getattr(requests, "queue", None):
+                pump = asyncio.create_task(_pump(requests, inbox))
 
             async def next_request() -> runtime_pb2.ExpertRequest | None:
                 item = await inbox.get()

@@ -51,11 +51,13 @@ class SessionDirectory:
         self._ended: collections.deque[str] = collections.deque(maxlen=REMEMBERED_ENDED)
         self._waiting: dict[str, list[asyncio.Future]] = {}  # pushes that came before their session was opened
 
-    def register(self, session_id: str) -> asyncio.Queue:
-        """A new inbox filed under ``session_id``; :class:`InvalidRequestError` if that id is in use."""
+    def register(self, session_id: str, inbox: asyncio.Queue | None = None) -> asyncio.Queue:
+        """File ``inbox`` (default: a new one) under ``session_id``; :class:`InvalidRequestError` if that id is in
+        use."""
         if session_id in self._inboxes or session_id in self._ended:
             raise InvalidRequestError("this session_id is already used on this server; make a new one per session")
-        inbox: asyncio.Queue = asyncio.Queue(INBOX_SIZE)
+        if inbox is None:
+            inbox = asyncio.Queue(INBOX_SIZE)
         self._inboxes[session_id] = inbox
         for waiter in self._waiting.pop(session_id, []):
             if not waiter.done():
