@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import closing
+from contextlib import aclosing, closing
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
@@ -184,13 +184,18 @@ def make_bounded_stream_handler(
         inbox: asyncio.Queue[Message | InvalidRequestError | None] = asyncio.Queue(MAX_PREFETCH)
 
         async def respond() -> None:
-            async for response in handler(QueuedRequests(inbox), context):
-                try:
-                    frames.write_message(writer, response)
-                    await writer.drain()
-                except Exception:  # the caller went away; it learns nothing more
-                    logger.debug("Could not send a response on %s to %s", name, stream_info.peer_id, exc_info=True)
-                    return
+            # aclosing: a handler stopped early (the caller left, the stream was cancelled while an answer was being
+            # written) runs its cleanup now, freeing what it holds (a session's KV-cache reservation), instead of
+            # whenever the garbage collector finalizes it
+            async with aclosing(handler(QueuedRequests(inbox), context)) as responses:
+                async for response in responses:
+                    try:
+                        frames.write_message(writer, response)
+                        await writer.drain()
+                    except Exception:  # the caller went away; it learns nothing more
+                        logger.debug("Could not send a response on %s to %s", name, stream_info.peer_id,
+                                     exc_info=True)
+                        return
 
         with closing(writer):
             responding = asyncio.create_task(respond())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -270,15 +271,17 @@ class BlockRequestHandler(ServicerBase):
     ) -> AsyncIterator[runtime_pb2.ExpertResponse]:
         """:meth:`rpc_forward` over a stream (faster for large tensors): one or more request messages (tensors may
         be split in parts), then one answer message."""
-        async for response in self._answer_stream(requests, self._run_forward, context):
-            yield response
+        async with aclosing(self._answer_stream(requests, self._run_forward, context)) as responses:
+            async for response in responses:
+                yield response
 
     async def rpc_backward_stream(
         self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext
     ) -> AsyncIterator[runtime_pb2.ExpertResponse]:
         """:meth:`rpc_backward` over a stream (faster for large tensors), as :meth:`rpc_forward_stream`."""
-        async for response in self._answer_stream(requests, self._run_backward, context):
-            yield response
+        async with aclosing(self._answer_stream(requests, self._run_backward, context)) as responses:
+            async for response in responses:
+                yield response
 
     async def _answer(self, compute: Callable, context: P2PContext) -> runtime_pb2.ExpertResponse:
         try:
@@ -376,9 +379,11 @@ class BlockRequestHandler(ServicerBase):
                     self.stats.sessions_open += 1
                     self.stats.record_session()
                     try:
-                        async for response in self._run_session(requests, inbox, first, local_id, start, end,
-                                                                max_length, batch_size):
-                            yield response
+                        # closed when this generator is (a cancelled stream), not left to the garbage collector
+                        async with aclosing(self._run_session(requests, inbox, first, local_id, start, end,
+                                                              max_length, batch_size)) as responses:
+                            async for response in responses:
+                                yield response
                     finally:
                         self.stats.sessions_open -= 1
                         self._sessions_ended.set()

@@ -59,7 +59,14 @@ class KVCacheBudget:
         return True
 
     async def give_back(self, nbytes: int) -> None:
-        """Return held bytes, waking sessions that wait for room."""
+        """Return held bytes, waking sessions that wait for room.
+
+        The bytes are back at once; the waking (which may wait for the condition's lock) is shielded, so a caller
+        cancelled meanwhile (a session cut while it ends) neither keeps the bytes nor leaves the waiters asleep.
+        """
+        self.used_bytes -= nbytes
+        await asyncio.shield(self._wake_waiters())
+
+    async def _wake_waiters(self) -> None:
         async with self._changed:
-            self.used_bytes -= nbytes
             self._changed.notify_all()

@@ -48,3 +48,33 @@ def test_session_larger_than_budget_fails_at_once():
                 pass
 
     asyncio.run(scenario())
+
+
+def test_a_session_cancelled_while_giving_back_its_bytes_still_frees_them():
+    """A session cut while it ends (its stream cancelled as its cleanup waits for the budget's lock) must not keep
+    its bytes, and a session waiting for room must still be woken."""
+    async def scenario():
+        budget = KVCacheBudget(100)
+        leaving = asyncio.Event()
+
+        async def session():
+            async with budget.reserve(80, timeout=1):
+                await leaving.wait()
+
+        async def waiting():
+            async with budget.reserve(80, timeout=2):
+                return "started"
+
+        holder = asyncio.create_task(session())
+        await asyncio.sleep(0.01)
+        waiter = asyncio.create_task(waiting())
+        await asyncio.sleep(0.01)
+        async with budget._changed:  # someone else holds the lock: the ending session's give-back must wait for it
+            leaving.set()
+            await asyncio.sleep(0.01)
+            holder.cancel()  # cut while it waits
+            await asyncio.gather(holder, return_exceptions=True)
+        assert await asyncio.wait_for(waiter, 1) == "started"
+        return budget.free_bytes
+
+    assert asyncio.run(scenario()) == 100
