@@ -8,8 +8,8 @@ tokens for at most one batch. Training work (forward and backward passes) runs w
 step waits, or once it has waited :data:`JOB_PATIENCE_SECONDS`.
 
 Before a batch, the queue waits briefly for the steps of other active sessions of the same blocks
-(see :meth:`ComputeQueue._gather`); a lone session's step starts at once, and so does a lone prefill,
-whole.
+(see :meth:`ComputeQueue._gather`), while sessions' steps overlap; a lone session's step starts at once,
+and so does a lone prefill, whole.
 """
 from __future__ import annotations
 
@@ -115,6 +115,7 @@ class ComputeQueue:
         self._batch_seconds = 0.0  # how long the last batch took
         self._lone_step_seconds: dict[tuple, float] = {}  # group -> how long its last lone single-token step took
         self._computing = False  # the compute thread is busy with a batch or a job
+        self._overlap_until = 0.0  # until when batches gather: steps came while others waited or computed
 
     async def run(self, function: Callable[..., T], *args: object) -> T:
         """``function(*args)`` on the compute thread once no inference step waits (training work)."""
@@ -137,6 +138,8 @@ class ComputeQueue:
         ready steps; returns the outputs like :meth:`SpanBackend.inference_step`."""
         group, now = (id(backend), start, end), time.monotonic()
         self._last_step[id(cache)] = (now, group)
+        if self._steps or self._computing:  # sessions step at the same time: worth gathering their steps
+            self._overlap_until = now + max(ACTIVE_SECONDS, 4 * self._batch_seconds)
         if (hidden.shape[1] == 1 and not (self._steps or self._jobs or self._computing)
                 and self._lone_step_seconds.get(group, math.inf) < INLINE_SECONDS
                 and not self._others_active(group, {id(cache)}, now)):
@@ -206,9 +209,10 @@ class ComputeQueue:
         Steps of many sessions tend to arrive in bursts (a batch's outputs come back from the next server or
         the clients at about the same time); starting a batch on a burst's first step would split it. The wait
         ends when every active session is queued, when no step arrived for a short quiet gap, or at a fraction
-        of the last batch's time; a lone session never waits.
+        of the last batch's time. A lone session never waits, and neither do sessions that step one after another
+        (no step arrived while another waited or computed lately): waiting for them would only add latency.
         """
-        if self.batch_tokens <= 0 or self._batch_seconds <= 0:
+        if self.batch_tokens <= 0 or self._batch_seconds <= 0 or time.monotonic() >= self._overlap_until:
             return
         deadline = time.monotonic() + GATHER_FRACTION * self._batch_seconds
         quiet = max(QUIET_SECONDS, QUIET_FRACTION * self._batch_seconds)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import threading
+import time
 
 import pytest
 import torch
@@ -165,10 +166,11 @@ def test_without_batching_each_step_runs_alone(backend):
     assert all(isinstance(result, torch.Tensor) for result in results)
 
 
-@pytest.mark.parametrize("other_is_active", [True, False])
-def test_a_batch_waits_briefly_for_the_other_active_sessions(backend, other_is_active):
+@pytest.mark.parametrize("case", ["overlapping", "ended", "one after another"])
+def test_a_batch_waits_briefly_for_the_other_active_sessions(backend, case):
     """A step arriving just after another session's joins its batch while that session is active (it stepped
-    recently and did not end); once the session ended, nothing waits for it."""
+    recently and did not end) and sessions' steps have been overlapping; once the session ended, or while
+    sessions step one after another (never at once), nothing waits for it."""
     stats = ServingStats()
     queue = ComputeQueue(512, stats)
     caches = [_cache_after(backend, 3, seed) for seed in range(2)]
@@ -177,7 +179,9 @@ def test_a_batch_waits_briefly_for_the_other_active_sessions(backend, other_is_a
         for cache in caches:  # both sessions step once: active, and the queue has timed a batch
             await queue.step(backend, torch.randn(1, 1, HIDDEN), cache, 3, 0, 2)
         queue._batch_seconds = 2.0  # as if batches took 2 s: waits of up to 0.5 s, quiet gaps of 0.1 s
-        if not other_is_active:
+        if case != "one after another":
+            queue._overlap_until = time.monotonic() + 10  # as if a step had come while another computed
+        if case == "ended":
             queue.forget(caches[1])
         first = asyncio.ensure_future(queue.step(backend, torch.randn(1, 1, HIDDEN), caches[0], 4, 0, 2))
         await asyncio.sleep(0.01)
@@ -188,7 +192,24 @@ def test_a_batch_waits_briefly_for_the_other_active_sessions(backend, other_is_a
         asyncio.run(run())
     finally:
         queue.close()
-    assert stats.batches == (3 if other_is_active else 4)
+    assert stats.batches == (3 if case == "overlapping" else 4)
+
+
+def test_steps_that_come_while_another_computes_make_batches_gather(backend):
+    stats = ServingStats()
+    queue = ComputeQueue(512, stats)
+    caches = [_cache_after(backend, 3, seed) for seed in range(2)]
+
+    def submit():
+        return [(f"step{index}", queue.step(backend, torch.randn(1, 1, HIDDEN), cache, 3, 0, 2))
+                for index, cache in enumerate(caches)]
+
+    try:
+        assert queue._overlap_until == 0.0
+        asyncio.run(_while_busy(queue, submit))
+    finally:
+        queue.close()
+    assert queue._overlap_until > time.monotonic()
 
 
 def test_a_prefill_in_parts_lets_steps_of_other_blocks_through(backend):
