@@ -58,6 +58,12 @@ async def _while_busy(queue: ComputeQueue, submit) -> tuple[list, list[str]]:
     return results, order
 
 
+def _decoding_steps(queue: ComputeQueue, backend, caches: list[DynamicCache]):
+    """What :func:`_while_busy` submits: one single-token step per session (cache), each after 3 tokens."""
+    return lambda: [(f"step{index}", queue.step(backend, torch.randn(1, 1, HIDDEN), cache, 3, 0, 2))
+                    for index, cache in enumerate(caches)]
+
+
 def test_steps_that_wait_together_run_as_one_batch_with_their_own_numbers(backend):
     stats = ServingStats()
     queue = ComputeQueue(512, stats)
@@ -154,12 +160,8 @@ def test_without_batching_each_step_runs_alone(backend):
     queue = ComputeQueue(0, stats)
     caches = [_cache_after(backend, 3, seed) for seed in range(3)]
 
-    def submit():
-        return [(f"step{index}", queue.step(backend, torch.randn(1, 1, HIDDEN), cache, 3, 0, 2))
-                for index, cache in enumerate(caches)]
-
     try:
-        results, order = asyncio.run(_while_busy(queue, submit))
+        results, order = asyncio.run(_while_busy(queue, _decoding_steps(queue, backend, caches)))
     finally:
         queue.close()
     assert order == ["step0", "step1", "step2"] and stats.largest_batch == 1 and stats.batches == 3
@@ -200,13 +202,9 @@ def test_steps_that_come_while_another_computes_make_batches_gather(backend):
     queue = ComputeQueue(512, stats)
     caches = [_cache_after(backend, 3, seed) for seed in range(2)]
 
-    def submit():
-        return [(f"step{index}", queue.step(backend, torch.randn(1, 1, HIDDEN), cache, 3, 0, 2))
-                for index, cache in enumerate(caches)]
-
     try:
         assert queue._overlap_until == 0.0
-        asyncio.run(_while_busy(queue, submit))
+        asyncio.run(_while_busy(queue, _decoding_steps(queue, backend, caches)))
     finally:
         queue.close()
     assert queue._overlap_until > time.monotonic()
