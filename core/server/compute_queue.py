@@ -51,6 +51,11 @@ thread and back cost about 0.1-0.2 ms, a large share of a short step. Longer ste
 go to the compute thread, so the loop never stalls for long."""
 
 
+def _group(backend: SpanBackend, start: int, end: int) -> tuple[int, int, int]:
+    """The batching group of a step: steps batch together when they run the same blocks of the same backend."""
+    return id(backend), start, end
+
+
 @dataclass(eq=False)
 class _PendingStep:
     """A session's inference step waiting for (the rest of) its compute."""
@@ -76,8 +81,8 @@ class _PendingStep:
 
     @property
     def group(self) -> tuple[int, int, int]:
-        """Steps batch together when they run the same blocks of the same backend."""
-        return id(self.backend), self.start, self.end
+        """This step's batching group (:func:`_group`)."""
+        return _group(self.backend, self.start, self.end)
 
     def chunk(self, length: int) -> RaggedStep:
         """The next ``length`` positions of this step as a step of its own."""
@@ -136,25 +141,25 @@ class ComputeQueue:
     ) -> torch.Tensor:
         """One inference step of a session (already validated), computed in a batch with other sessions'
         ready steps; returns the outputs like :meth:`SpanBackend.inference_step`."""
-        group, now = (id(backend), start, end), time.monotonic()
+        group, now = _group(backend, start, end), time.monotonic()
         self._last_step[id(cache)] = (now, group)
         if self._steps or self._computing:  # sessions step at the same time: worth gathering their steps
             self._overlap_until = now + max(ACTIVE_SECONDS, 4 * self._batch_seconds)
         if (hidden.shape[1] == 1 and not (self._steps or self._jobs or self._computing)
                 and self._lone_step_seconds.get(group, math.inf) < INLINE_SECONDS
                 and not self._others_active(group, {id(cache)}, now)):
-            return self._step_here(backend, RaggedStep(hidden, cache, past_length, prompts), start, end)
+            return self._step_here(backend, RaggedStep(hidden, cache, past_length, prompts), start, end, group)
         pending = _PendingStep(backend, start, end, hidden, cache, past_length, prompts,
                                asyncio.get_running_loop().create_future())
         self._steps.append(pending)
         self._notify()
         return await pending.future
 
-    def _step_here(self, backend: SpanBackend, step: RaggedStep, start: int, end: int) -> torch.Tensor:
+    def _step_here(self, backend: SpanBackend, step: RaggedStep, start: int, end: int, group: tuple) -> torch.Tensor:
         """A lone session's short step, computed on the calling (event loop) thread (see INLINE_SECONDS)."""
         began = time.monotonic()
         (result,) = backend.inference_batch([step], start, end)
-        self._batch_seconds = self._lone_step_seconds[(id(backend), start, end)] = time.monotonic() - began
+        self._batch_seconds = self._lone_step_seconds[group] = time.monotonic() - began
         self.stats.record_batch(1)
         if isinstance(result, Exception):
             raise result
