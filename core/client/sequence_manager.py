@@ -24,6 +24,7 @@ from core.transports import (
     open_relay_circuit,
 )
 from core.config import ClientConfig
+from core.dht.node import p2p_replica
 from core.dht.records import compute_spans, get_block_servers
 from core.dht.schema import RemoteSpanInfo, block_key
 from core.direct_protocol import may_connect_directly, parse_direct_address
@@ -234,7 +235,7 @@ class RemoteSequenceManager:
     # ---- calls ------------------------------------------------------------------------------
     async def get_p2p(self) -> P2P:
         if self._p2p is None:
-            self._p2p = await self.dht.replicate_p2p()
+            self._p2p = await p2p_replica(self.dht)
         return self._p2p
 
     @staticmethod

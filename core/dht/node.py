@@ -2,6 +2,7 @@
 others'. The one owner of a DHT node's life: servers, ``run_dht`` and clients all start theirs here."""
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
@@ -11,11 +12,13 @@ import socket
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Sequence
 
 import hivemind
 from hivemind.dht.crypto import RSASignatureValidator
+from hivemind.p2p import P2P
 from hivemind.p2p.p2p_daemon_bindings.utils import P2PDaemonError
 
 from core.dht.identity import ensure_identity_file, load_private_key, record_validator
@@ -148,6 +151,21 @@ def client_dht(initial_peers: Sequence[str]) -> hivemind.DHT:
     if not initial_peers:
         raise InvalidRequestError("pass initial_peers=[...] (a multiaddr printed by run_dht or run_server) or dht=")
     return create_dht(initial_peers, client_mode=True).dht
+
+
+_replica_locks: "weakref.WeakKeyDictionary[hivemind.DHT, asyncio.Lock]" = weakref.WeakKeyDictionary()
+
+
+async def p2p_replica(dht: hivemind.DHT) -> P2P:
+    """The DHT's P2P replica in this process (what streams and calls go through), made once per DHT.
+
+    hivemind's ``replicate_p2p`` looks for its replica before it awaits making one, so callers that
+    asked at the same time (several models sharing a DHT, first used from several threads) each made
+    one, and all but the last were never closed: a daemon connection and two tasks each, until exit.
+    """
+    lock = _replica_locks.setdefault(dht, asyncio.Lock())
+    async with lock:
+        return await dht.replicate_p2p()
 
 
 def shutdown_client_dht(dht: hivemind.DHT) -> None:
