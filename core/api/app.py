@@ -23,14 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from core.api.engine import Engine, GenerationJob, GenerationResult
 from core.api.errors import ApiError, bad_api_key, from_blossom_error, unknown_model
 from core.api.runner import EventStreamResponse, Run, Runner, first_event, wait_or_cancel
-from core.api.schemas import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    model_card,
-    new_id,
-    now,
-    usage,
-)
+from core.api.schemas import ChatCompletionRequest, CompletionRequest, Envelope, model_card, new_id, now, usage
 from core.errors import BlossomError
 
 logger = logging.getLogger(__name__)
@@ -112,28 +105,17 @@ def create_app(engine: Engine, api_key: str | None = None, max_sessions: int = 8
         job = engine.job(prompt, body.token_limit, DEFAULT_CHAT_MAX_TOKENS, body.temperature, body.top_p,
                          body.stop_strings, body.seed)
         run = await runner.start(job)
-        answer_id = new_id("chatcmpl")
+        answer = Envelope(new_id("chatcmpl"), "chat.completion", "chat.completion.chunk", engine.model_id)
         if not body.stream:
             result = await wait_or_cancel(run, request.receive)
-            return {"id": answer_id, "object": "chat.completion", "created": now(), "model": engine.model_id,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                                 "finish_reason": result.finish_reason, "logprobs": None}],
-                    "usage": usage(result.prompt_tokens, result.completion_tokens)}
+            return answer.whole({"message": {"role": "assistant", "content": result.text}}, result)
 
         def chunk(delta: dict, finish_reason: str | None = None) -> dict:
-            payload = {"id": answer_id, "object": "chat.completion.chunk", "created": now(),
-                       "model": engine.model_id,
-                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]}
-            if body.include_usage:
-                payload["usage"] = None
-            return payload
+            return answer.chunk({"delta": delta}, finish_reason, body.include_usage)
 
         return await _stream(run, job, body.include_usage, lambda text: chunk({"content": text}),
-                             lambda result: chunk({}, result.finish_reason),
-                             opening=chunk({"role": "assistant", "content": ""}),
-                             usage_chunk=lambda u: {"id": answer_id, "object": "chat.completion.chunk",
-                                                    "created": now(), "model": engine.model_id, "choices": [],
-                                                    "usage": u})
+                             lambda result: chunk({}, result.finish_reason), answer.usage_chunk,
+                             opening=chunk({"role": "assistant", "content": ""}))
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Any:
@@ -142,24 +124,16 @@ def create_app(engine: Engine, api_key: str | None = None, max_sessions: int = 8
         job = engine.job(prompt, body.token_limit, DEFAULT_COMPLETION_MAX_TOKENS, body.temperature, body.top_p,
                          body.stop_strings, body.seed)
         run = await runner.start(job)
-        answer_id = new_id("cmpl")
+        answer = Envelope(new_id("cmpl"), "text_completion", "text_completion", engine.model_id)
         if not body.stream:
             result = await wait_or_cancel(run, request.receive)
-            return {"id": answer_id, "object": "text_completion", "created": now(), "model": engine.model_id,
-                    "choices": [{"index": 0, "text": result.text, "finish_reason": result.finish_reason,
-                                 "logprobs": None}],
-                    "usage": usage(result.prompt_tokens, result.completion_tokens)}
+            return answer.whole({"text": result.text}, result)
 
         def chunk(text: str, finish_reason: str | None = None) -> dict:
-            payload = {"id": answer_id, "object": "text_completion", "created": now(), "model": engine.model_id,
-                       "choices": [{"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}]}
-            if body.include_usage:
-                payload["usage"] = None
-            return payload
+            return answer.chunk({"text": text}, finish_reason, body.include_usage)
 
         return await _stream(run, job, body.include_usage, chunk, lambda result: chunk("", result.finish_reason),
-                             usage_chunk=lambda u: {"id": answer_id, "object": "text_completion", "created": now(),
-                                                    "model": engine.model_id, "choices": [], "usage": u})
+                             answer.usage_chunk)
 
     return app
 

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from core.api.engine import GenerationResult
 
 MAX_STOP_STRINGS = 4  # as OpenAI
 
@@ -161,3 +165,33 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 def model_card(model_id: str, created: int) -> dict:
     return {"id": model_id, "object": "model", "created": created, "owned_by": "blossom"}
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What wraps every answer to one request in OpenAI's format: its id, object kind (``chunk_kind`` for the
+    chunks of a streamed answer), time and model around the choices."""
+
+    answer_id: str
+    kind: str
+    chunk_kind: str
+    model: str
+
+    def _wrap(self, kind: str, choices: list[dict], **extra: Any) -> dict:
+        return {"id": self.answer_id, "object": kind, "created": now(), "model": self.model, "choices": choices,
+                **extra}
+
+    def whole(self, content: dict, result: GenerationResult) -> dict:
+        """The one-piece answer: ``content`` (the message or the text) as the only choice, and the usage."""
+        choice = {"index": 0, **content, "finish_reason": result.finish_reason, "logprobs": None}
+        return self._wrap(self.kind, [choice], usage=usage(result.prompt_tokens, result.completion_tokens))
+
+    def chunk(self, content: dict, finish_reason: str | None, include_usage: bool) -> dict:
+        """One chunk of a streamed answer; with ``include_usage`` it carries ``"usage": null``, as OpenAI's do
+        until the usage chunk."""
+        choice = {"index": 0, **content, "finish_reason": finish_reason, "logprobs": None}
+        return self._wrap(self.chunk_kind, [choice], **({"usage": None} if include_usage else {}))
+
+    def usage_chunk(self, counts: dict) -> dict:
+        """The last chunk of a streamed answer that asked for usage: no choices, the token counts."""
+        return self._wrap(self.chunk_kind, [], usage=counts)
