@@ -11,7 +11,8 @@ policies. It also:
 - refuses a frame longer than ``max_message_bytes`` before reading its payload, then discards that
   payload as it arrives (never holding it), so the stream stays in step and the caller gets the answer;
 - closes a stream on which no complete message arrives for ``idle_timeout`` seconds (a caller that
-  sends half a frame and then nothing cannot hold the server's resources);
+  sends half a frame and then nothing cannot hold the server's resources), and one whose caller reads
+  no answer for as long (its handler is closed, so a session gives its KV cache back);
 - turns an oversized frame, an unknown marker byte, bytes that are not the expected protobuf or a
   stalled frame into an :class:`InvalidRequestError` raised inside the handler's request iterator,
   so the handler answers the caller with the reason, as it answers any other bad request;
@@ -191,8 +192,9 @@ def make_bounded_stream_handler(
                 async for response in responses:
                     try:
                         frames.write_message(writer, response)
-                        await writer.drain()
-                    except Exception:  # the caller went away; it learns nothing more
+                        async with asyncio.timeout(idle_timeout):  # a caller that stops reading is gone too
+                            await writer.drain()
+                    except Exception:  # the caller went away (or reads nothing); it learns nothing more
                         logger.debug("Could not send a response on %s to %s", name, stream_info.peer_id,
                                      exc_info=True)
                         return
@@ -214,6 +216,9 @@ def make_bounded_stream_handler(
                 else:  # the handler finished first: stop handing requests over
                     feeding.cancel()
                     await asyncio.gather(feeding, return_exceptions=True)
+                    if not responding.cancelled() and responding.exception() is not None:  # else lost unseen
+                        logger.warning("Stream %s from %s failed", name, stream_info.peer_id,
+                                       exc_info=responding.exception())
                 await _linger(reader, message_type, max_message_bytes, unread_payload)
             except asyncio.CancelledError:
                 # the server is stopping; ending quietly keeps asyncio from logging the cancelled connection

@@ -109,3 +109,35 @@ def test_after_an_oversized_frame_its_payload_is_skipped_and_the_goodbye_read() 
     assert writer.closed
     assert unread == b""  # payload and goodbye were both consumed, so the stream was in step when it closed
     assert took < LINGER_SECONDS  # ended by the goodbye frame, not by running out of patience
+
+
+class _StuckWriter(_Writer):
+    """A stream whose caller reads nothing: every write fills buffers that never empty."""
+
+    async def drain(self) -> None:
+        await asyncio.Event().wait()
+
+
+def test_a_caller_that_reads_no_answers_is_let_go_and_its_handler_cleans_up() -> None:
+    """Sending steps and never reading the answers must not hold a session (and its KV cache) forever."""
+    cleaned_up = []
+
+    async def handler(requests, context):
+        try:
+            async for _ in requests:
+                yield runtime_pb2.ExpertResponse()
+        finally:
+            cleaned_up.append(True)
+
+    async def scenario() -> float:
+        p2p = type("FakeP2P", (), {"peer_id": "server"})()
+        handle = make_bounded_stream_handler(p2p, "rpc", handler, runtime_pb2.ExpertRequest, LIMIT, idle_timeout=0.3)
+        reader, writer = asyncio.StreamReader(), _StuckWriter()
+        reader.feed_data(_frame(runtime_pb2.ExpertRequest(uid="step").SerializeToString()) * 3)  # no goodbye, no EOF
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(handle(type("Info", (), {"peer_id": "caller"})(), reader, writer), 10)
+        return asyncio.get_running_loop().time() - started
+
+    took = asyncio.run(scenario())
+    assert cleaned_up == [True]
+    assert took < 5
