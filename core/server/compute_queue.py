@@ -20,6 +20,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, TypeVar
 
 import torch
@@ -46,7 +47,7 @@ JOB_PATIENCE_SECONDS = 1.0
 """Training work that has waited this long runs before the next batch: inference first, but nothing starves."""
 INLINE_SECONDS = 0.005
 """A lone session's single-token step runs at once on the event loop itself, while nothing else is queued or
-computing, if such a step of its blocks last took under this long: queueing it, handing it to the compute
+computing, if such a step of its blocks and its batch size last took under this long: queueing it, handing it to the compute
 thread and back cost about 0.1-0.2 ms, a large share of a short step. Longer steps, batches and training work
 go to the compute thread, so the loop never stalls for long."""
 
@@ -118,7 +119,8 @@ class ComputeQueue:
         self._worker: asyncio.Task | None = None
         self._last_step: dict[int, tuple[float, tuple]] = {}  # id of a session's cache -> (last step's time, group)
         self._batch_seconds = 0.0  # how long the last batch took
-        self._lone_step_seconds: dict[tuple, float] = {}  # group -> how long its last lone single-token step took
+        # (group, rows) -> how long the last lone single-token step of that group and batch size took
+        self._lone_step_seconds: dict[tuple[tuple, int], float] = {}
         self._computing = False  # the compute thread is busy with a batch or a job
         self._overlap_until = 0.0  # until when batches gather: steps came while others waited or computed
 
@@ -146,7 +148,7 @@ class ComputeQueue:
         if self._steps or self._computing:  # sessions step at the same time: worth gathering their steps
             self._overlap_until = now + max(ACTIVE_SECONDS, 4 * self._batch_seconds)
         if (hidden.shape[1] == 1 and not (self._steps or self._jobs or self._computing)
-                and self._lone_step_seconds.get(group, math.inf) < INLINE_SECONDS
+                and self._lone_step_seconds.get((group, hidden.shape[0]), math.inf) < INLINE_SECONDS
                 and not self._others_active(group, {id(cache)}, now)):
             return self._step_here(backend, RaggedStep(hidden, cache, past_length, prompts), start, end, group)
         pending = _PendingStep(backend, start, end, hidden, cache, past_length, prompts,
@@ -159,7 +161,7 @@ class ComputeQueue:
         """A lone session's short step, computed on the calling (event loop) thread (see INLINE_SECONDS)."""
         began = time.monotonic()
         (result,) = backend.inference_batch([step], start, end)
-        self._batch_seconds = self._lone_step_seconds[group] = time.monotonic() - began
+        self._batch_seconds = self._lone_step_seconds[group, step.hidden.shape[0]] = time.monotonic() - began
         self.stats.record_batch(1)
         if isinstance(result, Exception):
             raise result
@@ -258,11 +260,19 @@ class ComputeQueue:
                 job.future.set_result(result)
 
     async def _on_compute_thread(self, function: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
         self._computing = True
+        computation = self._executor.submit(function, *args)
+        # cleared when the thread is done, even if this waiter is cancelled first: no inline step meanwhile
+        computation.add_done_callback(partial(self._computation_done, loop))
+        return await asyncio.wrap_future(computation, loop=loop)
+
+    def _computation_done(self, loop: asyncio.AbstractEventLoop, _: object) -> None:
+        """Called on the compute thread when a computation ends: the loop learns the thread is free."""
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
-        finally:
-            self._computing = False
+            loop.call_soon_threadsafe(setattr, self, "_computing", False)
+        except RuntimeError:  # the loop is closed: nothing will run on it again
+            pass
 
     async def _run_batch(self) -> None:
         taken = self._take_batch()
@@ -275,7 +285,7 @@ class ComputeQueue:
             results = [error] * len(chunks)
         self._batch_seconds = time.monotonic() - began
         if len(chunks) == 1 and chunks[0].new_tokens == 1:  # what a lone session's next step may expect
-            self._lone_step_seconds[first.group] = self._batch_seconds
+            self._lone_step_seconds[first.group, first.rows] = self._batch_seconds
         self.stats.record_batch(len(taken))
         for (pending, length), result in zip(taken, results):
             if isinstance(result, Exception):

@@ -243,13 +243,8 @@ def test_a_lone_prefill_runs_whole(backend):
     assert_matches_reference(output, backend.inference_step(prompt, DynamicCache(), 0, 0, 2), "a lone prefill")
 
 
-@pytest.mark.parametrize("short", [True, False])
-def test_a_lone_sessions_short_decoding_steps_run_on_the_event_loop(backend, monkeypatch, short):
-    """Handing a short step to the compute thread and back costs a share of it: a lone session's single-token
-    steps run on the loop itself once one took under INLINE_SECONDS; a prefill, and steps that take longer, do
-    not. The numbers are the same either way."""
-    if not short:
-        monkeypatch.setattr(compute_queue, "INLINE_SECONDS", 0.0)
+def _record_threads(backend, monkeypatch) -> list[str]:
+    """The names of the threads ``backend``'s steps run on, in order, from now on."""
     threads: list[str] = []
     compute = backend.inference_batch
 
@@ -258,6 +253,17 @@ def test_a_lone_sessions_short_decoding_steps_run_on_the_event_loop(backend, mon
         return compute(*args)
 
     monkeypatch.setattr(backend, "inference_batch", recording)
+    return threads
+
+
+@pytest.mark.parametrize("short", [True, False])
+def test_a_lone_sessions_short_decoding_steps_run_on_the_event_loop(backend, monkeypatch, short):
+    """Handing a short step to the compute thread and back costs a share of it: a lone session's single-token
+    steps run on the loop itself once one took under INLINE_SECONDS; a prefill, and steps that take longer, do
+    not. The numbers are the same either way."""
+    if not short:
+        monkeypatch.setattr(compute_queue, "INLINE_SECONDS", 0.0)
+    threads = _record_threads(backend, monkeypatch)
     queue = ComputeQueue(512, ServingStats())
     cache, reference_cache = DynamicCache(), DynamicCache()
     inputs = [torch.randn(1, 5 if index == 0 else 1, HIDDEN, generator=torch.Generator().manual_seed(60 + index))
@@ -281,3 +287,29 @@ def test_a_lone_sessions_short_decoding_steps_run_on_the_event_loop(backend, mon
     on_loop = [name == threading.main_thread().name for name in threads]
     # the prefill and the first decoding step (not timed yet) go to the compute thread
     assert on_loop == ([False, False, True, True] if short else [False] * 4)
+
+
+def test_a_batch_size_not_timed_yet_runs_its_first_step_on_the_compute_thread(backend, monkeypatch):
+    """How long a lone step takes is learned per batch size: a session of many rows that follows a one-row
+    session does not run its first single-token step on the event loop (it may take far longer)."""
+    monkeypatch.setattr(compute_queue, "INLINE_SECONDS", 10.0)  # any timed step counts as short here
+    threads = _record_threads(backend, monkeypatch)
+    queue = ComputeQueue(512, ServingStats())
+
+    async def session(rows: int) -> None:
+        cache, past = DynamicCache(), 0
+        for length in (3, 1, 1):  # a prefill, then two decoding steps
+            await queue.step(backend, torch.randn(rows, length, HIDDEN), cache, past, 0, 2)
+            past += length
+        queue.forget(cache)  # as the handler does when a session ends
+
+    async def one_after_another() -> None:
+        await session(1)
+        await session(4)
+
+    try:
+        asyncio.run(one_after_another())
+    finally:
+        queue.close()
+    on_loop = [name == threading.main_thread().name for name in threads]
+    assert on_loop == [False, False, True, False, False, True]
