@@ -30,13 +30,13 @@ def block_rpc_handle(method: str) -> str:
 
 WIRE_DTYPES = {name: getattr(torch, name) for name in ("float32", "float16", "bfloat16", "int64", "int32", "bool")}
 """The dtypes a tensor may travel in, by their wire name (hivemind's: torch's name without ``torch.``)."""
-ALLOWED_WIRE_DTYPES = frozenset(WIRE_DTYPES)
 MAX_METADATA_BYTES = 64 * 1024
 
 
 def serialize_tensors(tensors: Iterable[torch.Tensor]) -> list[runtime_pb2.Tensor]:
-    """Serialize CPU tensors without compression (exact values), as hivemind's ``serialize_torch_tensor`` does:
-    the raw bytes in C order, bfloat16 as its 2-byte pattern."""
+    """Serialize CPU tensors without compression (exact values), in hivemind's ``serialize_torch_tensor`` format:
+    the raw bytes in C order, bfloat16 as its 2-byte pattern. Values only: ``requires_grad`` is always sent
+    false (hivemind sends the tensor's), since whoever receives a tensor builds its own graph."""
     protos = []
     for tensor in tensors:
         tensor = tensor.detach().cpu()
@@ -56,7 +56,7 @@ def deserialize_tensors(protos: Sequence[runtime_pb2.Tensor], max_elements: int)
         dtype = WIRE_DTYPES.get(proto.dtype)
         if dtype is None:
             raise InvalidRequestError(
-                f"tensor {position}: dtype '{proto.dtype}' is not accepted (use one of {sorted(ALLOWED_WIRE_DTYPES)})"
+                f"tensor {position}: dtype '{proto.dtype}' is not accepted (use one of {sorted(WIRE_DTYPES)})"
             )
         shape = list(proto.size)
         if any(dim < 0 for dim in shape):

@@ -153,7 +153,8 @@ def client_dht(initial_peers: Sequence[str]) -> hivemind.DHT:
     return create_dht(initial_peers, client_mode=True).dht
 
 
-_replica_locks: "weakref.WeakKeyDictionary[hivemind.DHT, asyncio.Lock]" = weakref.WeakKeyDictionary()
+_replica_locks: "weakref.WeakKeyDictionary[hivemind.DHT, tuple[asyncio.AbstractEventLoop, asyncio.Lock]]" = \
+    weakref.WeakKeyDictionary()
 
 
 async def p2p_replica(dht: hivemind.DHT) -> P2P:
@@ -163,7 +164,11 @@ async def p2p_replica(dht: hivemind.DHT) -> P2P:
     asked at the same time (several models sharing a DHT, first used from several threads) each made
     one, and all but the last were never closed: a daemon connection and two tasks each, until exit.
     """
-    lock = _replica_locks.setdefault(dht, asyncio.Lock())
+    loop = asyncio.get_running_loop()
+    owner, lock = _replica_locks.get(dht, (None, None))
+    if owner is not loop or lock is None:  # a lock serves one loop (after a fork, clients run on a new one)
+        lock = asyncio.Lock()
+        _replica_locks[dht] = (loop, lock)
     async with lock:
         return await dht.replicate_p2p()
 

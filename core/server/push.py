@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 SESSION_WAIT_SECONDS = 10.0
 """How long a pushed step waits for the client's opening message of its session to arrive."""
 INBOX_SIZE = 8
-"""Steps a session holds unread (pushed or sent by its client); more wait in their streams."""
+"""Steps a session holds unread (pushed or sent by its client) when its stream brings no queue of its own; a
+served stream's queue (``bounded_streams.MAX_PREFETCH`` steps) is used as it is. More wait in their streams."""
 PUSH_OPEN_TIMEOUT = 20.0
 """Seconds to open a push stream to the next server (a dial, or a relay circuit) before falling back."""
 PUSH_WRITE_TIMEOUT = 10.0
