@@ -37,14 +37,17 @@ def python_command(args: Sequence[str], executable: str | None = None) -> list[s
 
 
 class ChildProcess:
-    """A child process whose output lines are kept (and mirrored to a log file when given)."""
+    """A child process whose output lines are kept (and mirrored to a log file when given).
+
+    Its standard input is a pipe that only this process holds: a child run with ``--exit_with_stdin`` stops
+    when this process ends, even killed (its end of the pipe closes)."""
 
     def __init__(self, name: str, args: Sequence[str], log_path: Path | None = None) -> None:
         self.name = name
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
         self.process = subprocess.Popen(
-            python_command(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            python_command(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.PIPE,
             env=env, text=True, bufsize=1, start_new_session=True,
         )
         self.lines: list[str] = []
@@ -101,7 +104,7 @@ class ChildProcess:
             except subprocess.TimeoutExpired:
                 logger.warning("%s did not stop in %.0f s; killing it", self.name, timeout)
                 self.kill()
-        self._close_log()
+        self._close_files()
         return self.process.returncode
 
     def kill(self) -> None:
@@ -111,12 +114,17 @@ class ChildProcess:
         except ProcessLookupError:
             pass
         self.process.wait(10)
-        self._close_log()
+        self._close_files()
 
-    def _close_log(self) -> None:
+    def _close_files(self) -> None:
         if self._log:
             self._log.close()
             self._log = None
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            try:
+                self.process.stdin.close()
+            except OSError:  # the child is gone: nothing to flush to
+                pass
 
 
 def parse_addresses(lines: Sequence[str]) -> list[str]:
@@ -125,7 +133,7 @@ def parse_addresses(lines: Sequence[str]) -> list[str]:
 
 
 class LocalSwarm:
-    """A DHT peer plus one server per span, all on 127.0.0.1."""
+    """A DHT peer plus one server per span, all on 127.0.0.1; they stop with this process, even if it is killed."""
 
     def __init__(
         self,
@@ -166,7 +174,8 @@ class LocalSwarm:
     def start(self) -> list[str]:
         """Start the DHT and every server; returns the swarm's initial peers once all servers are online."""
         self.dht_process = ChildProcess(
-            "dht", ["-m", "core.cli.run_dht", "--host_maddrs", "/ip4/127.0.0.1/tcp/0"], self._log_path("dht")
+            "dht", ["-m", "core.cli.run_dht", "--host_maddrs", "/ip4/127.0.0.1/tcp/0", "--exit_with_stdin"],
+            self._log_path("dht")
         )
         after = self.dht_process.wait_for_line("Running a DHT peer", self.start_timeout)
         self.initial_peers = parse_addresses(after)
@@ -181,7 +190,7 @@ class LocalSwarm:
     def add_server(self, span: tuple[int, int] | None, extra_args: Sequence[str] = ()) -> ChildProcess:
         """Start one more server (``span=None`` lets it choose its blocks); does not wait for it."""
         args = ["-m", "core.cli.run_server", "--converted_model_name_or_path", self.converted_path,
-                "--initial_peers", *self.initial_peers, "--host_maddrs", "/ip4/127.0.0.1/tcp/0",
+                "--initial_peers", *self.initial_peers, "--host_maddrs", "/ip4/127.0.0.1/tcp/0", "--exit_with_stdin",
                 *self.server_args, *extra_args]
         if span is not None:
             args += ["--block_indices", f"{span[0]}:{span[1]}"]

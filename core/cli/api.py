@@ -14,11 +14,12 @@ import os
 import signal
 import socket
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
-from core.cli.common import fail, interrupt, on_termination, setup_logging
+from core.cli.common import (
+    add_exit_with_stdin_argument, exit_when_stdin_closes, fail, interrupt, on_termination, setup_logging,
+)
 from core.errors import BlossomError
 
 logger = logging.getLogger(__name__)
@@ -54,9 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="longest prompt + answer in tokens (default: the model's max_position_embeddings)")
     parser.add_argument("--servers", type=int, default=2, choices=[1, 2, 3],
                         help="block servers of the private swarm, ignored with --initial_peers (default: 2)")
-    parser.add_argument("--exit_with_stdin", action="store_true",
-                        help="stop when standard input closes, for programs that run blossom-api as their child "
-                             "(the desktop app does) (default: off)")
+    add_exit_with_stdin_argument(parser, "blossom-api")
     parser.add_argument("--verbose", action="store_true", help="debug logging and an access log (default: off)")
     return parser
 
@@ -150,23 +149,6 @@ def serve(args: argparse.Namespace, sock: socket.socket, stack: list[Any]) -> No
         signal.signal(signum, lambda *_: None)
     server.run(sockets=[sock])
     print("Stopping the API ...", flush=True)
-
-
-def exit_when_stdin_closes() -> None:
-    """Send ourselves SIGTERM once standard input reaches its end (the parent that holds it is gone)."""
-
-    def watch() -> None:
-        # os.read on the descriptor, not sys.stdin: a thread blocked inside sys.stdin holds its lock, and a
-        # process forked meanwhile (hivemind forks its DHT) hangs when it closes its copy of sys.stdin
-        try:
-            while os.read(0, 4096):
-                pass
-        except OSError:
-            pass
-        logger.info("Standard input closed; stopping")
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name="blossom-api-stdin", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import os
 import signal
 import sys
 import threading
@@ -86,6 +87,30 @@ def on_termination(callback: Callable[[], None], again: Callable[[], None] | Non
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)
     return fired
+
+
+def add_exit_with_stdin_argument(parser: argparse.ArgumentParser, tool: str) -> None:
+    """``--exit_with_stdin``: for programs that run ``tool`` as their child and hold its standard input."""
+    parser.add_argument("--exit_with_stdin", action="store_true",
+                        help=f"stop when standard input closes, for programs that run {tool} as their child "
+                             f"(blossom-api's private swarm, the desktop app) (default: off)")
+
+
+def exit_when_stdin_closes() -> None:
+    """Send ourselves SIGTERM once standard input reaches its end: the parent that holds it is gone, even killed."""
+
+    def watch() -> None:
+        # os.read on the descriptor, not sys.stdin: a thread blocked inside sys.stdin holds its lock, and a
+        # process forked meanwhile (hivemind forks its DHT) hangs when it closes its copy of sys.stdin
+        try:
+            while os.read(0, 4096):
+                pass
+        except OSError:
+            pass
+        logging.getLogger(__name__).info("Standard input closed; stopping")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="blossom-stdin-watch", daemon=True).start()
 
 
 def interrupt() -> None:

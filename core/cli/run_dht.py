@@ -6,7 +6,10 @@ import logging
 import threading
 
 
-from core.cli.common import address_line, build_parser as new_parser, fail, on_termination, setup_logging
+from core.cli.common import (
+    add_exit_with_stdin_argument, address_line, build_parser as new_parser, exit_when_stdin_closes, fail,
+    on_termination, setup_logging,
+)
 from core.errors import BlossomError
 from core.dht.node import create_dht
 from core.server.relay import RelayService
@@ -32,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="private key file; keeps this peer's id (and so its address) across restarts")
     parser.add_argument("--no_relay", action="store_true",
                         help="do not relay for servers behind NAT (by default this peer does, within limits)")
+    add_exit_with_stdin_argument(parser, "blossom-dht")
     parser.add_argument("--verbose", action="store_true", help="log every detail (debug level) on stderr")
     return parser
 
@@ -51,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(error)
     stop = threading.Event()
     on_termination(stop.set)
+    if args.exit_with_stdin:
+        exit_when_stdin_closes()
     loop = EventLoopThread("blossom-dht-loop")
     refusal = "this peer's relay service is turned off (--no_relay)" if args.no_relay else None
     relay = loop.run(_start_relay(dht, refusal), timeout=30)

@@ -6,7 +6,10 @@ import logging
 import sys
 import threading
 
-from core.cli.common import address_line, add_hidden_alias, build_parser as new_parser, fail, interrupt, on_termination, setup_logging
+from core.cli.common import (
+    add_exit_with_stdin_argument, add_hidden_alias, address_line, build_parser as new_parser, exit_when_stdin_closes,
+    fail, interrupt, on_termination, setup_logging,
+)
 from core.config import QUANT_TYPES, TORCH_DTYPES, ServerConfig
 from core.errors import BlossomError
 
@@ -94,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mean_balance_check_period", type=float, default=60.0,
                         help="average seconds between checks of the swarm's balance (randomised)")
     parser.add_argument("--num_threads", type=int, default=None, help="torch CPU threads for compute (default: torch's choice, about one per core)")
+    add_exit_with_stdin_argument(parser, "blossom-server")
     parser.add_argument("--verbose", action="store_true", help="log every detail (debug level) on stderr")
     return parser
 
@@ -151,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     # The first Ctrl-C / SIGTERM interrupts a start-up at once, or ends serving after a drain; a second one
     # interrupts the drain.
     on_termination(lambda: stopping.set() if started.is_set() else interrupt(), again=interrupt)
+    if args.exit_with_stdin:
+        exit_when_stdin_closes()
     try:
         status = server.start()
         started.set()

@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import psutil
@@ -167,3 +168,36 @@ def test_the_dht_process_and_its_daemon_end_with_a_killed_parent():
         assert not alive, [helper.cmdline()[:2] for helper in alive]
     finally:
         dht.kill()
+
+
+def test_a_local_swarm_stops_with_the_program_that_started_it_even_killed(tiny_checkpoints):
+    """A program that started a private swarm (blossom-api, the terminal demo, a script) and is killed leaves
+    no DHT peer, server or p2p daemon behind: they stop when their end of its stdin pipe closes."""
+    _, converted = tiny_checkpoints["llama"]
+    script = ("import sys, time\n"
+              "from core.launcher import LocalSwarm\n"
+              f"swarm = LocalSwarm({str(converted)!r}, [(0, 2), (2, 4)], server_args=['--throughput', '10'])\n"
+              "swarm.start()\n"
+              "print('pids', swarm.dht_process.process.pid, *[s.process.pid for s in swarm.servers], flush=True)\n"
+              "time.sleep(600)\n")
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    children: list[psutil.Process] = []
+    try:
+        line = owner.stdout.readline()
+        assert line.startswith("pids "), line
+        pids = [int(pid) for pid in line.split()[1:]]
+        children = [process for pid in pids for process in
+                    [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]]
+        assert any(process.name() == "p2pd" for process in children)
+        owner.kill()  # no clean-up runs in the owner
+        owner.wait(10)
+        gone, alive = psutil.wait_procs(children, timeout=EXIT_TIMEOUT)
+        assert not alive, [process.cmdline()[:4] for process in alive]
+    finally:
+        owner.kill()
+        for process in children:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
