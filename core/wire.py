@@ -43,7 +43,7 @@ def serialize_tensors(tensors: Iterable[torch.Tensor]) -> list[runtime_pb2.Tenso
         raw = tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor  # numpy has no bfloat16
         protos.append(runtime_pb2.Tensor(compression=runtime_pb2.CompressionType.NONE, buffer=raw.numpy().tobytes(),
                                          size=tensor.shape, dtype=str(tensor.dtype)[len("torch."):],
-                                         requires_grad=tensor.requires_grad))
+                                         requires_grad=False))
     return protos
 
 

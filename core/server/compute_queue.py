@@ -47,9 +47,9 @@ JOB_PATIENCE_SECONDS = 1.0
 """Training work that has waited this long runs before the next batch: inference first, but nothing starves."""
 INLINE_SECONDS = 0.005
 """A lone session's single-token step runs at once on the event loop itself, while nothing else is queued or
-computing, if such a step of its blocks and its batch size last took under this long: queueing it, handing it to the compute
-thread and back cost about 0.1-0.2 ms, a large share of a short step. Longer steps, batches and training work
-go to the compute thread, so the loop never stalls for long."""
+computing, if such a step of its blocks and its batch size last took under this long: queueing it, handing it
+to the compute thread and back cost about 0.1-0.2 ms, a large share of a short step. Longer steps, batches and
+training work go to the compute thread, so the loop never stalls for long."""
 
 
 def _group(backend: SpanBackend, start: int, end: int) -> tuple[int, int, int]:
