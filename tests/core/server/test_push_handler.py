@@ -13,6 +13,7 @@ from hivemind.proto import runtime_pb2
 
 from core.errors import InvalidRequestError
 from core.server import push
+from core.server.bounded_streams import QueuedRequests
 from core.server.handler import BlockRequestHandler
 from core.server.memory_cache import KVCacheBudget
 from core.server.push import SessionDirectory
@@ -47,7 +48,10 @@ async def from_queue(queue: asyncio.Queue):
         yield item
 
 
-def test_pushed_steps_reach_a_session_opened_after_them_and_a_twice_sent_step_is_recomputed_alike():
+@pytest.mark.parametrize("client_stream", [from_queue, QueuedRequests], ids=["any iterator", "served stream"])
+def test_pushed_steps_reach_a_session_opened_after_them_and_a_twice_sent_step_is_recomputed_alike(client_stream):
+    """Pushed steps join the client's own: through a task that moves the client's steps into the session's inbox
+    (any request iterator), or straight into the queue of a served stream (what production streams are)."""
     handler = make_handler()
     session_id = uuid.uuid4().hex
     torch.manual_seed(5)
@@ -63,7 +67,7 @@ def test_pushed_steps_reach_a_session_opened_after_them_and_a_twice_sent_step_is
         await asyncio.sleep(0.05)  # the pushes wait for the session
         client.put_nowait(request([], max_length=8, batch_size=1, session_id=session_id))
         answers = []
-        async for response in handler.rpc_inference(from_queue(client), CONTEXT):
+        async for response in handler.rpc_inference(client_stream(client), CONTEXT):
             answers.append(answer(response))
             if len(answers) == 3:
                 client.put_nowait(None)
