@@ -147,21 +147,24 @@ class ComputeQueue:
         self._last_step[id(cache)] = (now, group)
         if self._steps or self._computing:  # sessions step at the same time: worth gathering their steps
             self._overlap_until = now + max(ACTIVE_SECONDS, 4 * self._batch_seconds)
+        lone_key = group, hidden.shape[0]  # lone steps are timed per group and batch size
         if (hidden.shape[1] == 1 and not (self._steps or self._jobs or self._computing)
-                and self._lone_step_seconds.get((group, hidden.shape[0]), math.inf) < INLINE_SECONDS
+                and self._lone_step_seconds.get(lone_key, math.inf) < INLINE_SECONDS
                 and not self._others_active(group, {id(cache)}, now)):
-            return self._step_here(backend, RaggedStep(hidden, cache, past_length, prompts), start, end, group)
+            return self._step_here(backend, RaggedStep(hidden, cache, past_length, prompts), start, end, lone_key)
         pending = _PendingStep(backend, start, end, hidden, cache, past_length, prompts,
                                asyncio.get_running_loop().create_future())
         self._steps.append(pending)
         self._notify()
         return await pending.future
 
-    def _step_here(self, backend: SpanBackend, step: RaggedStep, start: int, end: int, group: tuple) -> torch.Tensor:
-        """A lone session's short step, computed on the calling (event loop) thread (see INLINE_SECONDS)."""
+    def _step_here(self, backend: SpanBackend, step: RaggedStep, start: int, end: int,
+                   lone_key: tuple[tuple, int]) -> torch.Tensor:
+        """A lone session's short step, computed on the calling (event loop) thread (see INLINE_SECONDS); its time
+        is kept under ``lone_key``."""
         began = time.monotonic()
         (result,) = backend.inference_batch([step], start, end)
-        self._batch_seconds = self._lone_step_seconds[group, step.hidden.shape[0]] = time.monotonic() - began
+        self._batch_seconds = self._lone_step_seconds[lone_key] = time.monotonic() - began
         self.stats.record_batch(1)
         if isinstance(result, Exception):
             raise result

@@ -174,7 +174,7 @@ def test_a_local_swarm_stops_with_the_program_that_started_it_even_killed(tiny_c
     """A program that started a private swarm (blossom-api, the terminal demo, a script) and is killed leaves
     no DHT peer, server or p2p daemon behind: they stop when their end of its stdin pipe closes."""
     _, converted = tiny_checkpoints["llama"]
-    script = ("import sys, time\n"
+    script = ("import time\n"
               "from core.launcher import LocalSwarm\n"
               f"swarm = LocalSwarm({str(converted)!r}, [(0, 2), (2, 4)], server_args=['--throughput', '10'])\n"
               "swarm.start()\n"
