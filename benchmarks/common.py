@@ -49,8 +49,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="device of the servers and the local model (cpu, cuda)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="compute dtype of servers and local model")
-    parser.add_argument("--transport", choices=["p2p", "direct"], default="p2p",
-                        help="client-server link: p2p streams (the default server) or direct TCP (--direct_port)")
+    parser.add_argument("--transport", choices=["direct", "p2p"], default="direct",
+                        help="client-server link: direct TLS connections (what default servers offer) or p2p streams "
+                             "through the daemons only (servers started with --no_direct)")
     parser.add_argument("--workdir", type=Path, default=None, help="where to build the tiny model (default: a temp dir)")
     parser.add_argument("--verbose", action="store_true")
     return parser
@@ -157,8 +158,8 @@ def local_swarm(model: BenchModel, args: argparse.Namespace, spans: Sequence[tup
     from core.launcher import LocalSwarm
 
     server_args = ["--throughput", "100", "--device", args.device, "--torch_dtype", args.dtype, *extra_server_args]
-    if args.transport == "direct":
-        server_args += ["--direct_port", "0"]
+    if args.transport == "p2p":
+        server_args.append("--no_direct")
     with LocalSwarm(model.converted, spans or halves(model.num_blocks), server_args=server_args,
                     num_threads=args.threads, start_timeout=600) as swarm:  # a busy machine starts servers slowly
         yield swarm

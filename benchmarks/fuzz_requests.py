@@ -4,8 +4,8 @@
 compression, metadata, tensor counts), sends random bytes and corrupted serialized requests under
 the protobuf layer (the p2p client's raw unary call), writes raw stream frames (garbage, unknown
 markers, huge announced lengths, cut-off frames, over-long streams), and drives inference sessions
-with mutated steps or abandons them mid-way. Servers with a direct port (``--direct_port``) get half of
-the stream requests there and half over p2p. Each request's outcome is a short string: the error
+with mutated steps or abandons them mid-way. Servers with a direct port (default servers) get half of
+the stream requests there (TLS) and half over p2p. Each request's outcome is a short string: the error
 code the server answered with, ``ok``, a refusal by the p2p layer, or how the stream ended.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from hivemind.proto import runtime_pb2
 
 from core.client.transports import open_direct_stream, open_p2p_stream
 from core.dht.schema import RemoteSpanInfo
-from core.direct_protocol import parse_direct_address
+from core.direct_protocol import direct_endpoint
 from core.server.handler import MAX_STREAM_MESSAGES
 from core.wire import block_rpc_handle, pack_metadata, serialize_tensors, unpack_metadata
 
@@ -70,10 +70,10 @@ class Fuzzer:
     async def _open_stream(self, span: RemoteSpanInfo,
                            method: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A raw stream to ``method``: over the server's direct port for half of the calls when it has one."""
-        address = parse_direct_address(span.server_info.direct_address)
-        if address is not None and self.rng.random() < 0.5:
+        endpoint = direct_endpoint(span.server_info.direct_address, span.server_info.direct_fingerprint)
+        if endpoint is not None and self.rng.random() < 0.5:
             self.direct_streams += 1
-            return await open_direct_stream(address, span.peer_id, method)
+            return await open_direct_stream(endpoint, span.peer_id, method)
         return await open_p2p_stream(self.p2p, span.peer_id, method)
 
     # ---- valid material to mutate -------------------------------------------------------------

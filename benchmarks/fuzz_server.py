@@ -183,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="blossom-fuzz-") as folder:
         original, converted = prepare_tiny_model(Path(folder))
         with LocalSwarm(converted, [(0, 2), (2, 4)], log_dir=Path(folder) / "logs",
-                        server_args=["--throughput", "10", "--session_idle_timeout", "10",
-                                     "--direct_port", "0"]) as swarm:
+                        server_args=["--throughput", "10", "--session_idle_timeout", "10"]) as swarm:
             summary = run_campaign(swarm, original, converted, args.requests, args.seed, args.time_limit,
                                    args.concurrency, args.new_tokens)
     print("\n".join(summary.lines()))

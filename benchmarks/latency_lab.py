@@ -188,7 +188,7 @@ def measure_model(name: str, args: argparse.Namespace, folder: Path) -> list[Row
     log_dir = folder / f"logs-{name}"
     shutil.rmtree(log_dir, ignore_errors=True)  # logs are appended to and read back: start from none
     log_dir.mkdir()
-    extra = ["--direct_port", str(DIRECT_PORT)] if args.transport == "direct" else []
+    extra = ["--direct_port", str(DIRECT_PORT)] if args.transport == "direct" else ["--no_direct"]
     rows: list[Row] = []
     (folder / f"lab-{name}").mkdir(exist_ok=True)
     with latency_lab(names, one_way_ms=args.one_way_ms[0], rate_mbit=args.rate_mbit,
@@ -234,7 +234,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="cap every host's link at this many Mbit/s each way (the floors leave it out)")
     parser.add_argument("--new_tokens", type=int, default=NEW_TOKENS)
     parser.add_argument("--transport", choices=["p2p", "direct"], default="p2p",
-                        help="direct: servers also open --direct_port and the client steps over plain TCP")
+                        help="p2p: servers take no direct connections (--no_direct), every leg goes through the p2p "
+                             "daemons; direct: servers' TLS direct ports (what default servers offer)")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.command == "client":

@@ -46,9 +46,10 @@ class ServerConfig:
     """Average seconds between rebalancing checks (randomised so servers do not all move at once)."""
     relay_service: bool = True
     """Relay for servers behind NAT while this server is itself dialable (core.server.relay)."""
-    direct_port: int | None = None
-    """Also take streaming calls (inference sessions, forward, backward) on this plain TCP port (0: any free one)
-    and announce it, so clients on a trusted network skip the p2p daemons; unencrypted, so off by default."""
+    direct_port: int | None = 0
+    """Also take streaming calls (inference sessions, forward, backward, pushes) over TLS on this TCP port (0: any
+    free one) and announce it with the certificate's fingerprint, so callers that can dial it skip the p2p
+    daemons (core.server.direct); None: p2p only."""
     push: bool = True
     """Pass inference outputs straight to the next server of a client's chain (core.push_protocol) and take
     steps pushed by the previous one; announced as ``can_push``. Off: clients carry every step themselves."""
@@ -103,7 +104,8 @@ class ClientConfig:
     ban_timeout: float = 15.0
     update_period: float = 30.0
     direct_connections: str = "private"
-    """Use servers' direct TCP ports: "private" (only loopback and private-network addresses), "always", "never"."""
+    """Dial servers' direct ports: "private" (loopback, and private addresses on this machine's networks),
+    "always" (any address), "never" (p2p only). The connection is TLS, pinned to the announced certificate."""
     push_between_servers: bool = True
     """Inference steps go client -> A -> B -> ... -> client, each server pushing its output to the next (n + 1
     network legs per token), wherever both servers can; off: client -> A -> client -> B -> ... (2n legs)."""

@@ -1,22 +1,48 @@
-"""The handshake of direct TCP connections (servers' ``--direct_port``) and which addresses a client may use.
+"""The handshake of direct connections (servers' direct port) and which addresses a caller dials.
 
-The caller sends :func:`hello` naming one streaming RPC; the server answers with
-:func:`server_greeting` (protocol, its peer id, newline), so a client that reached some other
-program, or another server, notices and falls back to p2p. After that both sides speak
-hivemind's stream frames (:mod:`core.wire`), exactly as on a p2p stream to that RPC.
+A direct connection is TLS pinned to the certificate the server announced (:mod:`core.direct_tls`).
+Inside it, the caller sends :func:`hello` naming one streaming RPC; the server answers with
+:func:`server_greeting` (protocol, its peer id, newline). After that both sides speak hivemind's
+stream frames (:mod:`core.wire`), exactly as on a p2p stream to that RPC.
 """
 from __future__ import annotations
 
 import ipaddress
+import time
+from dataclasses import dataclass
 
+import psutil
+
+from core.direct_tls import is_fingerprint
 from core.errors import RemoteCallError
 
-PROTOCOL = b"BLOSSOM-DIRECT/1"
+PROTOCOL = b"BLOSSOM-DIRECT/2"
 DIRECT_METHODS = ("rpc_inference", "rpc_forward_stream", "rpc_backward_stream", "rpc_push")
 """The streaming RPCs a direct connection can open."""
 MAX_HELLO_BYTES = 64
 MAX_GREETING_BYTES = 128
 DIRECT_POLICIES = ("private", "always", "never")
+LOCAL_NETWORKS_TTL = 60.0
+"""Seconds this machine's list of networks is reused before it is read again (a laptop changes networks)."""
+
+
+@dataclass(frozen=True)
+class DirectEndpoint:
+    """Where a server takes direct connections, and the fingerprint of the certificate it serves them with."""
+
+    host: str
+    port: int
+    fingerprint: str
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def direct_endpoint(address: str, fingerprint: str) -> DirectEndpoint | None:
+    """The endpoint of an announced ``"host:port"`` and fingerprint; ``None`` if either is missing or malformed
+    (servers that announce no fingerprint are not dialled directly)."""
+    parsed = parse_direct_address(address)
+    return DirectEndpoint(*parsed, fingerprint) if parsed is not None and is_fingerprint(fingerprint) else None
 
 
 def hello(method: str) -> bytes:
@@ -63,10 +89,31 @@ def parse_direct_address(text: str) -> tuple[str, int] | None:
 
 
 def may_connect_directly(host: str, policy: str) -> bool:
-    """Whether a client with ``direct_connections=policy`` sends its hidden states in the clear to ``host``."""
+    """Whether a caller with ``direct_connections=policy`` dials ``host`` directly. "private": a loopback
+    address, or a private one on a network this machine is on; another network's private address may be
+    nobody (a connect that times out), or somebody else on the caller's own LAN. "always": any address."""
     if policy == "always":
         return True
     if policy == "private":
         address = ipaddress.ip_address(host)
-        return address.is_loopback or address.is_private
+        return address.is_loopback or (address.is_private and any(address in net for net in local_networks()))
     return False
+
+
+_networks: tuple[float, list] = (float("-inf"), [])
+
+
+def local_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The networks of this machine's interfaces (re-read every :data:`LOCAL_NETWORKS_TTL` seconds)."""
+    global _networks
+    read_at, networks = _networks
+    if time.monotonic() - read_at > LOCAL_NETWORKS_TTL:
+        networks = []
+        for addresses in psutil.net_if_addrs().values():
+            for entry in addresses:
+                try:
+                    networks.append(ipaddress.ip_interface(f"{entry.address.split('%')[0]}/{entry.netmask}").network)
+                except (ValueError, TypeError):
+                    continue  # a link-layer address, or one without a netmask
+        _networks = (time.monotonic(), networks)
+    return networks

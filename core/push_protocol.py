@@ -19,7 +19,7 @@ What travels, all in a request's msgpack metadata (:mod:`core.wire`):
   could not, and the client then sends it on itself).
 
 A pushed message goes to the next server's ``rpc_push`` stream (:data:`PUSH_METHOD`), the same
-frames as an inference stream, over the same transports (direct TCP where offered, a relay circuit
+frames as an inference stream, over the same transports (a direct TLS connection where dialable, a relay circuit
 for relayed servers, else p2p).
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from core.direct_tls import is_fingerprint
 from core.errors import InvalidRequestError
 
 PUSH_METHOD = "rpc_push"
@@ -44,18 +45,24 @@ class PushTarget:
 
     peer_id: str
     session_id: str
-    direct_address: str = ""  # "host:port", only when the client allows sending its states there in the clear
+    direct_address: str = ""  # "host:port" of its direct port, "" for none (or a caller dialling no direct ports)
     relays: tuple[str, ...] = ()  # peer ids of the relays through which a relayed server is reached
+    direct_fingerprint: str = ""  # its TLS certificate's fingerprint, as it announced it (core.direct_tls)
 
     def to_wire(self) -> list[Any]:
-        return [self.peer_id, self.session_id, self.direct_address, list(self.relays)]
+        entry = [self.peer_id, self.session_id, self.direct_address, list(self.relays)]
+        return entry + [self.direct_fingerprint] if self.direct_fingerprint else entry
 
     @classmethod
     def from_wire(cls, value: Any) -> "PushTarget":
         """Parse one route entry; :class:`InvalidRequestError` naming what is wrong."""
-        if not isinstance(value, (list, tuple)) or len(value) != 4:
-            raise InvalidRequestError("a route entry must be [peer_id, session_id, direct_address, relays]")
-        peer_id, session_id, direct_address, relays = value
+        if not isinstance(value, (list, tuple)) or len(value) not in (4, 5):
+            raise InvalidRequestError("a route entry must be [peer_id, session_id, direct_address, relays] "
+                                      "or [peer_id, session_id, direct_address, relays, direct_fingerprint]")
+        peer_id, session_id, direct_address, relays, *rest = value
+        fingerprint = rest[0] if rest else ""
+        if fingerprint and not is_fingerprint(fingerprint):
+            raise InvalidRequestError("a route entry's direct_fingerprint must be 64 lowercase hex digits (SHA-256)")
         if not _short_str(peer_id) or not peer_id:
             raise InvalidRequestError("a route entry's peer_id must be a non-empty string")
         check_session_id(session_id)
@@ -63,7 +70,7 @@ class PushTarget:
             raise InvalidRequestError("a route entry's direct_address must be a 'host:port' string or ''")
         if not isinstance(relays, (list, tuple)) or len(relays) > 8 or not all(_short_str(r) and r for r in relays):
             raise InvalidRequestError("a route entry's relays must be a list of at most 8 peer ids")
-        return cls(peer_id, session_id, direct_address, tuple(relays))
+        return cls(peer_id, session_id, direct_address, tuple(relays), fingerprint)
 
 
 def _short_str(value: Any) -> bool:

@@ -1,4 +1,4 @@
-"""The ways to open a stream to a block server's RPC: a direct TCP connection, a relay circuit, or p2p.
+"""The ways to open a stream to a block server's RPC: a direct (TLS) connection, a relay circuit, or p2p.
 
 Clients (:meth:`RemoteSequenceManager.open_call_stream
 <core.client.sequence_manager.RemoteSequenceManager.open_call_stream>`) and servers pushing to the
@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 
 from hivemind.p2p import P2P, PeerID
 
-from core.direct_protocol import MAX_GREETING_BYTES, check_greeting, hello
+from core.direct_protocol import MAX_GREETING_BYTES, DirectEndpoint, check_greeting, hello
+from core.direct_tls import check_certificate, client_context
 from core.errors import RemoteCallError
 from core.relay_protocol import (
     MAX_HELLO_BYTES,
@@ -23,7 +25,8 @@ from core.relay_protocol import (
 from core.wire import block_rpc_handle
 
 DIRECT_CONNECT_TIMEOUT = 5.0
-"""Seconds to connect to a server's direct port and get its greeting before falling back to p2p."""
+"""Seconds to connect to a server's direct port, for the TLS handshake, and for its greeting, before falling back
+to p2p."""
 RELAY_OPEN_TIMEOUT = 15.0
 """Seconds to open a circuit through a relay (the relay opens the server's stream meanwhile)."""
 
@@ -40,15 +43,19 @@ async def open_p2p_stream(p2p: P2P, peer_id: str, method: str) -> Stream:
     return reader, writer
 
 
-async def open_direct_stream(address: tuple[str, int], peer_id: str, method: str) -> Stream:
-    """A stream to ``method`` over a direct TCP connection to server ``peer_id`` at ``address`` (see
-    :mod:`core.direct_protocol`); ``OSError``, ``TimeoutError`` or :class:`RemoteCallError` if nothing is
-    there or it is not that server."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), DIRECT_CONNECT_TIMEOUT)
+async def open_direct_stream(endpoint: DirectEndpoint, peer_id: str, method: str) -> Stream:
+    """A stream to ``method`` over a direct connection to server ``peer_id`` at ``endpoint`` (TLS pinned to the
+    announced certificate, then :mod:`core.direct_protocol`'s handshake); ``OSError``, ``TimeoutError`` or
+    :class:`RemoteCallError` if nothing is there or it is not that server."""
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(endpoint.host, endpoint.port, ssl=client_context(), server_hostname="",
+                                ssl_handshake_timeout=DIRECT_CONNECT_TIMEOUT), DIRECT_CONNECT_TIMEOUT)
     try:
+        where = str(endpoint)
+        check_certificate(writer.get_extra_info("ssl_object"), endpoint.fingerprint, where)
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         writer.write(hello(method))
-        received, where = b"", f"{address[0]}:{address[1]}"
+        received = b""
         async with asyncio.timeout(DIRECT_CONNECT_TIMEOUT):
             while (rest := check_greeting(received, peer_id, where)) is None:
                 chunk = await reader.read(MAX_GREETING_BYTES)
@@ -61,6 +68,34 @@ async def open_direct_stream(address: tuple[str, int], peer_id: str, method: str
         writer.close()
         raise
     return reader, writer
+
+
+def connect_direct_blocking(endpoint: DirectEndpoint, peer_id: str, method: str) -> ssl.SSLSocket:
+    """:func:`open_direct_stream` for a caller that then reads and writes with blocking calls (run it in a
+    worker thread): the connected TLS socket, the greeting read."""
+    where = str(endpoint)
+    raw = socket.create_connection((endpoint.host, endpoint.port), timeout=DIRECT_CONNECT_TIMEOUT)
+    try:
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = client_context().wrap_socket(raw)  # the handshake, bounded by the socket's timeout
+    except BaseException:
+        raw.close()
+        raise
+    try:
+        check_certificate(sock, endpoint.fingerprint, where)
+        sock.sendall(hello(method))
+        received = b""
+        while (rest := check_greeting(received, peer_id, where)) is None:
+            chunk = sock.recv(1)  # byte by byte: nothing after the greeting may be read here
+            if not chunk:
+                raise RemoteCallError(f"{where} closed the connection instead of greeting as {peer_id}")
+            received += chunk
+        if rest:
+            raise RemoteCallError(f"{where} sent {len(rest)} unexpected bytes after its greeting")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 async def open_relay_circuit(p2p: P2P, relay: str, peer_id: str, method: str) -> Stream:

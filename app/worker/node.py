@@ -29,7 +29,7 @@ RENAMED_FIELDS = {"model_path": "converted_model_name_or_path", "num_threads": "
                   "drain_timeout": "shutdown_timeout"}
 """:class:`ServeRequest` fields whose :class:`ServerConfig` field has another name."""
 WORKER_FIELDS = ("private_swarm", "host", "port")
-""":class:`ServeRequest` fields the worker turns into other things: its own DHT peer, ``host_maddrs``, ``direct_port``."""
+""":class:`ServeRequest` fields the worker turns into other things: its own DHT peer, ``host_maddrs``."""
 
 
 def server_config(request: ServeRequest, swarm_peers: tuple[str, ...], span: tuple[int, int] | None = None,
@@ -45,7 +45,6 @@ def server_config(request: ServeRequest, swarm_peers: tuple[str, ...], span: tup
     values.update(
         initial_peers=swarm_peers,
         host_maddrs=(f"/ip4/{request.host}/tcp/{request.port}",),
-        direct_port=0 if request.private_swarm else None,  # this PC only (127.0.0.1): chat skips the p2p daemons
     )
     if span is not None:
         values.update(num_blocks=None, block_indices=span)

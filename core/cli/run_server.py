@@ -52,9 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--announce_maddrs", nargs="*", default=[], metavar="MULTIADDR",
                         help="public multiaddrs others should dial (e.g. your router's address with a forwarded port)")
     parser.add_argument("--port", type=int, default=None, help="TCP port to listen on (default: random)")
-    parser.add_argument("--direct_port", type=int, default=None,
-                        help="also take inference sessions and forward/backward calls on this plain TCP port (0: any "
-                             "free one), skipping the p2p daemons; unencrypted: only on one machine or a trusted LAN")
+    parser.add_argument("--direct_port", type=int, default=0,
+                        help="TCP port for direct connections (TLS, pinned to this server's announced certificate): "
+                             "callers that can dial it skip the p2p daemons (default 0: any free port)")
+    parser.add_argument("--no_direct", action="store_true",
+                        help="take no direct connections: every call goes through the p2p daemons")
     parser.add_argument("--identity_path", default=None, help="private key file that keeps this server's peer id")
     parser.add_argument("--no_relay", action="store_true",
                         help="do not relay for servers behind NAT (by default a directly reachable server does, "
@@ -131,7 +133,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         update_period=args.update_period,
         balance_quality=args.balance_quality,
         mean_balance_check_period=args.mean_balance_check_period,
-        direct_port=args.direct_port,
+        direct_port=None if args.no_direct else args.direct_port,
         relay_service=not args.no_relay,
         push=not args.no_push,
         batch_tokens=args.batch_tokens,

@@ -32,8 +32,8 @@ and the unread requests fit in the sockets' buffers, so neither side blocks the 
 class _ServerSession:
     """An open inference stream to one server for blocks ``[span.start, span.end)``.
 
-    The stream is opened once on the event loop (a direct TCP connection when the server offers one,
-    else a p2p stream), then written and read from the caller's thread with blocking socket calls
+    The stream is opened once (a direct TLS connection when the server offers one, else a p2p stream),
+    then written and read from the caller's thread with blocking socket calls
     (:class:`BlockingStream`): a step costs one round trip, nothing more. A session with ``takes_pushes``
     is opened under a fresh ``session_id`` so that the server before it in the chain can push steps
     into it (:mod:`core.push_protocol`); its answers still come back on this stream.
@@ -53,8 +53,7 @@ class _ServerSession:
         self._push_target: PushTarget | None = None
 
     async def _open(self) -> BlockingStream:
-        reader, writer = await self.manager.open_call_stream(self.span, "rpc_inference")  # direct if offered
-        return await BlockingStream.detach(reader, writer, self.span.peer_id, self.manager.config.request_timeout)
+        return await self.manager.open_blocking_stream(self.span, "rpc_inference")  # direct if offered
 
     def connect(self, batch_size: int) -> None:
         """Open the stream if needed; a session taking pushes also says so (with the cache's size) right away,

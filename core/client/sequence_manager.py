@@ -17,8 +17,10 @@ from hivemind.p2p import P2P
 from hivemind.proto import runtime_pb2
 
 from core.client.routing import RouteMode, make_route, uncovered_blocks
+from core.client.blocking_stream import BlockingStream
 from core.transports import (
     Stream,
+    connect_direct_blocking,
     open_direct_stream,
     open_p2p_stream,
     open_relay_circuit,
@@ -27,7 +29,7 @@ from core.config import ClientConfig
 from core.dht.node import p2p_replica
 from core.dht.records import compute_spans, get_block_servers
 from core.dht.schema import RemoteSpanInfo, block_key
-from core.direct_protocol import may_connect_directly, parse_direct_address
+from core.direct_protocol import DirectEndpoint, direct_endpoint, may_connect_directly
 from core.errors import (
     BlossomError,
     MissingBlocksError,
@@ -92,7 +94,7 @@ class RemoteSequenceManager:
         self._lock = threading.Lock()
         self._p2p: P2P | None = None
         self.pings: dict[str, float] = {}  # peer id -> measured round trip (s), refreshed with the spans
-        self.direct_failures: set[str] = set()  # servers whose direct port did not answer: p2p from then on
+        self.direct_failures: set[DirectEndpoint] = set()  # direct ports that failed us: p2p from then on
         self.relay_failures: dict[str, float] = {}  # relay peer id -> until when it is skipped (monotonic)
         self.push_failures: dict[tuple[str, str], float] = {}  # (server, next server) -> until when not pushed
 
@@ -255,37 +257,60 @@ class RemoteSequenceManager:
         self.push_failures[(peer_id, next_peer_id)] = time.monotonic() + PUSH_RETRY_AFTER
 
     def push_target(self, span: RemoteSpanInfo, session_id: str) -> PushTarget:
-        """How the server before ``span`` in a chain reaches ``span``'s session ``session_id`` to push into it: its
-        direct address only where this client would send its states there in the clear itself, its relays if it
-        is relayed, else p2p."""
-        address = self.direct_address(span)
-        return PushTarget(span.peer_id, session_id, f"{address[0]}:{address[1]}" if address else "",
-                          tuple(span.server_info.relays) if self.is_relayed(span) else ())
+        """How the server before ``span`` in a chain reaches ``span``'s session ``session_id`` to push into it: the
+        direct endpoint it announced (unless this client dials no direct ports; the pushing server decides whether
+        it can dial it), its relays if it is relayed, else p2p."""
+        endpoint = direct_endpoint(span.server_info.direct_address, span.server_info.direct_fingerprint)
+        if self.config.direct_connections == "never" or self.is_relayed(span):
+            endpoint = None
+        return PushTarget(span.peer_id, session_id, str(endpoint) if endpoint else "",
+                          tuple(span.server_info.relays) if self.is_relayed(span) else (),
+                          endpoint.fingerprint if endpoint else "")
 
-    # ---- direct connections (servers' --direct_port, core.direct_protocol) ---------------------
-    def direct_address(self, span: RemoteSpanInfo) -> tuple[str, int] | None:
-        """Where to reach ``span``'s server directly, if it offers it, can be dialled (it is not relayed) and this
-        client's policy allows it."""
-        address = parse_direct_address(span.server_info.direct_address)
-        if address is None or self.is_relayed(span) or span.peer_id in self.direct_failures \
-                or not may_connect_directly(address[0], self.config.direct_connections):
+    # ---- direct connections (servers' direct ports: core.server.direct, core.direct_protocol) ---------
+    def direct_endpoint(self, span: RemoteSpanInfo) -> DirectEndpoint | None:
+        """Where to reach ``span``'s server directly, if it offers it, can be dialled (it is not relayed), did not
+        fail us there before and this client's policy allows it."""
+        endpoint = direct_endpoint(span.server_info.direct_address, span.server_info.direct_fingerprint)
+        if endpoint is None or self.is_relayed(span) or endpoint in self.direct_failures \
+                or not may_connect_directly(endpoint.host, self.config.direct_connections):
             return None
-        return address
+        return endpoint
 
-    def direct_failed(self, span: RemoteSpanInfo, address: tuple[str, int], error: BaseException) -> None:
-        """Use p2p for this server from now on."""
-        logger.info("No direct connection to %s at %s:%d (%s); using p2p", span.peer_id, *address, error)
-        self.direct_failures.add(span.peer_id)
+    def direct_failed(self, span: RemoteSpanInfo, endpoint: DirectEndpoint, error: BaseException) -> None:
+        """Use p2p for this server from now on (until it announces another endpoint)."""
+        logger.info("No direct connection to %s at %s (%s: %s); using p2p", span.peer_id, endpoint,
+                    type(error).__name__, error)
+        self.direct_failures.add(endpoint)
 
     async def open_call_stream(self, span: RemoteSpanInfo, method: str) -> Stream:
         """A stream to ``span``'s server's ``method``: direct when offered and allowed, else (or if that fails)
         through its relays when it is relayed, else p2p (see :mod:`core.client.transports`)."""
-        address = self.direct_address(span)
-        if address is not None:
+        endpoint = self.direct_endpoint(span)
+        if endpoint is not None:
             try:
-                return await open_direct_stream(address, span.peer_id, method)
+                return await open_direct_stream(endpoint, span.peer_id, method)
             except (OSError, asyncio.TimeoutError, RemoteCallError) as error:
-                self.direct_failed(span, address, error)
+                self.direct_failed(span, endpoint, error)
+        return await self._open_daemon_stream(span, method)
+
+    async def open_blocking_stream(self, span: RemoteSpanInfo, method: str) -> BlockingStream:
+        """:meth:`open_call_stream` for a caller that then writes and reads with blocking calls from its own
+        thread (an inference session): a direct connection is made in a worker thread, a daemon stream is
+        opened on the event loop and its socket taken from asyncio."""
+        timeout = self.config.request_timeout
+        endpoint = self.direct_endpoint(span)
+        if endpoint is not None:
+            try:
+                sock = await asyncio.to_thread(connect_direct_blocking, endpoint, span.peer_id, method)
+                return BlockingStream(sock, span.peer_id, timeout)
+            except (OSError, RemoteCallError) as error:
+                self.direct_failed(span, endpoint, error)
+        reader, writer = await self._open_daemon_stream(span, method)
+        return await BlockingStream.detach(reader, writer, span.peer_id, timeout)
+
+    async def _open_daemon_stream(self, span: RemoteSpanInfo, method: str) -> Stream:
+        """Through the p2p daemons: via the server's relays if it is relayed, else a p2p stream."""
         if self.is_relayed(span):
             return await self.open_relayed_stream(span, method)
         return await open_p2p_stream(await self.get_p2p(), span.peer_id, method)
@@ -311,7 +336,7 @@ class RemoteSequenceManager:
         timeout = self.config.request_timeout
         packed = pack_metadata(metadata) if metadata else b""
         request = runtime_pb2.ExpertRequest(uid=uid, tensors=serialize_tensors(tensors), metadata=packed)
-        if should_stream(tensors) or self.direct_address(span) is not None or self.is_relayed(span):
+        if should_stream(tensors) or self.direct_endpoint(span) is not None or self.is_relayed(span):
             # one request frame, one answer frame (see BlockRequestHandler.rpc_forward_stream)
             reader, writer = await self.open_call_stream(span, f"{method}_stream")
             try:

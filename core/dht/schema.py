@@ -65,7 +65,8 @@ class ServerInfo:
     network_rps: float = 0.0  # tokens per second the server's link carries (hidden states)
     next_pings: dict[str, float] = field(default_factory=dict)  # peer id -> round trip (s) to servers after this span
     claimed_at: float = 0.0  # DHT time when a JOINING server claimed this span (earlier claims win)
-    direct_address: str = ""  # "host:port" taking inference sessions over plain TCP (core.server.direct), if any
+    direct_address: str = ""  # "host:port" taking direct connections (core.server.direct), if any
+    direct_fingerprint: str = ""  # SHA-256 of the TLS certificate served there (core.direct_tls)
     announced_at: float = 0.0  # DHT time of this announcement: a newer one shows the server is (back) alive
     reachability: str = ""  # "direct" or "relayed" (core.relay_protocol.Reachability); "" from older servers
     relays: tuple[str, ...] = ()  # peer ids of relays through which clients reach a relayed server
@@ -101,6 +102,7 @@ class ServerInfo:
                 next_pings=_parse_pings(record.get("next_pings", {})),
                 claimed_at=float(record.get("claimed_at", 0.0)),
                 direct_address=str(record.get("direct_address", ""))[:64],
+                direct_fingerprint=str(record.get("direct_fingerprint", ""))[:64],
                 announced_at=float(record.get("announced_at", 0.0)),
                 reachability=str(record.get("reachability", ""))[:16],
                 relays=tuple(str(peer)[:64] for peer in list(record.get("relays", ()))[:MAX_RELAYS]),

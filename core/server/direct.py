@@ -1,15 +1,17 @@
-"""Direct TCP connections: the same frames as a p2p stream, without the p2p daemons.
+"""Direct connections: the same frames as a p2p stream, over TLS on a TCP port, without the p2p daemons.
 
 Every p2p stream goes client -> client's p2p daemon -> server's p2p daemon -> server, and that costs
 about 1.2 ms per round trip and moves about 100 MB/s on loopback (benchmarks/README.md), while a
-plain TCP round trip costs about 0.1 ms. A server started with ``--direct_port`` also accepts its
-streaming RPCs (inference sessions, large forward and backward calls) on a plain TCP port and
-announces its address; clients on a trusted network connect to it directly.
+plain TCP round trip costs about 0.1 ms. So a server also takes its streaming RPCs (inference
+sessions, large forward and backward calls, pushes from the previous server) on a TCP port of its
+own (``--direct_port``, any free one by default) and announces it with the fingerprint of its TLS
+certificate (:mod:`core.direct_tls`); callers that can dial it skip the daemons.
 
-A connection begins with the handshake of :mod:`core.direct_protocol`; after that the bytes are
+A connection is TLS 1.3, then the handshake of :mod:`core.direct_protocol`; after that the bytes are
 hivemind's stream frames, served by the very handler the p2p stream uses
-(:mod:`core.server.bounded_streams`: size limits, idle time-outs, clear errors). The connection is
-neither encrypted nor authenticated: use it on one machine or a LAN you trust.
+(:mod:`core.server.bounded_streams`: size limits, idle time-outs, clear errors). Callers check the
+server's certificate against the announced fingerprint; the server does not learn who the caller
+is beyond its IP address (as with any caller, only hidden states and gradients travel here).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import asyncio
 import errno
 import logging
 import socket
+import ssl
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
@@ -26,7 +29,7 @@ from core.errors import PortInUseError
 logger = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 10.0
-"""Seconds a new connection has to send its handshake."""
+"""Seconds a new connection has for its TLS handshake, and again to send its hello."""
 MAX_CONNECTIONS = 256
 """Open direct connections a server takes at once; more are closed at once (clients fall back to p2p)."""
 
@@ -42,18 +45,19 @@ class DirectCaller:
 
 
 class DirectListener:
-    """Accepts direct connections on ``host:port`` and hands each to the handle of the RPC its hello names
-    (run on the server's event loop)."""
+    """Accepts TLS connections (``tls``: the server's context) on ``host:port`` and hands each to the handle of
+    the RPC its hello names (run on the server's event loop)."""
 
-    def __init__(self, handles: dict[str, StreamHandle], peer_id: str) -> None:
-        self._handles, self._peer_id = handles, peer_id
+    def __init__(self, handles: dict[str, StreamHandle], peer_id: str, tls: ssl.SSLContext) -> None:
+        self._handles, self._peer_id, self._tls = handles, peer_id, tls
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task] = set()
 
     async def start(self, host: str, port: int) -> int:
         """Listen; returns the port (a free one when ``port`` is 0)."""
         try:
-            self._server = await asyncio.start_server(self._on_connection, host, port)
+            self._server = await asyncio.start_server(self._on_connection, host, port, ssl=self._tls,
+                                                      ssl_handshake_timeout=HELLO_TIMEOUT)
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
                 raise PortInUseError(port, "--direct_port") from None

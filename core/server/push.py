@@ -22,7 +22,7 @@ from hivemind.p2p import P2P
 from hivemind.proto import runtime_pb2
 
 from core import frames
-from core.direct_protocol import may_connect_directly, parse_direct_address
+from core.direct_protocol import direct_endpoint, may_connect_directly
 from core.errors import InvalidRequestError
 from core.push_protocol import PUSH_METHOD, PushTarget, route_to_wire
 from core.transports import Stream, open_direct_stream, open_p2p_stream, open_relay_circuit
@@ -136,11 +136,12 @@ class Pusher:
             return reason
 
     async def _open(self, target: PushTarget) -> Stream:
-        """Direct when the next server offers a private address, else through its relays, else p2p."""
-        address = parse_direct_address(target.direct_address)
-        if address is not None and may_connect_directly(address[0], "private"):
+        """Direct when the next server's direct port is on this machine or its networks, else through its
+        relays, else p2p."""
+        endpoint = direct_endpoint(target.direct_address, target.direct_fingerprint)
+        if endpoint is not None and may_connect_directly(endpoint.host, "private"):
             try:
-                return await open_direct_stream(address, target.peer_id, PUSH_METHOD)
+                return await open_direct_stream(endpoint, target.peer_id, PUSH_METHOD)
             except Exception as error:
                 logger.debug("No direct push to %s at %s: %s", target.peer_id, target.direct_address, error)
         p2p = self._get_p2p()

@@ -29,6 +29,7 @@ from core.models.registry import family_for_config, get_family
 from core.server.announcer import Announcer
 from core.server.backend import SpanBackend, SpanLimits, kv_bytes_per_token
 from core.server.block_selection import choose_best_start, claim_is_contested
+from core.direct_tls import make_server_certificate
 from core.server.direct import DirectListener, direct_hosts
 from core.server.handler import BlockRequestHandler
 from core.server.memory_cache import KVCacheBudget
@@ -106,7 +107,7 @@ class BlockServer:
         self._next_pings: dict[str, float] = {}
         self._claimed_at = 0.0
         self._direct: DirectListener | None = None
-        self._direct_address = ""
+        self._direct_address = self._direct_fingerprint = ""
         self._relay: RelayService | None = None
         self._keeper: ReachabilityKeeper | None = None
         self.reachability = ReachabilityStatus(Reachability.UNREACHABLE, reason="not checked yet")
@@ -234,6 +235,7 @@ class BlockServer:
             max_length=cfg.max_length, inference_rps=self._throughput.inference_rps,
             forward_rps=self._throughput.forward_rps, network_rps=self._throughput.network_rps,
             next_pings=dict(self._next_pings), claimed_at=self._claimed_at, direct_address=self._direct_address,
+            direct_fingerprint=self._direct_fingerprint,
             reachability=self.reachability.reachability.value, relays=self.reachability.relays[:MAX_RELAYS_ANNOUNCED],
             can_push=cfg.push,
         )
@@ -293,11 +295,12 @@ class BlockServer:
             bind, announced = direct_hosts(self.config.host_maddrs, self.config.announce_maddrs,
                                            [str(maddr) for maddr in await self._p2p.get_visible_maddrs()])
             handles = {method: self._handler.stream_handles[method] for method in DIRECT_METHODS}
-            self._direct = DirectListener(handles, self.peer_id)
+            certificate = make_server_certificate()
+            self._direct = DirectListener(handles, self.peer_id, certificate.context)
             port = await self._direct.start(bind, self.config.direct_port)
-            self._direct_address = f"{announced}:{port}"
-            logger.info("Taking direct TCP connections at %s (not encrypted, for speed: only hidden states travel "
-                        "on it, never files)", self._direct_address)
+            self._direct_address, self._direct_fingerprint = f"{announced}:{port}", certificate.fingerprint
+            logger.info("Taking direct connections (TLS, certificate %s...) at %s", certificate.fingerprint[:16],
+                        self._direct_address)
 
     async def _unregister_handlers(self) -> None:
         if self._direct is not None:

@@ -23,7 +23,7 @@ def test_every_request_field_reaches_the_server_config() -> None:
     config = server_config(request, swarm_peers=(PEER,))
     assert config.converted_model_name_or_path == "/models/m" and config.torch_threads == 3
     assert config.shutdown_timeout == 5.0 and config.host_maddrs == ("/ip4/0.0.0.0/tcp/31330",)
-    assert config.direct_port is None and config.initial_peers == (PEER,)
+    assert config.direct_port == 0 and config.initial_peers == (PEER,)  # TLS direct connections, any free port
     for name in ("public_name", "num_blocks", "block_indices", "torch_dtype", "quant_type", "device",
                  "attn_cache_tokens", "throughput", "identity_path"):
         assert getattr(config, name) == getattr(request, name), name

@@ -1,11 +1,15 @@
 """Direct-port addresses: parsing what servers announce, the client's policy, and what a server binds/announces."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
+from core import direct_protocol
 from core.config import ClientConfig
 from core.direct_protocol import (
-    check_greeting, hello, may_connect_directly, method_of_hello, parse_direct_address, server_greeting,
+    DirectEndpoint, check_greeting, direct_endpoint, hello, may_connect_directly, method_of_hello,
+    parse_direct_address, server_greeting,
 )
 from core.errors import RemoteCallError
 from core.server.direct import direct_hosts
@@ -18,10 +22,24 @@ def test_announced_addresses_parse_or_are_ignored() -> None:
         assert parse_direct_address(bad) is None, bad
 
 
-def test_policy_private_allows_loopback_and_lan_only() -> None:
-    for host in ("127.0.0.1", "10.1.2.3", "192.168.0.7", "::1"):
-        assert may_connect_directly(host, "private")
-    assert not may_connect_directly("8.8.8.8", "private")
+def test_an_endpoint_needs_an_address_and_a_fingerprint() -> None:
+    fingerprint = "ab" * 32
+    assert direct_endpoint("10.0.0.2:31337", fingerprint) == DirectEndpoint("10.0.0.2", 31337, fingerprint)
+    assert str(direct_endpoint("10.0.0.2:31337", fingerprint)) == "10.0.0.2:31337"
+    for address, bad in (("10.0.0.2:31337", ""), ("10.0.0.2:31337", "AB" * 32), ("10.0.0.2:31337", "ab" * 31),
+                         ("", fingerprint)):
+        assert direct_endpoint(address, bad) is None, (address, bad)  # e.g. an older server's plain TCP port
+
+
+def test_policy_private_allows_loopback_and_this_machines_networks_only(monkeypatch) -> None:
+    lan = [SimpleNamespace(address="192.168.1.20", netmask="255.255.255.0"),
+           SimpleNamespace(address="aa:bb:cc:dd:ee:ff", netmask=None)]  # a link-layer entry is skipped
+    monkeypatch.setattr(direct_protocol.psutil, "net_if_addrs", lambda: {"lo": [], "eth0": lan})
+    monkeypatch.setattr(direct_protocol, "_networks", (float("-inf"), []))
+    for host in ("127.0.0.1", "192.168.1.7", "::1"):
+        assert may_connect_directly(host, "private"), host
+    for host in ("192.168.2.7", "10.1.2.3", "8.8.8.8"):  # another LAN's private address, a public one
+        assert not may_connect_directly(host, "private"), host
     assert may_connect_directly("8.8.8.8", "always")
     assert not may_connect_directly("127.0.0.1", "never")
     with pytest.raises(ValueError, match="direct_connections must be one of"):

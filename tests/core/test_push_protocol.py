@@ -11,8 +11,10 @@ from core.push_protocol import PushTarget, check_session_id, parse_route, route_
 
 
 def test_a_route_travels_and_comes_back_the_same():
-    route = [PushTarget("QmB", uuid.uuid4().hex, "10.0.0.2:31337"), PushTarget("QmC", uuid.uuid4().hex, "", ("QmR",))]
+    route = [PushTarget("QmB", uuid.uuid4().hex, "10.0.0.2:31337", (), "ab" * 32),
+             PushTarget("QmC", uuid.uuid4().hex, "", ("QmR",))]
     assert parse_route(route_to_wire(route)) == route
+    assert len(route_to_wire(route)[1]) == 4  # no fingerprint: the entry servers before TLS direct ports read
     assert parse_route(None) == []
 
 
@@ -22,6 +24,8 @@ def test_a_route_travels_and_comes_back_the_same():
     (["QmB", "not-hex", "", []], "session_id"),
     (["QmB", uuid.uuid4().hex, 7, []], "direct_address"),
     (["QmB", uuid.uuid4().hex, "", ["r"] * 9], "relays"),
+    (["QmB", uuid.uuid4().hex, "10.0.0.2:1", [], "not-a-sha256"], "direct_fingerprint"),
+    (["QmB", uuid.uuid4().hex, "", [], "", "extra"], "must be"),
 ])
 def test_a_malformed_route_entry_is_refused_with_its_reason(entry, problem):
     with pytest.raises(InvalidRequestError, match=problem):

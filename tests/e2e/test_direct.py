@@ -1,10 +1,12 @@
-"""Direct TCP connections (servers' ``--direct_port``): same tokens as local transformers, forward and
-backward equal to p2p, the handshake keeps clients off the wrong program, policy and failures fall
-back to p2p, and garbage does not hurt."""
+"""Direct connections (default servers' TLS port): same tokens as local transformers, forward and backward
+equal to p2p, the pinned certificate and the handshake keep clients off the wrong program, policy and
+failures fall back to p2p, and garbage does not hurt."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
+import ssl
 from typing import Iterator
 
 import pytest
@@ -15,7 +17,8 @@ from benchmarks.tiny_swarm import cache_free_bytes
 from core import AutoDistributedModelForCausalLM
 from core.client.transports import open_direct_stream
 from core.config import ClientConfig
-from core.direct_protocol import hello, parse_direct_address, server_greeting
+from core.direct_protocol import DirectEndpoint, direct_endpoint, hello, server_greeting
+from core.direct_tls import client_context
 from core.errors import RemoteCallError
 from tests.remote_calls import call_one
 from tests.numerics import assert_same_computation, reference_greedy
@@ -26,7 +29,7 @@ NEW_TOKENS = 8
 @pytest.fixture(scope="module")
 def direct_swarm(tiny_checkpoints, swarm_factory, client_dht_factory):
     original, converted = tiny_checkpoints["llama"]
-    swarm = swarm_factory(converted, [(0, 2), (2, 4)], server_args=["--direct_port", "0"])
+    swarm = swarm_factory(converted, [(0, 2), (2, 4)])  # default servers: a TLS direct port on any free port
     dht = client_dht_factory(swarm.initial_peers)
     return original, converted, dht
 
@@ -47,23 +50,40 @@ def _local_tokens(original, input_ids: torch.Tensor) -> torch.Tensor:
     return reference_greedy(local, input_ids, "greedy tokens", max_new_tokens=NEW_TOKENS)
 
 
-def _peer_addresses(session) -> list[tuple[str, int]]:
-    return [hop._stream.sock.getpeername()[:2] for hop in session._sessions]
+def _endpoint(span) -> DirectEndpoint | None:
+    return direct_endpoint(span.server_info.direct_address, span.server_info.direct_fingerprint)
 
 
 def test_servers_announce_their_direct_port_and_clients_use_it(direct_swarm):
     original, _, _ = direct_swarm
     with _client(direct_swarm, "private") as model:
         spans = model.transformer_blocks.manager.make_route(0, 4)
-        announced = [parse_direct_address(span.server_info.direct_address) for span in spans]
-        assert all(address is not None and address[0] == "127.0.0.1" for address in announced), announced
+        announced = [_endpoint(span) for span in spans]
+        assert all(endpoint is not None and endpoint.host == "127.0.0.1" for endpoint in announced), announced
 
         torch.manual_seed(0)
         input_ids = torch.randint(3, model.config.vocab_size, (1, 6))  # 0..2 are bos, eos, pad
         with model.transformer_blocks.inference_session(max_length=16) as session:
             session.step(model.embeds_to_hidden(model.get_input_embeddings()(input_ids)))
-            assert sorted(_peer_addresses(session)) == sorted(announced)  # not the p2p daemon's unix socket
+            socks = [hop._stream.sock for hop in session._sessions]  # not the p2p daemon's unix socket
+            assert sorted(sock.getpeername()[:2] for sock in socks) == sorted((e.host, e.port) for e in announced)
+            assert all(isinstance(sock, ssl.SSLSocket) and sock.version() == "TLSv1.3" for sock in socks)
         assert torch.equal(model.generate(input_ids, max_new_tokens=NEW_TOKENS), _local_tokens(original, input_ids))
+
+
+def test_a_port_showing_another_certificate_gets_nothing_and_p2p_takes_over(direct_swarm, monkeypatch, caplog):
+    original, _, _ = direct_swarm
+    impostor = "00" * 32  # the announced port answers, but not with the certificate this client expects
+    monkeypatch.setattr("core.client.sequence_manager.direct_endpoint",
+                        lambda address, fingerprint: direct_endpoint(address, impostor))
+    with _client(direct_swarm, "private") as model, caplog.at_level(logging.INFO, "core.client.sequence_manager"):
+        input_ids = torch.tensor([[3, 17, 4, 9]])
+        with model.transformer_blocks.inference_session(max_length=16) as session:
+            session.step(model.embeds_to_hidden(model.get_input_embeddings()(input_ids)))
+            assert all(hop._stream.sock.family == socket.AF_UNIX for hop in session._sessions)
+        assert torch.equal(model.generate(input_ids, max_new_tokens=NEW_TOKENS), _local_tokens(original, input_ids))
+        assert len(model.transformer_blocks.manager.direct_failures) == 2
+    assert any("another certificate than the one its server announced" in r.getMessage() for r in caplog.records)
 
 
 def test_policy_never_keeps_to_p2p_with_the_same_tokens(direct_swarm):
@@ -119,30 +139,45 @@ def test_handshake_refuses_a_port_that_is_not_that_server(direct_swarm):
     with _client(direct_swarm, "private") as model:
         manager = model.transformer_blocks.manager
         first, second = manager.make_route(0, 4)
-        address = parse_direct_address(first.server_info.direct_address)
-        # a real direct port, but another server's
+        endpoint = _endpoint(first)
+        # a real direct port and its certificate, but another server's
         with pytest.raises(RemoteCallError, match="is not server .* direct port"):
-            manager.loop.run(open_direct_stream(address, second.peer_id, "rpc_inference"))
+            manager.loop.run(open_direct_stream(endpoint, second.peer_id, "rpc_inference"))
+        with pytest.raises(RemoteCallError, match="another certificate"):  # the port, not its certificate
+            manager.loop.run(open_direct_stream(DirectEndpoint(endpoint.host, endpoint.port,
+                                                               _endpoint(second).fingerprint),
+                                                first.peer_id, "rpc_inference"))
         with socket.socket() as unused:
             unused.bind(("127.0.0.1", 0))
             closed_port = unused.getsockname()
         with pytest.raises(OSError):
-            manager.loop.run(open_direct_stream(closed_port, first.peer_id, "rpc_inference"))
+            manager.loop.run(open_direct_stream(DirectEndpoint(*closed_port, endpoint.fingerprint), first.peer_id,
+                                                "rpc_inference"))
+
+
+def _answer(sock: socket.socket) -> bytes:
+    answer = b""
+    while chunk := sock.recv(4096):
+        answer += chunk
+    return answer
 
 
 def test_garbage_on_the_direct_port_is_dropped_and_sessions_go_on(direct_swarm):
     original, _, _ = direct_swarm
     with _client(direct_swarm, "private") as model:
         span = model.transformer_blocks.manager.make_route(0, 4)[0]
-        host, port = parse_direct_address(span.server_info.direct_address)
+        endpoint = _endpoint(span)
         not_blossom = (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", bytes(range(256)) * 4, hello("rpc_shutdown"))
-        for garbage in (*not_blossom, hello("rpc_inference") + b"\x07" * 64):
-            with socket.create_connection((host, port), timeout=10) as sock:
+        for garbage in (*not_blossom, hello("rpc_inference")):  # no TLS at all (e.g. an older Blossom client)
+            with socket.create_connection((endpoint.host, endpoint.port), timeout=10) as sock:
                 sock.sendall(garbage)
-                sock.shutdown(socket.SHUT_WR)
-                answer = b""
-                while chunk := sock.recv(4096):
-                    answer += chunk
+                answer = _answer(sock)
+            assert answer == b"" or answer[:1] == b"\x15", answer  # closed, at most with a TLS alert
+        for garbage in (*not_blossom, hello("rpc_inference") + b"\x07" * 64):  # inside TLS
+            raw = socket.create_connection((endpoint.host, endpoint.port), timeout=10)
+            with client_context().wrap_socket(raw) as sock:
+                sock.sendall(garbage)
+                answer = _answer(sock)
             if garbage in not_blossom:
                 assert answer == b"", answer  # closed without a word
             else:  # a Blossom hello, then a frame with an unknown marker: greeted, then told why
@@ -150,4 +185,4 @@ def test_garbage_on_the_direct_port_is_dropped_and_sessions_go_on(direct_swarm):
                 assert b"malformed stream frame (marker byte b" in answer, answer
         input_ids = torch.tensor([[12, 7, 19, 8]])
         assert torch.equal(model.generate(input_ids, max_new_tokens=NEW_TOKENS), _local_tokens(original, input_ids))
-        assert span.peer_id not in model.transformer_blocks.manager.direct_failures
+        assert not model.transformer_blocks.manager.direct_failures

@@ -3,7 +3,8 @@ client-mediated path does; a server killed in the middle of a pushed chain chang
 do not push make the chain fall back, link by link, without a failure.
 
 Tiny Llama of 4 blocks. The pushing swarm: A 0..0, B1 and B2 both 1..2, C 3..3 (every step goes
-client -> A -> B -> C -> client). The mixed swarm: A 0..0, B 1..1, C 2..2 started with ``--no_push``, D 3..3.
+client -> A -> B -> C -> client); B2 and C take no direct connections (``--no_direct``), so pushes and
+answers travel over TLS direct connections and through the p2p daemons in one chain. The mixed swarm: A 0..0, B 1..1, C 2..2 started with ``--no_push``, D 3..3.
 """
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def expected(local):
 @pytest.fixture(scope="module")
 def pushing_swarm(tiny_checkpoints, swarm_factory):
     converted = tiny_checkpoints["llama"][1]
-    swarm = start(swarm_factory, converted, [((0, 1), []), ((1, 3), []), ((1, 3), []), ((3, 4), [])])
+    swarm = start(swarm_factory, converted, [((0, 1), []), ((1, 3), []), ((1, 3), ["--no_direct"]),
+                                             ((3, 4), ["--no_direct"])])
     models = {}
     for name, push in (("push", True), ("fallback", False)):
         config = ClientConfig(push_between_servers=push, max_retries=3, request_timeout=30)

@@ -14,15 +14,15 @@ from hivemind.p2p import PeerID
 from hivemind.proto import runtime_pb2
 
 from core.client.inference_session import REPLAY_WINDOW_BYTES, InferenceSession
-from core.client.transports import open_direct_stream
 from core.config import ClientConfig
 from core.dht.schema import RemoteSpanInfo, ServerInfo, ServerState
+from core.direct_protocol import DirectEndpoint
 from core.server.bounded_streams import make_bounded_stream_handler
-from core.server.direct import DirectListener
 from core.server.handler import BlockRequestHandler
 from core.server.memory_cache import KVCacheBudget
 from core.server.stats import ServingStats
 from core.utils.event_loop import EventLoopThread, shared_loop
+from tests.direct_listeners import open_blocking, start_listener
 from tests.numerics import assert_same_computation
 from tests.tiny_models import tiny_span_backend
 
@@ -33,7 +33,7 @@ MAX_LENGTH = 64
 class RoutingStandIn:
     """What an inference session asks of :class:`RemoteSequenceManager`: the first server not banned."""
 
-    def __init__(self, addresses: dict[str, tuple[str, int]]) -> None:
+    def __init__(self, addresses: dict[str, DirectEndpoint]) -> None:
         self.addresses, self.banned = addresses, []
         self.config = ClientConfig(max_retries=2, request_timeout=20)
         self.loop = shared_loop()
@@ -48,8 +48,8 @@ class RoutingStandIn:
     def ban(self, peer_id: str, reason: object) -> None:
         self.banned.append(peer_id)
 
-    async def open_call_stream(self, span: RemoteSpanInfo, method: str):
-        return await open_direct_stream(self.addresses[span.peer_id], span.peer_id, method)
+    async def open_blocking_stream(self, span: RemoteSpanInfo, method: str):
+        return await open_blocking(self.addresses[span.peer_id], span.peer_id, method, self.config.request_timeout)
 
 
 @pytest.fixture
@@ -62,8 +62,7 @@ def servers():
         handle = make_bounded_stream_handler(SimpleNamespace(peer_id=PeerID(name.encode())), "rpc_inference",
                                              handler.rpc_inference, runtime_pb2.ExpertRequest,
                                              handler.max_request_bytes, 60.0)
-        listeners[name] = DirectListener({"rpc_inference": handle}, name)
-        addresses[name] = ("127.0.0.1", loop.run(listeners[name].start("127.0.0.1", 0)))
+        listeners[name], addresses[name] = start_listener(loop, {"rpc_inference": handle}, name)
     yield listeners, addresses, loop
     for listener in listeners.values():
         loop.run(listener.stop(), timeout=10)

@@ -1,4 +1,4 @@
-"""Server-to-server push without a swarm: real handlers behind direct TCP listeners on 127.0.0.1 (no DHT, no p2p
+"""Server-to-server push without a swarm: real handlers behind direct (TLS) listeners on 127.0.0.1 (no DHT, no p2p
 daemon) and a stand-in for the sequence manager's routing.
 
 A chain of two servers, block 0 on the first and block 1 on the second (each holds both seeded blocks), so a
@@ -18,14 +18,14 @@ from hivemind.proto import runtime_pb2
 from core.client.inference_session import InferenceSession
 from core.config import ClientConfig
 from core.dht.schema import RemoteSpanInfo, ServerInfo, ServerState
+from core.direct_protocol import DirectEndpoint
 from core.push_protocol import PushTarget
 from core.server.bounded_streams import make_bounded_stream_handler
-from core.server.direct import DirectListener
 from core.server.handler import BlockRequestHandler
 from core.server.memory_cache import KVCacheBudget
 from core.server.stats import ServingStats
-from core.transports import open_direct_stream
 from core.utils.event_loop import EventLoopThread, shared_loop
+from tests.direct_listeners import open_blocking, start_listener
 from tests.numerics import assert_matches_reference, assert_same_computation
 from tests.tiny_models import tiny_span_backend
 
@@ -38,8 +38,8 @@ class ChainStandIn:
     """What an inference session asks of :class:`RemoteSequenceManager`: block 0 on the first server not banned,
     block 1 on the next one; servers announce ``can_push`` as the test says."""
 
-    def __init__(self, addresses: dict[str, tuple[str, int]], push: bool = True, can_push: bool = True,
-                 unreachable: tuple[str, int] | None = None) -> None:
+    def __init__(self, addresses: dict[str, DirectEndpoint], push: bool = True, can_push: bool = True,
+                 unreachable: DirectEndpoint | None = None) -> None:
         self.addresses, self.can_push, self.unreachable = addresses, can_push, unreachable
         self.banned: list[str] = []
         self.push_failures: set[tuple[str, str]] = set()
@@ -57,8 +57,8 @@ class ChainStandIn:
     def ban(self, peer_id: str, reason: object) -> None:
         self.banned.append(peer_id)
 
-    async def open_call_stream(self, span: RemoteSpanInfo, method: str):
-        return await open_direct_stream(self.addresses[span.peer_id], span.peer_id, method)
+    async def open_blocking_stream(self, span: RemoteSpanInfo, method: str):
+        return await open_blocking(self.addresses[span.peer_id], span.peer_id, method, self.config.request_timeout)
 
     def may_push(self, peer_id: str, next_peer_id: str) -> bool:
         return (peer_id, next_peer_id) not in self.push_failures
@@ -67,8 +67,8 @@ class ChainStandIn:
         self.push_failures.add((peer_id, next_peer_id))
 
     def push_target(self, span: RemoteSpanInfo, session_id: str) -> PushTarget:
-        host, port = self.unreachable or self.addresses[span.peer_id]
-        return PushTarget(span.peer_id, session_id, f"{host}:{port}")
+        endpoint = self.unreachable or self.addresses[span.peer_id]
+        return PushTarget(span.peer_id, session_id, str(endpoint), (), endpoint.fingerprint)
 
 
 @pytest.fixture
@@ -82,8 +82,7 @@ def servers():
                                                        getattr(handler, method), runtime_pb2.ExpertRequest,
                                                        handler.max_request_bytes, 60.0)
                    for method in ("rpc_inference", "rpc_push")}
-        listeners[name] = DirectListener(handles, name)
-        addresses[name] = ("127.0.0.1", loop.run(listeners[name].start("127.0.0.1", 0)))
+        listeners[name], addresses[name] = start_listener(loop, handles, name)
         handlers.append(handler)
     yield listeners, addresses, loop
     for listener in listeners.values():
@@ -123,7 +122,7 @@ def test_a_next_hop_nobody_can_dial_falls_back_to_the_client(servers, caplog):
     _, addresses, _ = servers
     steps = make_steps(2, 6)
     expected, _ = run(ChainStandIn(addresses, push=False), steps)
-    closed = ("127.0.0.1", 9)  # the discard port: nothing listens there
+    closed = DirectEndpoint("127.0.0.1", 9, addresses[NAMES[1]].fingerprint)  # the discard port: nobody there
     with caplog.at_level(logging.INFO, logger="core.client.inference_session"):
         routing = ChainStandIn(addresses, unreachable=closed)
         outputs, session = run(routing, steps)

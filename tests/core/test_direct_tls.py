@@ -1,0 +1,44 @@
+"""Direct connections' TLS: a server's certificate is its own, and callers accept only the pinned one."""
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+
+import pytest
+
+from core.direct_tls import check_certificate, client_context, is_fingerprint, make_server_certificate
+from core.errors import RemoteCallError
+
+
+def _handshake(server_context: ssl.SSLContext) -> ssl.SSLSocket:
+    """A client TLS socket connected to a one-shot server with ``server_context`` on 127.0.0.1."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+
+    def serve() -> None:
+        with listener, server_context.wrap_socket(listener.accept()[0], server_side=True) as conn:
+            conn.recv(1)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client = client_context().wrap_socket(socket.create_connection(listener.getsockname(), timeout=10))
+    client.sendall(b"x")
+    thread.join(10)
+    return client
+
+
+def test_each_server_gets_its_own_certificate_and_callers_pin_it() -> None:
+    first, second = make_server_certificate(), make_server_certificate()
+    assert is_fingerprint(first.fingerprint) and first.fingerprint != second.fingerprint
+    with _handshake(first.context) as client:
+        assert client.version() == "TLSv1.3"
+        check_certificate(client, first.fingerprint, "127.0.0.1:1")  # the announced one: accepted
+        with pytest.raises(RemoteCallError, match="another certificate than the one its server announced"):
+            check_certificate(client, second.fingerprint, "127.0.0.1:1")
+
+
+def test_only_announced_fingerprints_are_taken() -> None:
+    assert is_fingerprint("0f" * 32)
+    for bad in ("0F" * 32, "0f" * 31, "zz" * 32, 7, None):
+        assert not is_fingerprint(bad), bad
