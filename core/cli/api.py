@@ -122,7 +122,7 @@ def serve(args: argparse.Namespace, sock: socket.socket, stack: list[Any]) -> No
               flush=True)
         threads = max(1, (os.cpu_count() or 2) // args.servers)
         swarm = LocalSwarm(model_path, split_blocks(total, args.servers), log_dir=blossom_home() / "logs",
-                           num_threads=threads, server_args=["--direct_port", "0"])
+                           num_threads=threads)
         stack.append(swarm.stop)
         swarm.start()
         peers = swarm.initial_peers

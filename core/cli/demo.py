@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         with ExitStack() as stack:
             with still_working("Waiting for the DHT peer and the servers to come online", logger):
                 swarm = stack.enter_context(LocalSwarm(model_path, split_blocks(total, args.servers), log_dir=log_dir,
-                                                       num_threads=threads, server_args=["--direct_port", "0"]))
+                                                       num_threads=threads))
             print(f"Swarm ready. Initial peer: {swarm.initial_peers[0]}", flush=True)
             model = AutoDistributedModelForCausalLM.from_pretrained(str(model_path), initial_peers=swarm.initial_peers)
             stack.callback(model.shutdown)
