@@ -1,6 +1,6 @@
 """Server-to-server push on loopback: generation tokens/s with push, with the client-mediated fallback, and local.
 
-    python -m benchmarks.bench_push [--models tiny] [--servers 2] [--transport p2p|direct] [--repeats 5]
+    python -m benchmarks.bench_push [--models tiny] [--servers 2] [--transport direct|p2p] [--repeats 5]
 
 One swarm on 127.0.0.1 (``--servers`` servers, the blocks split evenly) and two clients in this process:
 one with ``ClientConfig.push_between_servers`` (client -> A -> B -> client: n + 1 legs per token), one

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import time
 
 from hivemind.p2p import P2P, PeerID
 
@@ -72,12 +73,20 @@ async def open_direct_stream(endpoint: DirectEndpoint, peer_id: str, method: str
 
 def connect_direct_blocking(endpoint: DirectEndpoint, peer_id: str, method: str) -> ssl.SSLSocket:
     """:func:`open_direct_stream` for a caller that then reads and writes with blocking calls (run it in a
-    worker thread): the connected TLS socket, the greeting read."""
-    where = str(endpoint)
-    raw = socket.create_connection((endpoint.host, endpoint.port), timeout=DIRECT_CONNECT_TIMEOUT)
+    worker thread): the connected TLS socket, the greeting read, all within :data:`DIRECT_CONNECT_TIMEOUT`."""
+    where, deadline = str(endpoint), time.monotonic() + DIRECT_CONNECT_TIMEOUT
+
+    def left() -> float:
+        seconds = deadline - time.monotonic()
+        if seconds <= 0:
+            raise TimeoutError(f"{where} did not finish the TLS handshake and greeting in {DIRECT_CONNECT_TIMEOUT:g} s")
+        return seconds
+
+    raw = socket.create_connection((endpoint.host, endpoint.port), timeout=left())
     try:
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock = client_context().wrap_socket(raw)  # the handshake, bounded by the socket's timeout
+        raw.settimeout(left())
+        sock = client_context().wrap_socket(raw)  # the handshake
     except BaseException:
         raw.close()
         raise
@@ -86,6 +95,7 @@ def connect_direct_blocking(endpoint: DirectEndpoint, peer_id: str, method: str)
         sock.sendall(hello(method))
         received = b""
         while (rest := check_greeting(received, peer_id, where)) is None:
+            sock.settimeout(left())
             chunk = sock.recv(1)  # byte by byte: nothing after the greeting may be read here
             if not chunk:
                 raise RemoteCallError(f"{where} closed the connection instead of greeting as {peer_id}")

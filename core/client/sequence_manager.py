@@ -301,9 +301,12 @@ class RemoteSequenceManager:
         timeout = self.config.request_timeout
         endpoint = self.direct_endpoint(span)
         if endpoint is not None:
+            connecting = asyncio.ensure_future(asyncio.to_thread(connect_direct_blocking, endpoint, span.peer_id, method))
             try:
-                sock = await asyncio.to_thread(connect_direct_blocking, endpoint, span.peer_id, method)
-                return BlockingStream(sock, span.peer_id, timeout)
+                return BlockingStream(await asyncio.shield(connecting), span.peer_id, timeout)
+            except asyncio.CancelledError:
+                connecting.add_done_callback(_close_unclaimed)  # the thread still runs: close what it brings
+                raise
             except (OSError, RemoteCallError) as error:
                 self.direct_failed(span, endpoint, error)
         reader, writer = await self._open_daemon_stream(span, method)
@@ -369,3 +372,9 @@ class RemoteSequenceManager:
         except Exception as error:
             raise RemoteCallError(f"server {span.peer_id} (blocks {span.start}..{span.end - 1}) failed: "
                                   f"{type(error).__name__}: {error}") from error
+
+
+def _close_unclaimed(connecting: asyncio.Future) -> None:
+    """Close the socket a direct connect made for a caller that stopped waiting for it."""
+    if not connecting.cancelled() and connecting.exception() is None:
+        connecting.result().close()

@@ -1,12 +1,16 @@
 """Direct connections' TLS: a server's certificate is its own, and callers accept only the pinned one."""
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 import threading
+import time
 
 import pytest
 
+from core import transports
+from core.direct_protocol import DirectEndpoint
 from core.direct_tls import check_certificate, client_context, is_fingerprint, make_server_certificate
 from core.errors import RemoteCallError
 
@@ -42,3 +46,27 @@ def test_only_announced_fingerprints_are_taken() -> None:
     assert is_fingerprint("0f" * 32)
     for bad in ("0F" * 32, "0f" * 31, "zz" * 32, 7, None):
         assert not is_fingerprint(bad), bad
+
+
+@pytest.fixture
+def silent_port(monkeypatch):
+    """A port that accepts TCP connections and never says a word (no TLS, no greeting)."""
+    monkeypatch.setattr(transports, "DIRECT_CONNECT_TIMEOUT", 0.5)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        yield listener.getsockname()[1]
+
+
+def test_a_silent_port_ends_the_blocking_connect_in_time(silent_port) -> None:
+    endpoint = DirectEndpoint("127.0.0.1", silent_port, "ab" * 32)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        transports.connect_direct_blocking(endpoint, "QmPeer", "rpc_inference")
+    assert time.monotonic() - started < 5
+
+
+def test_a_silent_port_ends_the_asyncio_connect_in_time(silent_port) -> None:
+    endpoint = DirectEndpoint("127.0.0.1", silent_port, "ab" * 32)
+    started = time.monotonic()
+    with pytest.raises((TimeoutError, asyncio.TimeoutError)):
+        asyncio.run(transports.open_direct_stream(endpoint, "QmPeer", "rpc_inference"))
+    assert time.monotonic() - started < 5
