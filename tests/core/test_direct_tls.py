@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import threading
@@ -70,3 +71,33 @@ def test_a_silent_port_ends_the_asyncio_connect_in_time(silent_port) -> None:
     with pytest.raises((TimeoutError, asyncio.TimeoutError)):
         asyncio.run(transports.open_direct_stream(endpoint, "QmPeer", "rpc_inference"))
     assert time.monotonic() - started < 5
+
+
+@pytest.fixture
+def dropping_port():
+    """A port whose connections never complete: its accept queue is full, so the kernel drops new SYNs (as a
+    firewall that drops packets does)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        fillers = []
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(listener.getsockname())
+            fillers.append(filler)
+        time.sleep(0.2)
+        yield listener.getsockname()[1]
+        for filler in fillers:
+            filler.close()
+
+
+def test_a_dropped_dial_gives_up_after_the_dial_timeout(dropping_port) -> None:
+    endpoint = DirectEndpoint("127.0.0.1", dropping_port, "ab" * 32)
+    for connect in (lambda: transports.connect_direct_blocking(endpoint, "QmPeer", "rpc_inference"),
+                    lambda: asyncio.run(transports.open_direct_stream(endpoint, "QmPeer", "rpc_inference"))):
+        started = time.monotonic()
+        with pytest.raises((TimeoutError, asyncio.TimeoutError)):
+            connect()
+        assert time.monotonic() - started < transports.DIRECT_CONNECT_TIMEOUT  # the dial's bound, not the whole one
