@@ -23,7 +23,6 @@ from hivemind.proto import runtime_pb2
 
 from core.client.transports import open_direct_stream, open_p2p_stream
 from core.dht.schema import RemoteSpanInfo
-from core.direct_protocol import direct_endpoint
 from core.server.handler import MAX_STREAM_MESSAGES
 from core.wire import block_rpc_handle, pack_metadata, serialize_tensors, unpack_metadata
 
@@ -70,7 +69,7 @@ class Fuzzer:
     async def _open_stream(self, span: RemoteSpanInfo,
                            method: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A raw stream to ``method``: over the server's direct port for half of the calls when it has one."""
-        endpoint = direct_endpoint(span.server_info.direct_address, span.server_info.direct_fingerprint)
+        endpoint = span.server_info.direct_endpoint
         if endpoint is not None and self.rng.random() < 0.5:
             self.direct_streams += 1
             return await open_direct_stream(endpoint, span.peer_id, method)

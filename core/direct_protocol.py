@@ -94,10 +94,13 @@ def may_connect_directly(host: str, policy: str) -> bool:
     nobody (a connect that times out), or somebody else on the caller's own LAN. "always": any address."""
     if policy == "always":
         return True
-    if policy == "private":
-        address = ipaddress.ip_address(host)
-        return address.is_loopback or (address.is_private and any(address in net for net in local_networks()))
-    return False
+    return policy == "private" and ipaddress.ip_address(host).is_private and on_own_network(host)
+
+
+def on_own_network(host: str) -> bool:
+    """Whether ``host`` is a loopback address or on the network of one of this machine's interfaces."""
+    address = ipaddress.ip_address(host)
+    return address.is_loopback or any(address in network for network in local_networks())
 
 
 _networks: tuple[float, list] = (float("-inf"), [])
@@ -112,7 +115,9 @@ def local_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         for addresses in psutil.net_if_addrs().values():
             for entry in addresses:
                 try:
-                    networks.append(ipaddress.ip_interface(f"{entry.address.split('%')[0]}/{entry.netmask}").network)
+                    address = entry.address.split("%")[0]  # an IPv6 link-local address names its interface
+                    prefix = bin(int(ipaddress.ip_address(entry.netmask))).count("1")  # IPv6 masks come as addresses
+                    networks.append(ipaddress.ip_interface(f"{address}/{prefix}").network)
                 except (ValueError, TypeError):
                     continue  # a link-layer address, or one without a netmask
         _networks = (time.monotonic(), networks)

@@ -50,27 +50,29 @@ class PushTarget:
     direct_fingerprint: str = ""  # its TLS certificate's fingerprint, as it announced it (core.direct_tls)
 
     def to_wire(self) -> list[Any]:
-        entry = [self.peer_id, self.session_id, self.direct_address, list(self.relays)]
-        return entry + [self.direct_fingerprint] if self.direct_fingerprint else entry
+        # the fingerprint rides in the address field ("host:port#fingerprint"): servers from before TLS direct
+        # ports read four fields and find no address there they would dial, so they push over relays or p2p
+        address = f"{self.direct_address}#{self.direct_fingerprint}" if self.direct_address else ""
+        return [self.peer_id, self.session_id, address, list(self.relays)]
 
     @classmethod
     def from_wire(cls, value: Any) -> "PushTarget":
         """Parse one route entry; :class:`InvalidRequestError` naming what is wrong."""
-        if not isinstance(value, (list, tuple)) or len(value) not in (4, 5):
-            raise InvalidRequestError("a route entry must be [peer_id, session_id, direct_address, relays] "
-                                      "or [peer_id, session_id, direct_address, relays, direct_fingerprint]")
-        peer_id, session_id, direct_address, relays, *rest = value
-        fingerprint = rest[0] if rest else ""
-        if fingerprint and not is_fingerprint(fingerprint):
-            raise InvalidRequestError("a route entry's direct_fingerprint must be 64 lowercase hex digits (SHA-256)")
+        if not isinstance(value, (list, tuple)) or len(value) != 4:
+            raise InvalidRequestError("a route entry must be [peer_id, session_id, direct_address, relays]")
+        peer_id, session_id, direct_address, relays = value
         if not _short_str(peer_id) or not peer_id:
             raise InvalidRequestError("a route entry's peer_id must be a non-empty string")
         check_session_id(session_id)
         if not _short_str(direct_address):
-            raise InvalidRequestError("a route entry's direct_address must be a 'host:port' string or ''")
+            raise InvalidRequestError("a route entry's direct_address must be a 'host:port#fingerprint' string or ''")
+        address, _, fingerprint = direct_address.partition("#")
+        if address and not is_fingerprint(fingerprint):
+            raise InvalidRequestError("a route entry's direct_address must end in '#' and the certificate's "
+                                      "fingerprint (64 lowercase hex digits, SHA-256)")
         if not isinstance(relays, (list, tuple)) or len(relays) > 8 or not all(_short_str(r) and r for r in relays):
             raise InvalidRequestError("a route entry's relays must be a list of at most 8 peer ids")
-        return cls(peer_id, session_id, direct_address, tuple(relays), fingerprint)
+        return cls(peer_id, session_id, address, tuple(relays), fingerprint)
 
 
 def _short_str(value: Any) -> bool:

@@ -29,7 +29,7 @@ from core.config import ClientConfig
 from core.dht.node import p2p_replica
 from core.dht.records import compute_spans, get_block_servers
 from core.dht.schema import RemoteSpanInfo, block_key
-from core.direct_protocol import DirectEndpoint, direct_endpoint, may_connect_directly
+from core.direct_protocol import DirectEndpoint, may_connect_directly
 from core.errors import (
     BlossomError,
     MissingBlocksError,
@@ -60,6 +60,8 @@ MAX_RESPONSE_BYTES = 2**31  # protobuf's own limit on one message
 PING_TIMEOUT = 3.0
 WAIT_NOTICE_PERIOD = 5.0  # seconds between the lines that say a route waits for missing blocks
 RELAY_RETRY_AFTER = 60.0
+DIRECT_RETRY_AFTER = 300.0
+"""Seconds a server's direct port that failed us is left for p2p before it is tried again."""
 """Seconds a relay that failed a client is skipped (the server's other relays are tried meanwhile)."""
 UNREACHABLE_COST = 10.0  # seconds charged for a hop to a server that did not answer a ping
 PUSH_RETRY_AFTER = 300.0
@@ -94,7 +96,7 @@ class RemoteSequenceManager:
         self._lock = threading.Lock()
         self._p2p: P2P | None = None
         self.pings: dict[str, float] = {}  # peer id -> measured round trip (s), refreshed with the spans
-        self.direct_failures: set[DirectEndpoint] = set()  # direct ports that failed us: p2p from then on
+        self.direct_failures: dict[DirectEndpoint, float] = {}  # direct port that failed us -> until when p2p
         self.relay_failures: dict[str, float] = {}  # relay peer id -> until when it is skipped (monotonic)
         self.push_failures: dict[tuple[str, str], float] = {}  # (server, next server) -> until when not pushed
 
@@ -260,7 +262,7 @@ class RemoteSequenceManager:
         """How the server before ``span`` in a chain reaches ``span``'s session ``session_id`` to push into it: the
         direct endpoint it announced (unless this client dials no direct ports; the pushing server decides whether
         it can dial it), its relays if it is relayed, else p2p."""
-        endpoint = direct_endpoint(span.server_info.direct_address, span.server_info.direct_fingerprint)
+        endpoint = span.server_info.direct_endpoint
         if self.config.direct_connections == "never" or self.is_relayed(span):
             endpoint = None
         return PushTarget(span.peer_id, session_id, str(endpoint) if endpoint else "",
@@ -271,17 +273,17 @@ class RemoteSequenceManager:
     def direct_endpoint(self, span: RemoteSpanInfo) -> DirectEndpoint | None:
         """Where to reach ``span``'s server directly, if it offers it, can be dialled (it is not relayed), did not
         fail us there before and this client's policy allows it."""
-        endpoint = direct_endpoint(span.server_info.direct_address, span.server_info.direct_fingerprint)
-        if endpoint is None or self.is_relayed(span) or endpoint in self.direct_failures \
+        endpoint = span.server_info.direct_endpoint
+        if endpoint is None or self.is_relayed(span) or self.direct_failures.get(endpoint, 0.0) > time.monotonic() \
                 or not may_connect_directly(endpoint.host, self.config.direct_connections):
             return None
         return endpoint
 
     def direct_failed(self, span: RemoteSpanInfo, endpoint: DirectEndpoint, error: BaseException) -> None:
-        """Use p2p for this server from now on (until it announces another endpoint)."""
-        logger.info("No direct connection to %s at %s (%s: %s); using p2p", span.peer_id, endpoint,
-                    type(error).__name__, error)
-        self.direct_failures.add(endpoint)
+        """Use p2p for this server for a while (or until it announces another endpoint)."""
+        logger.info("No direct connection to %s at %s (%s: %s); using p2p for %.0f s", span.peer_id, endpoint,
+                    type(error).__name__, error, DIRECT_RETRY_AFTER)
+        self.direct_failures[endpoint] = time.monotonic() + DIRECT_RETRY_AFTER
 
     async def open_call_stream(self, span: RemoteSpanInfo, method: str) -> Stream:
         """A stream to ``span``'s server's ``method``: direct when offered and allowed, else (or if that fails)

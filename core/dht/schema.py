@@ -13,6 +13,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
+from core.direct_protocol import DirectEndpoint, direct_endpoint
+
 logger = logging.getLogger(__name__)
 
 MODELS_KEY = "blossom.models"
@@ -71,6 +73,12 @@ class ServerInfo:
     reachability: str = ""  # "direct" or "relayed" (core.relay_protocol.Reachability); "" from older servers
     relays: tuple[str, ...] = ()  # peer ids of relays through which clients reach a relayed server
     can_push: bool = False  # takes part in server-to-server push (core.push_protocol); older servers do not
+
+    @property
+    def direct_endpoint(self) -> DirectEndpoint | None:
+        """Where this server takes direct connections and the certificate it serves them with, if it announced
+        both (servers from before TLS direct ports announce no certificate and are not dialled directly)."""
+        return direct_endpoint(self.direct_address, self.direct_fingerprint)
 
     def to_record(self) -> dict[str, Any]:
         """A msgpack-friendly dict."""

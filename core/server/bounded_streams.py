@@ -163,7 +163,7 @@ async def _feed(
         try:
             item: Message | InvalidRequestError | None = await read_frame_within(
                 reader, message_type, max_message_bytes, idle_timeout)
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except (asyncio.IncompleteReadError, OSError):  # OSError: a hang-up, or a broken TLS record (ssl.SSLError)
             return _FeedEnd(left=True)
         except InvalidRequestError as error:
             item = error

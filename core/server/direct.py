@@ -56,8 +56,8 @@ class DirectListener:
     async def start(self, host: str, port: int) -> int:
         """Listen; returns the port (a free one when ``port`` is 0)."""
         try:
-            self._server = await asyncio.start_server(self._on_connection, host, port, ssl=self._tls,
-                                                      ssl_handshake_timeout=HELLO_TIMEOUT)
+            # TLS starts in _on_connection, after the cap on connections: one that never finishes its handshake counts
+            self._server = await asyncio.start_server(self._on_connection, host, port)
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
                 raise PortInUseError(port, "--direct_port") from None
@@ -84,9 +84,10 @@ class DirectListener:
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
+                await writer.start_tls(self._tls, ssl_handshake_timeout=HELLO_TIMEOUT)
                 line = await asyncio.wait_for(reader.readuntil(b"\n"), HELLO_TIMEOUT)
-            except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-                writer.close()
+            except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+                writer.close()  # no TLS (e.g. an older client's plain hello), a broken record, silence, a hang-up
                 return
             method = method_of_hello(line) if len(line) <= MAX_HELLO_BYTES else None
             if method is None or method not in self._handles:

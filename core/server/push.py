@@ -22,7 +22,7 @@ from hivemind.p2p import P2P
 from hivemind.proto import runtime_pb2
 
 from core import frames
-from core.direct_protocol import direct_endpoint, may_connect_directly
+from core.direct_protocol import DirectEndpoint, direct_endpoint, may_connect_directly
 from core.errors import InvalidRequestError
 from core.push_protocol import PUSH_METHOD, PushTarget, route_to_wire
 from core.transports import Stream, open_direct_stream, open_p2p_stream, open_relay_circuit
@@ -42,6 +42,8 @@ PUSH_WRITE_TIMEOUT = 10.0
 REMEMBERED_ENDED = 1024
 RELAY_RETRY_AFTER = 60.0
 """Seconds a relay that failed a push is tried after the next server's other relays."""
+DIRECT_RETRY_AFTER = 300.0
+"""Seconds a direct port that failed a push is skipped (relays or p2p instead): every session would pay its time-out."""
 
 
 class SessionDirectory:
@@ -105,6 +107,7 @@ class Pusher:
         self._get_p2p = get_p2p
         self._streams: dict[tuple[str, str, str], Stream] = {}
         self._relay_failures: dict[str, float] = {}  # relay peer id -> until when it is tried last (monotonic)
+        self._direct_failures: dict[DirectEndpoint, float] = {}  # direct port that failed -> until when skipped
 
     async def push(self, owner: str, target: PushTarget, rest: list[PushTarget], output: torch.Tensor,
                    position: int) -> str | None:
@@ -139,15 +142,18 @@ class Pusher:
         """Direct when the next server's direct port is on this machine or its networks, else through its
         relays, else p2p."""
         endpoint = direct_endpoint(target.direct_address, target.direct_fingerprint)
-        if endpoint is not None and may_connect_directly(endpoint.host, "private"):
+        now = time.monotonic()
+        if endpoint is not None and may_connect_directly(endpoint.host, "private") \
+                and self._direct_failures.get(endpoint, 0.0) <= now:
             try:
                 return await open_direct_stream(endpoint, target.peer_id, PUSH_METHOD)
             except Exception as error:
-                logger.debug("No direct push to %s at %s: %s", target.peer_id, target.direct_address, error)
+                logger.debug("No direct push to %s at %s: %s", target.peer_id, endpoint, error)
+                self._direct_failures = {e: until for e, until in self._direct_failures.items() if until > now}
+                self._direct_failures[endpoint] = time.monotonic() + DIRECT_RETRY_AFTER
         p2p = self._get_p2p()
         if p2p is None:
             raise ConnectionError("this server has no p2p node to push through")
-        now = time.monotonic()
         for relay in sorted(target.relays, key=lambda relay: self._relay_failures.get(relay, 0.0) > now):
             try:
                 return await open_relay_circuit(p2p, relay, target.peer_id, PUSH_METHOD)

@@ -23,13 +23,13 @@ from core.dht.node import create_dht
 from core.dht.records import compute_spans, get_block_servers
 from core.dht.schema import ModelInfo, RemoteSpanInfo, ServerInfo, ServerState
 from core.direct_protocol import DIRECT_METHODS
+from core.direct_tls import make_server_certificate
 from core.errors import InvalidRequestError
 from core.relay_protocol import MAX_RELAYS_ANNOUNCED, Reachability
 from core.models.registry import family_for_config, get_family
 from core.server.announcer import Announcer
 from core.server.backend import SpanBackend, SpanLimits, kv_bytes_per_token
 from core.server.block_selection import choose_best_start, claim_is_contested
-from core.direct_tls import make_server_certificate
 from core.server.direct import DirectListener, direct_hosts
 from core.server.handler import BlockRequestHandler
 from core.server.memory_cache import KVCacheBudget

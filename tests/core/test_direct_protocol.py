@@ -33,12 +33,13 @@ def test_an_endpoint_needs_an_address_and_a_fingerprint() -> None:
 
 def test_policy_private_allows_loopback_and_this_machines_networks_only(monkeypatch) -> None:
     lan = [SimpleNamespace(address="192.168.1.20", netmask="255.255.255.0"),
+           SimpleNamespace(address="fd00::5", netmask="ffff:ffff:ffff:ffff::"),  # psutil's form of an IPv6 mask
            SimpleNamespace(address="aa:bb:cc:dd:ee:ff", netmask=None)]  # a link-layer entry is skipped
     monkeypatch.setattr(direct_protocol.psutil, "net_if_addrs", lambda: {"lo": [], "eth0": lan})
     monkeypatch.setattr(direct_protocol, "_networks", (float("-inf"), []))
-    for host in ("127.0.0.1", "192.168.1.7", "::1"):
+    for host in ("127.0.0.1", "192.168.1.7", "::1", "fd00::9"):
         assert may_connect_directly(host, "private"), host
-    for host in ("192.168.2.7", "10.1.2.3", "8.8.8.8"):  # another LAN's private address, a public one
+    for host in ("192.168.2.7", "10.1.2.3", "8.8.8.8", "fd01::9"):  # another LAN's private address, a public one
         assert not may_connect_directly(host, "private"), host
     assert may_connect_directly("8.8.8.8", "always")
     assert not may_connect_directly("127.0.0.1", "never")

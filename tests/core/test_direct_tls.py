@@ -101,3 +101,30 @@ def test_a_dropped_dial_gives_up_after_the_dial_timeout(dropping_port) -> None:
         with pytest.raises((TimeoutError, asyncio.TimeoutError)):
             connect()
         assert time.monotonic() - started < transports.DIRECT_CONNECT_TIMEOUT  # the dial's bound, not the whole one
+
+
+def test_a_port_showing_another_certificate_receives_no_byte_of_the_call() -> None:
+    impostor, announced = make_server_certificate(), make_server_certificate()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+    received: list[bytes] = []
+
+    def serve(connections: int) -> None:
+        with listener:
+            for _ in range(connections):
+                with impostor.context.wrap_socket(listener.accept()[0], server_side=True) as conn:
+                    data = b""
+                    with contextlib.suppress(OSError):
+                        while chunk := conn.recv(4096):
+                            data += chunk
+                    received.append(data)
+
+    thread = threading.Thread(target=serve, args=(2,), daemon=True)
+    thread.start()
+    endpoint = DirectEndpoint("127.0.0.1", listener.getsockname()[1], announced.fingerprint)
+    with pytest.raises(RemoteCallError, match="another certificate"):
+        transports.connect_direct_blocking(endpoint, "QmPeer", "rpc_inference")
+    with pytest.raises(RemoteCallError, match="another certificate"):
+        asyncio.run(transports.open_direct_stream(endpoint, "QmPeer", "rpc_inference"))
+    thread.join(10)
+    assert received == [b"", b""]  # not even the hello naming the call

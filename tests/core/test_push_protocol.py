@@ -6,6 +6,7 @@ import uuid
 import pytest
 
 from core.dht.schema import ServerInfo, ServerState
+from core.direct_protocol import parse_direct_address
 from core.errors import InvalidRequestError
 from core.push_protocol import PushTarget, check_session_id, parse_route, route_to_wire
 
@@ -14,7 +15,9 @@ def test_a_route_travels_and_comes_back_the_same():
     route = [PushTarget("QmB", uuid.uuid4().hex, "10.0.0.2:31337", (), "ab" * 32),
              PushTarget("QmC", uuid.uuid4().hex, "", ("QmR",))]
     assert parse_route(route_to_wire(route)) == route
-    assert len(route_to_wire(route)[1]) == 4  # no fingerprint: the entry servers before TLS direct ports read
+    wire = route_to_wire(route)
+    assert all(len(entry) == 4 for entry in wire)  # as servers from before TLS direct ports read them...
+    assert parse_direct_address(wire[0][2]) is None  # ...and they find no plain address to dial: relays or p2p
     assert parse_route(None) == []
 
 
@@ -24,8 +27,9 @@ def test_a_route_travels_and_comes_back_the_same():
     (["QmB", "not-hex", "", []], "session_id"),
     (["QmB", uuid.uuid4().hex, 7, []], "direct_address"),
     (["QmB", uuid.uuid4().hex, "", ["r"] * 9], "relays"),
-    (["QmB", uuid.uuid4().hex, "10.0.0.2:1", [], "not-a-sha256"], "direct_fingerprint"),
-    (["QmB", uuid.uuid4().hex, "", [], "", "extra"], "must be"),
+    (["QmB", uuid.uuid4().hex, "10.0.0.2:1", []], "fingerprint"),  # a plain address: no certificate to pin
+    (["QmB", uuid.uuid4().hex, "10.0.0.2:1#not-a-sha256", []], "fingerprint"),
+    (["QmB", uuid.uuid4().hex, "", [], "extra"], "must be"),
 ])
 def test_a_malformed_route_entry_is_refused_with_its_reason(entry, problem):
     with pytest.raises(InvalidRequestError, match=problem):

@@ -17,6 +17,7 @@ from benchmarks.tiny_swarm import cache_free_bytes
 from core import AutoDistributedModelForCausalLM
 from core.client.transports import open_direct_stream
 from core.config import ClientConfig
+from core.dht.schema import ServerInfo
 from core.direct_protocol import DirectEndpoint, direct_endpoint, hello, server_greeting
 from core.direct_tls import client_context
 from core.errors import RemoteCallError
@@ -50,15 +51,11 @@ def _local_tokens(original, input_ids: torch.Tensor) -> torch.Tensor:
     return reference_greedy(local, input_ids, "greedy tokens", max_new_tokens=NEW_TOKENS)
 
 
-def _endpoint(span) -> DirectEndpoint | None:
-    return direct_endpoint(span.server_info.direct_address, span.server_info.direct_fingerprint)
-
-
 def test_servers_announce_their_direct_port_and_clients_use_it(direct_swarm):
     original, _, _ = direct_swarm
     with _client(direct_swarm, "private") as model:
         spans = model.transformer_blocks.manager.make_route(0, 4)
-        announced = [_endpoint(span) for span in spans]
+        announced = [span.server_info.direct_endpoint for span in spans]
         assert all(endpoint is not None and endpoint.host == "127.0.0.1" for endpoint in announced), announced
 
         torch.manual_seed(0)
@@ -74,8 +71,8 @@ def test_servers_announce_their_direct_port_and_clients_use_it(direct_swarm):
 def test_a_port_showing_another_certificate_gets_nothing_and_p2p_takes_over(direct_swarm, monkeypatch, caplog):
     original, _, _ = direct_swarm
     impostor = "00" * 32  # the announced port answers, but not with the certificate this client expects
-    monkeypatch.setattr("core.client.sequence_manager.direct_endpoint",
-                        lambda address, fingerprint: direct_endpoint(address, impostor))
+    monkeypatch.setattr(ServerInfo, "direct_endpoint",
+                        property(lambda info: direct_endpoint(info.direct_address, impostor)))
     with _client(direct_swarm, "private") as model, caplog.at_level(logging.INFO, "core.client.sequence_manager"):
         input_ids = torch.tensor([[3, 17, 4, 9]])
         with model.transformer_blocks.inference_session(max_length=16) as session:
@@ -139,13 +136,13 @@ def test_handshake_refuses_a_port_that_is_not_that_server(direct_swarm):
     with _client(direct_swarm, "private") as model:
         manager = model.transformer_blocks.manager
         first, second = manager.make_route(0, 4)
-        endpoint = _endpoint(first)
+        endpoint = first.server_info.direct_endpoint
         # a real direct port and its certificate, but another server's
         with pytest.raises(RemoteCallError, match="is not server .* direct port"):
             manager.loop.run(open_direct_stream(endpoint, second.peer_id, "rpc_inference"))
         with pytest.raises(RemoteCallError, match="another certificate"):  # the port, not its certificate
             manager.loop.run(open_direct_stream(DirectEndpoint(endpoint.host, endpoint.port,
-                                                               _endpoint(second).fingerprint),
+                                                               second.server_info.direct_endpoint.fingerprint),
                                                 first.peer_id, "rpc_inference"))
         with socket.socket() as unused:
             unused.bind(("127.0.0.1", 0))
@@ -166,7 +163,7 @@ def test_garbage_on_the_direct_port_is_dropped_and_sessions_go_on(direct_swarm):
     original, _, _ = direct_swarm
     with _client(direct_swarm, "private") as model:
         span = model.transformer_blocks.manager.make_route(0, 4)[0]
-        endpoint = _endpoint(span)
+        endpoint = span.server_info.direct_endpoint
         not_blossom = (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", bytes(range(256)) * 4, hello("rpc_shutdown"))
         for garbage in (*not_blossom, hello("rpc_inference")):  # no TLS at all (e.g. an older Blossom client)
             with socket.create_connection((endpoint.host, endpoint.port), timeout=10) as sock:

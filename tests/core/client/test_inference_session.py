@@ -1,4 +1,4 @@
-"""The inference session's failover without a swarm: two servers' real handlers behind direct TCP
+"""The inference session's failover without a swarm: two servers' real handlers behind direct (TLS)
 listeners on 127.0.0.1 (no DHT, no p2p daemon) and a stand-in for the sequence manager's routing.
 
 When the server in use dies, the session moves to the other one and replays its history step by
