@@ -3,9 +3,10 @@
 hivemind opens every stream as its own unix-socket connection to the local p2p daemon; once open,
 :class:`BlockingStream` takes that socket away from asyncio (a direct connection is made as a
 blocking TLS socket in the first place: :func:`core.transports.connect_direct_blocking`). So an
-inference step writes its frame and reads the answer directly from the thread that asked for it: no hand-off to the event-loop thread and back, no tasks, one ``sendall`` and a
-few ``recv_into`` per hop (benchmarks/README.md measures what that saves). Frames are hivemind's,
-written and read by :mod:`core.frames` (its blocking-socket face); this class owns the socket.
+inference step writes its frame and reads the answer directly from the thread that asked for it: no
+hand-off to the event-loop thread and back, no tasks, one ``sendall`` and a few ``recv_into`` per hop
+(benchmarks/README.md measures what that saves). Frames are hivemind's, written and read by
+:mod:`core.frames` (its blocking-socket face); this class owns the socket.
 """
 from __future__ import annotations
 

@@ -60,9 +60,9 @@ MAX_RESPONSE_BYTES = 2**31  # protobuf's own limit on one message
 PING_TIMEOUT = 3.0
 WAIT_NOTICE_PERIOD = 5.0  # seconds between the lines that say a route waits for missing blocks
 RELAY_RETRY_AFTER = 60.0
+"""Seconds a relay that failed a client is skipped (the server's other relays are tried meanwhile)."""
 DIRECT_RETRY_AFTER = 300.0
 """Seconds a server's direct port that failed us is left for p2p before it is tried again."""
-"""Seconds a relay that failed a client is skipped (the server's other relays are tried meanwhile)."""
 UNREACHABLE_COST = 10.0  # seconds charged for a hop to a server that did not answer a ping
 PUSH_RETRY_AFTER = 300.0
 """Seconds a client carries a link's steps itself after its first server could not push to the next one."""
@@ -303,7 +303,8 @@ class RemoteSequenceManager:
         timeout = self.config.request_timeout
         endpoint = self.direct_endpoint(span)
         if endpoint is not None:
-            connecting = asyncio.ensure_future(asyncio.to_thread(connect_direct_blocking, endpoint, span.peer_id, method))
+            connecting = asyncio.ensure_future(
+                asyncio.to_thread(connect_direct_blocking, endpoint, span.peer_id, method))
             try:
                 return BlockingStream(await asyncio.shield(connecting), span.peer_id, timeout)
             except asyncio.CancelledError:

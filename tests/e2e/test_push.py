@@ -4,7 +4,8 @@ do not push make the chain fall back, link by link, without a failure.
 
 Tiny Llama of 4 blocks. The pushing swarm: A 0..0, B1 and B2 both 1..2, C 3..3 (every step goes
 client -> A -> B -> C -> client); B2 and C take no direct connections (``--no_direct``), so pushes and
-answers travel over TLS direct connections and through the p2p daemons in one chain. The mixed swarm: A 0..0, B 1..1, C 2..2 started with ``--no_push``, D 3..3.
+answers travel over TLS direct connections and through the p2p daemons in one chain. The mixed swarm:
+A 0..0, B 1..1, C 2..2 started with ``--no_push``, D 3..3.
 """
 from __future__ import annotations
 
