@@ -41,6 +41,7 @@ from core.errors import (
 from core.network import call_unary, ping_many
 from core.push_protocol import PushTarget
 from core.relay_protocol import Reachability
+from core.utils.cooldown import Cooldowns
 from core.utils.event_loop import shared_loop
 from core.wire import (
     END_OF_STREAM_FRAME,
@@ -96,9 +97,9 @@ class RemoteSequenceManager:
         self._lock = threading.Lock()
         self._p2p: P2P | None = None
         self.pings: dict[str, float] = {}  # peer id -> measured round trip (s), refreshed with the spans
-        self.direct_failures: dict[DirectEndpoint, float] = {}  # direct port that failed us -> until when p2p
-        self.relay_failures: dict[str, float] = {}  # relay peer id -> until when it is skipped (monotonic)
-        self.push_failures: dict[tuple[str, str], float] = {}  # (server, next server) -> until when not pushed
+        self.direct_failures: Cooldowns[DirectEndpoint] = Cooldowns(DIRECT_RETRY_AFTER)  # direct ports: p2p meanwhile
+        self.relay_failures: Cooldowns[str] = Cooldowns(RELAY_RETRY_AFTER)  # relay peer ids: tried last meanwhile
+        self.push_failures: Cooldowns[tuple[str, str]] = Cooldowns(PUSH_RETRY_AFTER)  # (server, next): not pushed
 
     # ---- swarm view -------------------------------------------------------------------------
     def update(self) -> list[RemoteSpanInfo]:
@@ -252,11 +253,11 @@ class RemoteSequenceManager:
 
     def may_push(self, peer_id: str, next_peer_id: str) -> bool:
         """Whether to ask ``peer_id`` to push to ``next_peer_id`` (not if it could not, lately)."""
-        return self.push_failures.get((peer_id, next_peer_id), 0.0) <= time.monotonic()
+        return not self.push_failures.cooling((peer_id, next_peer_id))
 
     def push_failed(self, peer_id: str, next_peer_id: str) -> None:
         """Carry that link's steps for a while: every session would otherwise wait for the push to fail again."""
-        self.push_failures[(peer_id, next_peer_id)] = time.monotonic() + PUSH_RETRY_AFTER
+        self.push_failures.failed((peer_id, next_peer_id))
 
     def push_target(self, span: RemoteSpanInfo, session_id: str) -> PushTarget:
         """How the server before ``span`` in a chain reaches ``span``'s session ``session_id`` to push into it: the
@@ -274,7 +275,7 @@ class RemoteSequenceManager:
         """Where to reach ``span``'s server directly, if it offers it, can be dialled (it is not relayed), did not
         fail us there before and this client's policy allows it."""
         endpoint = span.server_info.direct_endpoint
-        if endpoint is None or self.is_relayed(span) or self.direct_failures.get(endpoint, 0.0) > time.monotonic() \
+        if endpoint is None or self.is_relayed(span) or self.direct_failures.cooling(endpoint) \
                 or not may_connect_directly(endpoint.host, self.config.direct_connections):
             return None
         return endpoint
@@ -283,7 +284,7 @@ class RemoteSequenceManager:
         """Use p2p for this server for a while (or until it announces another endpoint)."""
         logger.info("No direct connection to %s at %s (%s: %s); using p2p for %.0f s", span.peer_id, endpoint,
                     type(error).__name__, error, DIRECT_RETRY_AFTER)
-        self.direct_failures[endpoint] = time.monotonic() + DIRECT_RETRY_AFTER
+        self.direct_failures.failed(endpoint)
 
     async def open_call_stream(self, span: RemoteSpanInfo, method: str) -> Stream:
         """A stream to ``span``'s server's ``method``: direct when offered and allowed, else (or if that fails)
@@ -323,14 +324,14 @@ class RemoteSequenceManager:
 
     async def open_relayed_stream(self, span: RemoteSpanInfo, method: str) -> Stream:
         """A circuit to ``span``'s server through the first of its relays that takes us there."""
-        now, reasons = time.monotonic(), []
-        relays = sorted(span.server_info.relays, key=lambda relay: self.relay_failures.get(relay, 0.0) > now)
+        reasons = []
+        relays = sorted(span.server_info.relays, key=self.relay_failures.cooling)
         for relay in relays:
             try:
                 return await open_relay_circuit(await self.get_p2p(), relay, span.peer_id, method)
             except Exception as error:
                 logger.info("Relay %s did not take us to %s: %s", relay, span.peer_id, error)
-                self.relay_failures[relay] = time.monotonic() + RELAY_RETRY_AFTER
+                self.relay_failures.failed(relay)
                 reasons.append(f"{relay}: {error or type(error).__name__}")
         raise RemoteCallError(f"server {span.peer_id} is reachable only through relays, and none took us there: "
                               + "; ".join(reasons))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import time
 from typing import Callable
 
 import torch
@@ -26,6 +25,7 @@ from core.direct_protocol import DirectEndpoint, direct_endpoint, may_connect_di
 from core.errors import InvalidRequestError
 from core.push_protocol import PUSH_METHOD, PushTarget, route_to_wire
 from core.transports import Stream, open_direct_stream, open_p2p_stream, open_relay_circuit
+from core.utils.cooldown import Cooldowns
 from core.wire import pack_metadata, serialize_tensors
 
 logger = logging.getLogger(__name__)
@@ -106,8 +106,8 @@ class Pusher:
     def __init__(self, get_p2p: Callable[[], P2P | None]) -> None:
         self._get_p2p = get_p2p
         self._streams: dict[tuple[str, str, str], Stream] = {}
-        self._relay_failures: dict[str, float] = {}  # relay peer id -> until when it is tried last (monotonic)
-        self._direct_failures: dict[DirectEndpoint, float] = {}  # direct port that failed -> until when skipped
+        self._relay_failures: Cooldowns[str] = Cooldowns(RELAY_RETRY_AFTER)  # relays that failed: tried last
+        self._direct_failures: Cooldowns[DirectEndpoint] = Cooldowns(DIRECT_RETRY_AFTER)  # direct ports: skipped
 
     async def push(self, owner: str, target: PushTarget, rest: list[PushTarget], output: torch.Tensor,
                    position: int) -> str | None:
@@ -142,24 +142,22 @@ class Pusher:
         """Direct when the next server's direct port is on this machine or its networks, else through its
         relays, else p2p."""
         endpoint = direct_endpoint(target.direct_address, target.direct_fingerprint)
-        now = time.monotonic()
         if endpoint is not None and may_connect_directly(endpoint.host, "private") \
-                and self._direct_failures.get(endpoint, 0.0) <= now:
+                and not self._direct_failures.cooling(endpoint):
             try:
                 return await open_direct_stream(endpoint, target.peer_id, PUSH_METHOD)
             except Exception as error:
                 logger.debug("No direct push to %s at %s: %s", target.peer_id, endpoint, error)
-                self._direct_failures = {e: until for e, until in self._direct_failures.items() if until > now}
-                self._direct_failures[endpoint] = time.monotonic() + DIRECT_RETRY_AFTER
+                self._direct_failures.failed(endpoint)
         p2p = self._get_p2p()
         if p2p is None:
             raise ConnectionError("this server has no p2p node to push through")
-        for relay in sorted(target.relays, key=lambda relay: self._relay_failures.get(relay, 0.0) > now):
+        for relay in sorted(target.relays, key=self._relay_failures.cooling):
             try:
                 return await open_relay_circuit(p2p, relay, target.peer_id, PUSH_METHOD)
             except Exception as error:
                 logger.debug("Relay %s did not take a push to %s: %s", relay, target.peer_id, error)
-                self._relay_failures[relay] = time.monotonic() + RELAY_RETRY_AFTER
+                self._relay_failures.failed(relay)
         return await open_p2p_stream(p2p, target.peer_id, PUSH_METHOD)
 
     def close(self, owner: str) -> None:
