@@ -181,16 +181,20 @@ class Envelope:
         return {"id": self.answer_id, "object": kind, "created": now(), "model": self.model, "choices": choices,
                 **extra}
 
+    @staticmethod
+    def _choice(content: dict, finish_reason: str | None) -> dict:
+        return {"index": 0, **content, "finish_reason": finish_reason, "logprobs": None}
+
     def whole(self, content: dict, result: GenerationResult) -> dict:
         """The one-piece answer: ``content`` (the message or the text) as the only choice, and the usage."""
-        choice = {"index": 0, **content, "finish_reason": result.finish_reason, "logprobs": None}
-        return self._wrap(self.kind, [choice], usage=usage(result.prompt_tokens, result.completion_tokens))
+        return self._wrap(self.kind, [self._choice(content, result.finish_reason)],
+                          usage=usage(result.prompt_tokens, result.completion_tokens))
 
     def chunk(self, content: dict, finish_reason: str | None, include_usage: bool) -> dict:
         """One chunk of a streamed answer; with ``include_usage`` it carries ``"usage": null``, as OpenAI's do
         until the usage chunk."""
-        choice = {"index": 0, **content, "finish_reason": finish_reason, "logprobs": None}
-        return self._wrap(self.chunk_kind, [choice], **({"usage": None} if include_usage else {}))
+        return self._wrap(self.chunk_kind, [self._choice(content, finish_reason)],
+                          **({"usage": None} if include_usage else {}))
 
     def usage_chunk(self, counts: dict) -> dict:
         """The last chunk of a streamed answer that asked for usage: no choices, the token counts."""
