@@ -33,6 +33,11 @@ DIRECT_CONNECT_TIMEOUT = 5.0
 """Seconds for all of it (the connection, the TLS handshake, the greeting) before falling back to p2p."""
 RELAY_OPEN_TIMEOUT = 15.0
 """Seconds to open a circuit through a relay (the relay opens the server's stream meanwhile)."""
+DIRECT_RETRY_AFTER = 300.0
+"""Seconds a direct port that failed a caller is left alone (relays or p2p instead): every new stream to it would
+pay its time-out again."""
+RELAY_RETRY_AFTER = 60.0
+"""Seconds a relay that failed a caller is tried only after the server's other relays."""
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 

@@ -19,6 +19,8 @@ from hivemind.proto import runtime_pb2
 from core.client.routing import RouteMode, make_route, uncovered_blocks
 from core.client.blocking_stream import BlockingStream
 from core.transports import (
+    DIRECT_RETRY_AFTER,
+    RELAY_RETRY_AFTER,
     Stream,
     connect_direct_blocking,
     open_direct_stream,
@@ -60,10 +62,6 @@ MAX_RESPONSE_ELEMENTS = 2**31
 MAX_RESPONSE_BYTES = 2**31  # protobuf's own limit on one message
 PING_TIMEOUT = 3.0
 WAIT_NOTICE_PERIOD = 5.0  # seconds between the lines that say a route waits for missing blocks
-RELAY_RETRY_AFTER = 60.0
-"""Seconds a relay that failed a client is skipped (the server's other relays are tried meanwhile)."""
-DIRECT_RETRY_AFTER = 300.0
-"""Seconds a server's direct port that failed us is left for p2p before it is tried again."""
 UNREACHABLE_COST = 10.0  # seconds charged for a hop to a server that did not answer a ping
 PUSH_RETRY_AFTER = 300.0
 """Seconds a client carries a link's steps itself after its first server could not push to the next one."""

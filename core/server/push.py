@@ -24,7 +24,9 @@ from core import frames
 from core.direct_protocol import DirectEndpoint, direct_endpoint, may_connect_directly
 from core.errors import InvalidRequestError
 from core.push_protocol import PUSH_METHOD, PushTarget, route_to_wire
-from core.transports import Stream, open_direct_stream, open_p2p_stream, open_relay_circuit
+from core.transports import (
+    DIRECT_RETRY_AFTER, RELAY_RETRY_AFTER, Stream, open_direct_stream, open_p2p_stream, open_relay_circuit,
+)
 from core.utils.cooldown import Cooldowns
 from core.wire import pack_metadata, serialize_tensors
 
@@ -40,10 +42,6 @@ PUSH_OPEN_TIMEOUT = 20.0
 PUSH_WRITE_TIMEOUT = 10.0
 """Seconds one pushed step may take to leave (a stalled next server makes the session fall back)."""
 REMEMBERED_ENDED = 1024
-RELAY_RETRY_AFTER = 60.0
-"""Seconds a relay that failed a push is tried after the next server's other relays."""
-DIRECT_RETRY_AFTER = 300.0
-"""Seconds a direct port that failed a push is skipped (relays or p2p instead): every session would pay its time-out."""
 
 
 class SessionDirectory:
