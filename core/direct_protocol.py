@@ -100,25 +100,34 @@ def may_connect_directly(host: str, policy: str) -> bool:
 def on_own_network(host: str) -> bool:
     """Whether ``host`` is a loopback address or on the network of one of this machine's interfaces."""
     address = ipaddress.ip_address(host)
-    return address.is_loopback or any(address in network for network in local_networks())
+    return address.is_loopback or any(address in interface.network for interface in local_interfaces())
 
 
-_networks: tuple[float, list] = (float("-inf"), [])
+def is_own_address(host: str) -> bool:
+    """Whether ``host`` is this machine's: a loopback address or one of its interfaces' (traffic to it never
+    leaves the machine; see :mod:`core.direct_local`)."""
+    address = ipaddress.ip_address(host.split("%")[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # how a dual-stack socket names an IPv4 caller
+    return address.is_loopback or any(address == interface.ip for interface in local_interfaces())
 
 
-def local_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    """The networks of this machine's interfaces (re-read every :data:`LOCAL_NETWORKS_TTL` seconds)."""
-    global _networks
-    read_at, networks = _networks
+_interfaces: tuple[float, list] = (float("-inf"), [])
+
+
+def local_interfaces() -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
+    """This machine's interface addresses with their networks (re-read every :data:`LOCAL_NETWORKS_TTL` s)."""
+    global _interfaces
+    read_at, interfaces = _interfaces
     if time.monotonic() - read_at > LOCAL_NETWORKS_TTL:
-        networks = []
+        interfaces = []
         for addresses in psutil.net_if_addrs().values():
             for entry in addresses:
                 try:
                     address = entry.address.split("%")[0]  # an IPv6 link-local address names its interface
                     prefix = bin(int(ipaddress.ip_address(entry.netmask))).count("1")  # IPv6 masks come as addresses
-                    networks.append(ipaddress.ip_interface(f"{address}/{prefix}").network)
+                    interfaces.append(ipaddress.ip_interface(f"{address}/{prefix}"))
                 except (ValueError, TypeError):
                     continue  # a link-layer address, or one without a netmask
-        _networks = (time.monotonic(), networks)
-    return networks
+        _interfaces = (time.monotonic(), interfaces)
+    return interfaces

@@ -32,10 +32,13 @@ FINGERPRINT_PATTERN = re.compile(r"[0-9a-f]{64}")
 
 @dataclass(frozen=True)
 class ServerCertificate:
-    """What a server's direct port serves TLS with, and the fingerprint it announces."""
+    """What a server's direct port serves TLS with, the fingerprint it announces, and the certificate (DER) and
+    key it proves itself with to callers on its own machine (:mod:`core.direct_local`)."""
 
     context: ssl.SSLContext
     fingerprint: str
+    der: bytes
+    key: ec.EllipticCurvePrivateKey
 
 
 def make_server_certificate() -> ServerCertificate:
@@ -61,7 +64,8 @@ def make_server_certificate() -> ServerCertificate:
             file.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                          serialization.NoEncryption()))
         context.load_cert_chain(cert_path, key_path)
-    return ServerCertificate(context, fingerprint_of(certificate.public_bytes(serialization.Encoding.DER)))
+    der = certificate.public_bytes(serialization.Encoding.DER)
+    return ServerCertificate(context, fingerprint_of(der), der, key)
 
 
 def fingerprint_of(der: bytes) -> str:

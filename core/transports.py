@@ -1,4 +1,5 @@
-"""The ways to open a stream to a block server's RPC: a direct (TLS) connection, a relay circuit, or p2p.
+"""The ways to open a stream to a block server's RPC: a direct connection (TLS, or proven-local on one
+machine), a relay circuit, or p2p.
 
 Clients (:meth:`RemoteSequenceManager.open_call_stream
 <core.client.sequence_manager.RemoteSequenceManager.open_call_stream>`) and servers pushing to the
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
 import time
 
 from hivemind.p2p import P2P, PeerID
 
-from core.direct_protocol import MAX_GREETING_BYTES, DirectEndpoint, check_greeting, hello, on_own_network
+from core.direct_local import PROOF_HEAD_BYTES, check_local_proof, local_hello, new_nonce, proof_lengths
+from core.direct_protocol import (
+    MAX_GREETING_BYTES, DirectEndpoint, check_greeting, hello, is_own_address, on_own_network,
+)
 from core.direct_tls import check_certificate, client_context
 from core.errors import RemoteCallError
 from core.relay_protocol import (
@@ -30,7 +33,8 @@ DIRECT_DIAL_TIMEOUT = 1.0
 where it takes milliseconds: a firewall that drops it costs this long, then p2p. Other addresses get
 :data:`DIRECT_CONNECT_TIMEOUT`."""
 DIRECT_CONNECT_TIMEOUT = 5.0
-"""Seconds for all of it (the connection, the TLS handshake, the greeting) before falling back to p2p."""
+"""Seconds for all of it (the connection, the TLS handshake or local proof, the greeting) before falling back to
+p2p."""
 RELAY_OPEN_TIMEOUT = 15.0
 """Seconds to open a circuit through a relay (the relay opens the server's stream meanwhile)."""
 DIRECT_RETRY_AFTER = 300.0
@@ -53,20 +57,32 @@ async def open_p2p_stream(p2p: P2P, peer_id: str, method: str) -> Stream:
 
 
 async def open_direct_stream(endpoint: DirectEndpoint, peer_id: str, method: str) -> Stream:
-    """A stream to ``method`` over a direct connection to server ``peer_id`` at ``endpoint`` (TLS pinned to the
-    announced certificate, then :mod:`core.direct_protocol`'s handshake); ``OSError``, ``TimeoutError`` or
+    """A stream to ``method`` over a direct connection to server ``peer_id`` at ``endpoint``: TLS pinned to the
+    announced certificate, or a local connection proven by its key when ``endpoint`` is this machine
+    (:mod:`core.direct_local`); then :mod:`core.direct_protocol`'s handshake. ``OSError``, ``TimeoutError`` or
     :class:`RemoteCallError` if nothing is there or it is not that server."""
-    where = str(endpoint)
+    where, local = str(endpoint), is_own_address(endpoint.host)
     async with asyncio.timeout(DIRECT_CONNECT_TIMEOUT):
         sock = await _dial(endpoint)
         try:
-            reader, writer = await asyncio.open_connection(sock=sock, ssl=client_context(), server_hostname="")
+            options = {} if local else {"ssl": client_context(), "server_hostname": ""}
+            reader, writer = await asyncio.open_connection(sock=sock, **options)
         except BaseException:
             sock.close()
             raise
         try:
-            check_certificate(writer.get_extra_info("ssl_object"), endpoint.fingerprint, where)
-            writer.write(hello(method))
+            if local:
+                nonce = new_nonce()
+                writer.write(local_hello(nonce) + hello(method))
+                try:
+                    lengths = proof_lengths(await reader.readexactly(PROOF_HEAD_BYTES), where)
+                    body = await reader.readexactly(sum(lengths))
+                except asyncio.IncompleteReadError:
+                    raise RemoteCallError(f"{where} closed the connection instead of proving it is {peer_id}") from None
+                check_local_proof(body, lengths[0], endpoint.fingerprint, nonce, endpoint.port, where)
+            else:
+                check_certificate(writer.get_extra_info("ssl_object"), endpoint.fingerprint, where)
+                writer.write(hello(method))
             received = b""
             while (rest := check_greeting(received, peer_id, where)) is None:
                 chunk = await reader.read(MAX_GREETING_BYTES)
@@ -100,35 +116,45 @@ async def _dial(endpoint: DirectEndpoint) -> socket.socket:
     return sock
 
 
-def connect_direct_blocking(endpoint: DirectEndpoint, peer_id: str, method: str) -> ssl.SSLSocket:
+def connect_direct_blocking(endpoint: DirectEndpoint, peer_id: str, method: str) -> socket.socket:
     """:func:`open_direct_stream` for a caller that then reads and writes with blocking calls (run it in a
-    worker thread): the connected TLS socket, the greeting read, all within :data:`DIRECT_CONNECT_TIMEOUT`."""
+    worker thread): the connected socket (TLS, or plain for a proven local connection), the greeting read, all
+    within :data:`DIRECT_CONNECT_TIMEOUT`."""
     where, deadline = str(endpoint), time.monotonic() + DIRECT_CONNECT_TIMEOUT
 
     def left() -> float:
         seconds = deadline - time.monotonic()
         if seconds <= 0:
-            raise TimeoutError(f"{where} did not finish the TLS handshake and greeting in {DIRECT_CONNECT_TIMEOUT:g} s")
+            raise TimeoutError(f"{where} did not finish the handshake and greeting in {DIRECT_CONNECT_TIMEOUT:g} s")
         return seconds
 
-    raw = socket.create_connection((endpoint.host, endpoint.port), timeout=min(_dial_timeout(endpoint), left()))
-    try:
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        raw.settimeout(left())
-        sock = client_context().wrap_socket(raw)  # the handshake
-    except BaseException:
-        raw.close()
-        raise
-    try:
-        check_certificate(sock, endpoint.fingerprint, where)
-        sock.sendall(hello(method))
+    def receive_exactly(length: int) -> bytes:
         received = b""
-        while check_greeting(received, peer_id, where) is None:
+        while len(received) < length:
             sock.settimeout(left())
-            chunk = sock.recv(1)  # byte by byte: nothing after the greeting may be read here
+            chunk = sock.recv(length - len(received))
             if not chunk:
                 raise RemoteCallError(f"{where} closed the connection instead of greeting as {peer_id}")
             received += chunk
+        return received
+
+    sock = socket.create_connection((endpoint.host, endpoint.port), timeout=min(_dial_timeout(endpoint), left()))
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if is_own_address(endpoint.host):
+            nonce = new_nonce()
+            sock.sendall(local_hello(nonce) + hello(method))
+            lengths = proof_lengths(receive_exactly(PROOF_HEAD_BYTES), where)
+            check_local_proof(receive_exactly(sum(lengths)), lengths[0], endpoint.fingerprint, nonce, endpoint.port,
+                              where)
+        else:
+            sock.settimeout(left())
+            sock = client_context().wrap_socket(sock)  # the handshake (the TLS socket takes over the connection)
+            check_certificate(sock, endpoint.fingerprint, where)
+            sock.sendall(hello(method))
+        received = b""
+        while check_greeting(received, peer_id, where) is None:
+            received += receive_exactly(1)  # byte by byte: nothing after the greeting may be read here
     except BaseException:
         sock.close()
         raise

@@ -16,7 +16,7 @@ def start_listener(loop: EventLoopThread, handles: dict[str, StreamHandle],
                    peer_id: str) -> tuple[DirectListener, DirectEndpoint]:
     """A listener with a fresh certificate on a free port, and the endpoint a client pins."""
     certificate = make_server_certificate()
-    listener = DirectListener(handles, peer_id, certificate.context)
+    listener = DirectListener(handles, peer_id, certificate)
     port = loop.run(listener.start("127.0.0.1", 0))
     return listener, DirectEndpoint("127.0.0.1", port, certificate.fingerprint)
 

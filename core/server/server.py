@@ -296,7 +296,7 @@ class BlockServer:
                                            [str(maddr) for maddr in await self._p2p.get_visible_maddrs()])
             handles = {method: self._handler.stream_handles[method] for method in DIRECT_METHODS}
             certificate = make_server_certificate()
-            self._direct = DirectListener(handles, self.peer_id, certificate.context)
+            self._direct = DirectListener(handles, self.peer_id, certificate)
             port = await self._direct.start(bind, self.config.direct_port)
             self._direct_address, self._direct_fingerprint = f"{announced}:{port}", certificate.fingerprint
             logger.info("Taking direct connections (TLS, certificate %s...) at %s", certificate.fingerprint[:16],

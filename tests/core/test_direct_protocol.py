@@ -8,7 +8,7 @@ import pytest
 from core import direct_protocol
 from core.config import ClientConfig
 from core.direct_protocol import (
-    DirectEndpoint, check_greeting, direct_endpoint, hello, may_connect_directly, method_of_hello,
+    DirectEndpoint, check_greeting, direct_endpoint, hello, is_own_address, may_connect_directly, method_of_hello,
     parse_direct_address, server_greeting,
 )
 from core.errors import RemoteCallError
@@ -36,7 +36,7 @@ def test_policy_private_allows_loopback_and_this_machines_networks_only(monkeypa
            SimpleNamespace(address="fd00::5", netmask="ffff:ffff:ffff:ffff::"),  # psutil's form of an IPv6 mask
            SimpleNamespace(address="aa:bb:cc:dd:ee:ff", netmask=None)]  # a link-layer entry is skipped
     monkeypatch.setattr(direct_protocol.psutil, "net_if_addrs", lambda: {"lo": [], "eth0": lan})
-    monkeypatch.setattr(direct_protocol, "_networks", (float("-inf"), []))
+    monkeypatch.setattr(direct_protocol, "_interfaces", (float("-inf"), []))
     for host in ("127.0.0.1", "192.168.1.7", "::1", "fd00::9"):
         assert may_connect_directly(host, "private"), host
     for host in ("192.168.2.7", "10.1.2.3", "8.8.8.8", "fd01::9"):  # another LAN's private address, a public one
@@ -45,6 +45,11 @@ def test_policy_private_allows_loopback_and_this_machines_networks_only(monkeypa
     assert not may_connect_directly("127.0.0.1", "never")
     with pytest.raises(ValueError, match="direct_connections must be one of"):
         ClientConfig(direct_connections="sometimes")
+    # this machine's own addresses (local connections, core.direct_local): loopback and its interfaces' addresses
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "192.168.1.20", "fd00::5", "::ffff:192.168.1.20"):
+        assert is_own_address(host), host
+    for host in ("192.168.1.7", "fd00::9", "10.1.2.3", "::ffff:10.1.2.3"):  # a neighbour on the LAN is not this machine
+        assert not is_own_address(host), host
 
 
 def test_bind_and_announced_hosts_follow_the_p2p_addresses() -> None:

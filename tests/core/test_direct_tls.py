@@ -1,4 +1,8 @@
-"""Direct connections' TLS: a server's certificate is its own, and callers accept only the pinned one."""
+"""Direct connections' TLS: a server's certificate is its own, and callers accept only the pinned one.
+
+Every server here listens on 127.0.0.1, which is this machine, where callers make local connections
+(tests/core/test_direct_local.py); ``other_machine`` makes the caller take such a server for one on
+another machine (one cannot exist in this test), so that it speaks TLS."""
 from __future__ import annotations
 
 import asyncio
@@ -14,6 +18,12 @@ from core import transports
 from core.direct_protocol import DirectEndpoint
 from core.direct_tls import check_certificate, client_context, is_fingerprint, make_server_certificate
 from core.errors import RemoteCallError
+
+
+@pytest.fixture
+def other_machine(monkeypatch):
+    """Callers take 127.0.0.1 for another machine's address: they dial it with TLS."""
+    monkeypatch.setattr(transports, "is_own_address", lambda host: False)
 
 
 def _handshake(server_context: ssl.SSLContext) -> ssl.SSLSocket:
@@ -49,10 +59,13 @@ def test_only_announced_fingerprints_are_taken() -> None:
         assert not is_fingerprint(bad), bad
 
 
-@pytest.fixture
-def silent_port(monkeypatch):
-    """A port that accepts TCP connections and never says a word (no TLS, no greeting)."""
+@pytest.fixture(params=["tls", "local"])
+def silent_port(monkeypatch, request):
+    """A port that accepts TCP connections and never says a word (no TLS, no proof, no greeting), dialled as
+    another machine's (TLS) and as this one's (a local connection)."""
     monkeypatch.setattr(transports, "DIRECT_CONNECT_TIMEOUT", 0.5)
+    if request.param == "tls":
+        request.getfixturevalue("other_machine")
     with socket.create_server(("127.0.0.1", 0)) as listener:
         yield listener.getsockname()[1]
 
@@ -103,7 +116,7 @@ def test_a_dropped_dial_gives_up_after_the_dial_timeout(dropping_port) -> None:
         assert time.monotonic() - started < transports.DIRECT_CONNECT_TIMEOUT  # the dial's bound, not the whole one
 
 
-def test_a_port_showing_another_certificate_receives_no_byte_of_the_call() -> None:
+def test_a_port_showing_another_certificate_receives_no_byte_of_the_call(other_machine) -> None:
     impostor, announced = make_server_certificate(), make_server_certificate()
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(10)

@@ -1,6 +1,6 @@
-"""Direct connections (default servers' TLS port): same tokens as local transformers, forward and backward
-equal to p2p, the pinned certificate and the handshake keep clients off the wrong program, policy and
-failures fall back to p2p, and garbage does not hurt."""
+"""Direct connections (default servers' direct port: TLS, or a proven local connection on one machine): same
+tokens as local transformers, forward and backward equal to p2p, the pinned certificate and the handshake keep
+clients off the wrong program, policy and failures fall back to p2p, and garbage does not hurt."""
 from __future__ import annotations
 
 import contextlib
@@ -14,10 +14,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from benchmarks.tiny_swarm import cache_free_bytes
-from core import AutoDistributedModelForCausalLM
+from core import AutoDistributedModelForCausalLM, transports
 from core.client.transports import open_direct_stream
 from core.config import ClientConfig
 from core.dht.schema import ServerInfo
+from core.direct_local import local_hello, new_nonce
 from core.direct_protocol import DirectEndpoint, direct_endpoint, hello, server_greeting
 from core.direct_tls import client_context
 from core.errors import RemoteCallError
@@ -51,8 +52,11 @@ def _local_tokens(original, input_ids: torch.Tensor) -> torch.Tensor:
     return reference_greedy(local, input_ids, "greedy tokens", max_new_tokens=NEW_TOKENS)
 
 
-def test_servers_announce_their_direct_port_and_clients_use_it(direct_swarm):
+@pytest.mark.parametrize("where", ["this machine", "another machine"])
+def test_servers_announce_their_direct_port_and_clients_use_it(direct_swarm, where, monkeypatch):
     original, _, _ = direct_swarm
+    if where == "another machine":  # what a client elsewhere on the LAN does (no second machine exists here)
+        monkeypatch.setattr(transports, "is_own_address", lambda host: False)
     with _client(direct_swarm, "private") as model:
         spans = model.transformer_blocks.manager.make_route(0, 4)
         announced = [span.server_info.direct_endpoint for span in spans]
@@ -64,7 +68,10 @@ def test_servers_announce_their_direct_port_and_clients_use_it(direct_swarm):
             session.step(model.embeds_to_hidden(model.get_input_embeddings()(input_ids)))
             socks = [hop._stream.sock for hop in session._sessions]  # not the p2p daemon's unix socket
             assert sorted(sock.getpeername()[:2] for sock in socks) == sorted((e.host, e.port) for e in announced)
-            assert all(isinstance(sock, ssl.SSLSocket) and sock.version() == "TLSv1.3" for sock in socks)
+            if where == "this machine":  # local connections: no TLS, the servers proved their keys
+                assert not any(isinstance(sock, ssl.SSLSocket) for sock in socks)
+            else:
+                assert all(isinstance(sock, ssl.SSLSocket) and sock.version() == "TLSv1.3" for sock in socks)
         assert torch.equal(model.generate(input_ids, max_new_tokens=NEW_TOKENS), _local_tokens(original, input_ids))
 
 
@@ -165,21 +172,30 @@ def test_garbage_on_the_direct_port_is_dropped_and_sessions_go_on(direct_swarm):
         span = model.transformer_blocks.manager.make_route(0, 4)[0]
         endpoint = span.server_info.direct_endpoint
         not_blossom = (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", bytes(range(256)) * 4, hello("rpc_shutdown"))
-        for garbage in (*not_blossom, hello("rpc_inference")):  # no TLS at all (e.g. an older Blossom client)
+        for garbage in (*not_blossom, hello("rpc_inference")):  # no TLS, no local hello (e.g. an older client)
             with socket.create_connection((endpoint.host, endpoint.port), timeout=10) as sock:
                 sock.sendall(garbage)
                 answer = _answer(sock)
             assert answer == b"" or answer[:1] == b"\x15", answer  # closed, at most with a TLS alert
-        for garbage in (*not_blossom, hello("rpc_inference") + b"\x07" * 64):  # inside TLS
-            raw = socket.create_connection((endpoint.host, endpoint.port), timeout=10)
-            with client_context().wrap_socket(raw) as sock:
-                sock.sendall(garbage)
-                answer = _answer(sock)
-            if garbage in not_blossom:
-                assert answer == b"", answer  # closed without a word
-            else:  # a Blossom hello, then a frame with an unknown marker: greeted, then told why
-                assert answer.startswith(server_greeting(span.peer_id)), answer
-                assert b"malformed stream frame (marker byte b" in answer, answer
+        for inside in ("TLS", "a local connection"):
+            for garbage in (*not_blossom, hello("rpc_inference") + b"\x07" * 64):
+                raw = socket.create_connection((endpoint.host, endpoint.port), timeout=10)
+                if inside == "TLS":
+                    sock = client_context().wrap_socket(raw)
+                else:
+                    sock, garbage = raw, local_hello(new_nonce()) + garbage
+                with sock:
+                    sock.sendall(garbage)
+                    answer = _answer(sock)
+                if inside == "a local connection":  # the proof comes first, whatever follows the local hello
+                    assert answer.startswith(b"BLOSSOM-LOCAL/1 "), answer
+                    answer = answer[answer.index(server_greeting(span.peer_id)):] \
+                        if server_greeting(span.peer_id) in answer else b""
+                if any(garbage.endswith(bad) for bad in not_blossom):
+                    assert answer == b"", (inside, answer)  # closed without a word
+                else:  # a Blossom hello, then a frame with an unknown marker: greeted, then told why
+                    assert answer.startswith(server_greeting(span.peer_id)), answer
+                    assert b"malformed stream frame (marker byte b" in answer, answer
         input_ids = torch.tensor([[12, 7, 19, 8]])
         assert torch.equal(model.generate(input_ids, max_new_tokens=NEW_TOKENS), _local_tokens(original, input_ids))
         assert not model.transformer_blocks.manager.direct_failures
