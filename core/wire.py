@@ -39,7 +39,7 @@ def serialize_tensors(tensors: Iterable[torch.Tensor]) -> list[runtime_pb2.Tenso
     false (hivemind sends the tensor's), since whoever receives a tensor builds its own graph."""
     protos = []
     for tensor in tensors:
-        tensor = tensor.detach().cpu()
+        tensor = tensor.detach() if tensor.device.type == "cpu" else tensor.detach().cpu()
         raw = tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor  # numpy has no bfloat16
         protos.append(runtime_pb2.Tensor(compression=runtime_pb2.CompressionType.NONE, buffer=raw.numpy().tobytes(),
                                          size=tensor.shape, dtype=str(tensor.dtype)[len("torch."):],
@@ -80,7 +80,8 @@ def deserialize_tensors(protos: Sequence[runtime_pb2.Tensor], max_elements: int)
                 )
         try:  # a writable copy of the bytes (tensors may be changed in place later); an empty buffer has no storage
             flat = torch.frombuffer(bytearray(proto.buffer), dtype=sent_as) if numel else torch.empty(0, dtype=sent_as)
-            tensors.append(flat.to(dtype).reshape(shape).requires_grad_(proto.requires_grad))
+            tensor = (flat if sent_as is dtype else flat.to(dtype)).view(shape)  # each torch call counts in a step
+            tensors.append(tensor.requires_grad_(True) if proto.requires_grad else tensor)
         except RuntimeError as error:  # say, requires_grad on integers
             raise InvalidRequestError(f"tensor {position} could not be read: {error}") from error
     return tensors

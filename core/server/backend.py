@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -81,7 +82,7 @@ class SpanBackend:
                 f"{batch * seq_len} tokens in one request is over this server's limit of "
                 f"{self.limits.max_tokens_per_request}; split the batch or the sequence"
             )
-        if not torch.isfinite(tensor).all():
+        if not _all_finite(tensor):
             raise InvalidRequestError(f"{name} contains NaN or Inf values")
 
     def check_prompts(self, prompts: torch.Tensor, hidden: torch.Tensor, start: int, end: int) -> None:
@@ -89,7 +90,7 @@ class SpanBackend:
         if prompts.dtype not in HIDDEN_DTYPES:
             raise InvalidRequestError(f"prompts must be float32, float16 or bfloat16, got {prompts.dtype}")
         check_prompts_shape(prompts, hidden, end - start)
-        if not torch.isfinite(prompts).all():
+        if not _all_finite(prompts):
             raise InvalidRequestError("prompts contain NaN or Inf values")
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -233,6 +234,13 @@ class SpanBackend:
                 f"the session would hold {past_length + new_tokens} tokens but was opened with max_length={max_length}; "
                 f"open a new session with a larger max_length (this server allows up to {self.limits.max_length})"
             )
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` holds no NaN or Inf: its sum in float64 is finite exactly then (a NaN or Inf carries
+    into the sum, and finite float16/32 values cannot add up past float64's range). One reduction, where
+    ``isfinite(...).all()`` costs three torch calls, which on a decoding step are each worth microseconds."""
+    return math.isfinite(tensor.sum(dtype=torch.float64).item())
 
 
 def _add_prompt(hidden: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:

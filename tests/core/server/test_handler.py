@@ -69,3 +69,16 @@ def test_an_inference_session_keeps_its_cache_and_stops_at_its_max_length(handle
     assert handler.stats.sessions_open == 0 and handler.cache_budget.free_bytes == 2**24  # all given back
     with pytest.raises(SequenceTooLongError):
         asyncio.run(session([hidden[:, :4], hidden[:, 4:6]], max_length=5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_hidden_states_are_refused_for_nan_or_inf_only_even_at_the_dtypes_largest_values(handler, dtype):
+    backend = handler.backend
+    largest = torch.full((1, 4, backend.hidden_size), torch.finfo(dtype).max, dtype=dtype)
+    largest[0, 1] = -largest[0, 1]
+    backend.check_hidden(largest)  # finite, though their sum overflows the dtype
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        poisoned = largest.clone()
+        poisoned[0, 2, 3] = bad
+        with pytest.raises(InvalidRequestError, match="hidden_states contains NaN or Inf"):
+            backend.check_hidden(poisoned)
