@@ -9,14 +9,17 @@ direct port at one of its own machine's addresses asks for a *local* connection:
 
 - the caller sends :func:`local_hello` with a fresh random nonce (and, at once, its usual hello);
 - the server answers with :func:`local_proof`: its certificate and an ECDSA signature, made with the
-  certificate's key, over the nonce and the port it listens on;
+  certificate's key, over the nonce and the address and port the connection reached;
 - the caller checks (:func:`check_local_proof`) that the certificate is the one whose fingerprint the
   server announced in its signed DHT record, and the signature. A program answering at that address
-  without the server's key cannot sign; one passing the nonce on to the real server at another port
-  gets a proof naming that other port.
+  without the server's key cannot sign; one passing the nonce on to the real server at another address
+  or port gets a proof naming those.
 
-A server takes local connections only from its own machine's addresses (:func:`is_own_address`);
-callers elsewhere use TLS (:mod:`core.direct_tls`).
+A server takes a local connection only from its own machine: from a loopback address, or from the very
+address the connection reached (:func:`comes_from_this_machine`; the kernel gives a connection to one
+of the machine's own addresses that address as its source, and drops packets from outside that claim
+it). Anyone else is closed before the proof, and a caller whose local connection is closed so (or an
+older server's, which speaks only TLS) dials again with TLS (:mod:`core.direct_tls`).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from core.direct_protocol import ip_of
 from core.direct_tls import ServerCertificate, fingerprint_of
 from core.errors import RemoteCallError
 
@@ -37,6 +41,11 @@ MAX_LOCAL_HELLO_BYTES = len(LOCAL_PROTOCOL) + 2 + 2 * NONCE_BYTES
 PROOF_HEAD = struct.Struct(">HH")  # after LOCAL_PROTOCOL and a space: the certificate's length, the signature's
 PROOF_HEAD_BYTES = len(LOCAL_PROTOCOL) + 1 + PROOF_HEAD.size
 MAX_PROOF_PART_BYTES = 4096
+
+
+class LocalConnectionRefusedError(RemoteCallError):
+    """The server closed a local connection (or answered it with something else) before any proof: it takes this
+    caller with TLS only."""
 
 
 def new_nonce() -> bytes:
@@ -60,32 +69,38 @@ def nonce_of_local_hello(line: bytes) -> bytes | None:
         return None
 
 
-def _signed_bytes(nonce: bytes, port: int) -> bytes:
-    return LOCAL_PROTOCOL + b" proof " + nonce + port.to_bytes(2, "big")
+def comes_from_this_machine(caller: str, reached: str) -> bool:
+    """Whether a connection from address ``caller`` to this server's address ``reached`` is from this machine."""
+    caller_ip = ip_of(caller)
+    return caller_ip.is_loopback or caller_ip == ip_of(reached)
 
 
-def local_proof(certificate: ServerCertificate, nonce: bytes, port: int) -> bytes:
-    """What a server listening on ``port`` answers to a local hello carrying ``nonce``."""
-    signature = certificate.key.sign(_signed_bytes(nonce, port), ec.ECDSA(hashes.SHA256()))
+def _signed_bytes(nonce: bytes, host: str, port: int) -> bytes:
+    return LOCAL_PROTOCOL + b" proof " + nonce + f" {ip_of(host)} {port}".encode()
+
+
+def local_proof(certificate: ServerCertificate, nonce: bytes, host: str, port: int) -> bytes:
+    """What a server answers to a local hello carrying ``nonce`` on a connection that reached ``host:port``."""
+    signature = certificate.key.sign(_signed_bytes(nonce, host, port), ec.ECDSA(hashes.SHA256()))
     return (LOCAL_PROTOCOL + b" " + PROOF_HEAD.pack(len(certificate.der), len(signature))
             + certificate.der + signature)
 
 
 def proof_lengths(head: bytes, where: str) -> tuple[int, int]:
     """The certificate's and the signature's lengths announced by the first :data:`PROOF_HEAD_BYTES` of a proof;
-    :class:`RemoteCallError` if ``head`` is not the start of one."""
+    :class:`LocalConnectionRefusedError` if ``head`` is not the start of one."""
     if len(head) != PROOF_HEAD_BYTES or not head.startswith(LOCAL_PROTOCOL + b" "):
-        raise RemoteCallError(f"{where} did not answer a local connection as a Blossom server (it sent {head!r})")
+        raise LocalConnectionRefusedError(f"{where} did not answer a local connection (it sent {head[:32]!r})")
     certificate_length, signature_length = PROOF_HEAD.unpack(head[-PROOF_HEAD.size:])
     if not 0 < certificate_length <= MAX_PROOF_PART_BYTES or not 0 < signature_length <= MAX_PROOF_PART_BYTES:
         raise RemoteCallError(f"{where} announced a proof of {certificate_length} + {signature_length} bytes")
     return certificate_length, signature_length
 
 
-def check_local_proof(body: bytes, certificate_length: int, fingerprint: str, nonce: bytes, port: int,
+def check_local_proof(body: bytes, certificate_length: int, fingerprint: str, nonce: bytes, host: str, port: int,
                       where: str) -> None:
     """:class:`RemoteCallError` unless ``body`` (certificate, then signature) proves that whoever answers at
-    ``where`` holds the key of the certificate ``fingerprint`` and listens on ``port``."""
+    ``host:port`` (``where``) holds the key of the certificate ``fingerprint`` and was reached there."""
     der, signature = body[:certificate_length], body[certificate_length:]
     if fingerprint_of(der) != fingerprint:
         raise RemoteCallError(f"{where} showed another certificate than the one its server announced "
@@ -94,7 +109,7 @@ def check_local_proof(body: bytes, certificate_length: int, fingerprint: str, no
         public_key = x509.load_der_x509_certificate(der).public_key()
         if not isinstance(public_key, ec.EllipticCurvePublicKey):
             raise TypeError(f"a {type(public_key).__name__} key")
-        public_key.verify(signature, _signed_bytes(nonce, port), ec.ECDSA(hashes.SHA256()))
+        public_key.verify(signature, _signed_bytes(nonce, host, port), ec.ECDSA(hashes.SHA256()))
     except (InvalidSignature, ValueError, TypeError) as error:
-        raise RemoteCallError(f"{where} did not prove it holds its announced certificate's key for this port "
+        raise RemoteCallError(f"{where} did not prove it holds its announced certificate's key at this address "
                               f"({type(error).__name__}): not sending anything") from None

@@ -106,10 +106,17 @@ def on_own_network(host: str) -> bool:
 def is_own_address(host: str) -> bool:
     """Whether ``host`` is this machine's: a loopback address or one of its interfaces' (traffic to it never
     leaves the machine; see :mod:`core.direct_local`)."""
+    address = ip_of(host)
+    return address.is_loopback or any(address == interface.ip for interface in local_interfaces())
+
+
+def ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The address ``host`` names (without an IPv6 zone; an IPv4-mapped IPv6 address as the IPv4 one, as a
+    dual-stack socket names IPv4 peers)."""
     address = ipaddress.ip_address(host.split("%")[0])
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # how a dual-stack socket names an IPv4 caller
-    return address.is_loopback or any(address == interface.ip for interface in local_interfaces())
+        return address.ipv4_mapped
+    return address
 
 
 _interfaces: tuple[float, list] = (float("-inf"), [])

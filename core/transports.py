@@ -9,12 +9,15 @@ hivemind's frames (:mod:`core.wire`) on the stream, exactly as on a p2p stream t
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 
 from hivemind.p2p import P2P, PeerID
 
-from core.direct_local import PROOF_HEAD_BYTES, check_local_proof, local_hello, new_nonce, proof_lengths
+from core.direct_local import (
+    PROOF_HEAD_BYTES, LocalConnectionRefusedError, check_local_proof, local_hello, new_nonce, proof_lengths,
+)
 from core.direct_protocol import (
     MAX_GREETING_BYTES, DirectEndpoint, check_greeting, hello, is_own_address, on_own_network,
 )
@@ -43,6 +46,8 @@ pay its time-out again."""
 RELAY_RETRY_AFTER = 60.0
 """Seconds a relay that failed a caller is tried only after the server's other relays."""
 
+logger = logging.getLogger(__name__)
+
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
@@ -57,43 +62,57 @@ async def open_p2p_stream(p2p: P2P, peer_id: str, method: str) -> Stream:
 
 
 async def open_direct_stream(endpoint: DirectEndpoint, peer_id: str, method: str) -> Stream:
-    """A stream to ``method`` over a direct connection to server ``peer_id`` at ``endpoint``: TLS pinned to the
-    announced certificate, or a local connection proven by its key when ``endpoint`` is this machine
-    (:mod:`core.direct_local`); then :mod:`core.direct_protocol`'s handshake. ``OSError``, ``TimeoutError`` or
-    :class:`RemoteCallError` if nothing is there or it is not that server."""
-    where, local = str(endpoint), is_own_address(endpoint.host)
+    """A stream to ``method`` over a direct connection to server ``peer_id`` at ``endpoint``: a local connection
+    proven by the server's key when ``endpoint`` is this machine (:mod:`core.direct_local`; TLS if the server
+    refuses it), else TLS pinned to the announced certificate; then :mod:`core.direct_protocol`'s handshake.
+    ``OSError``, ``TimeoutError`` or :class:`RemoteCallError` if nothing is there or it is not that server."""
     async with asyncio.timeout(DIRECT_CONNECT_TIMEOUT):
-        sock = await _dial(endpoint)
-        try:
-            options = {} if local else {"ssl": client_context(), "server_hostname": ""}
-            reader, writer = await asyncio.open_connection(sock=sock, **options)
-        except BaseException:
-            sock.close()
-            raise
-        try:
-            if local:
-                nonce = new_nonce()
-                writer.write(local_hello(nonce) + hello(method))
-                try:
-                    lengths = proof_lengths(await reader.readexactly(PROOF_HEAD_BYTES), where)
-                    body = await reader.readexactly(sum(lengths))
-                except asyncio.IncompleteReadError:
-                    raise RemoteCallError(f"{where} closed the connection instead of proving it is {peer_id}") from None
-                check_local_proof(body, lengths[0], endpoint.fingerprint, nonce, endpoint.port, where)
-            else:
-                check_certificate(writer.get_extra_info("ssl_object"), endpoint.fingerprint, where)
-                writer.write(hello(method))
-            received = b""
-            while (rest := check_greeting(received, peer_id, where)) is None:
-                chunk = await reader.read(MAX_GREETING_BYTES)
-                if not chunk:
-                    raise RemoteCallError(f"{where} closed the connection instead of greeting as {peer_id}")
-                received += chunk
-            if rest:
-                raise RemoteCallError(f"{where} sent {len(rest)} unexpected bytes after its greeting")
-        except BaseException:
-            writer.close()
-            raise
+        if is_own_address(endpoint.host):
+            try:
+                return await _open_direct(endpoint, peer_id, method, local=True)
+            except LocalConnectionRefusedError as error:
+                logger.debug("%s; dialling it again with TLS", error)
+        return await _open_direct(endpoint, peer_id, method, local=False)
+
+
+async def _open_direct(endpoint: DirectEndpoint, peer_id: str, method: str, local: bool) -> Stream:
+    where = str(endpoint)
+    sock = await _dial(endpoint)
+    try:
+        options = {} if local else {"ssl": client_context(), "server_hostname": ""}
+        reader, writer = await asyncio.open_connection(sock=sock, **options)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        if local:
+            nonce = new_nonce()
+            writer.write(local_hello(nonce) + hello(method))
+            try:
+                head = await reader.readexactly(PROOF_HEAD_BYTES)
+            except (asyncio.IncompleteReadError, ConnectionError) as error:
+                raise LocalConnectionRefusedError(f"{where} closed a local connection ({type(error).__name__})") \
+                    from None
+            lengths = proof_lengths(head, where)
+            try:
+                body = await reader.readexactly(sum(lengths))
+            except asyncio.IncompleteReadError:
+                raise RemoteCallError(f"{where} closed the connection in the middle of its proof") from None
+            check_local_proof(body, lengths[0], endpoint.fingerprint, nonce, endpoint.host, endpoint.port, where)
+        else:
+            check_certificate(writer.get_extra_info("ssl_object"), endpoint.fingerprint, where)
+            writer.write(hello(method))
+        received = b""
+        while (rest := check_greeting(received, peer_id, where)) is None:
+            chunk = await reader.read(MAX_GREETING_BYTES)
+            if not chunk:
+                raise RemoteCallError(f"{where} closed the connection instead of greeting as {peer_id}")
+            received += chunk
+        if rest:
+            raise RemoteCallError(f"{where} sent {len(rest)} unexpected bytes after its greeting")
+    except BaseException:
+        writer.close()
+        raise
     return reader, writer
 
 
@@ -118,9 +137,20 @@ async def _dial(endpoint: DirectEndpoint) -> socket.socket:
 
 def connect_direct_blocking(endpoint: DirectEndpoint, peer_id: str, method: str) -> socket.socket:
     """:func:`open_direct_stream` for a caller that then reads and writes with blocking calls (run it in a
-    worker thread): the connected socket (TLS, or plain for a proven local connection), the greeting read, all
-    within :data:`DIRECT_CONNECT_TIMEOUT`."""
-    where, deadline = str(endpoint), time.monotonic() + DIRECT_CONNECT_TIMEOUT
+    worker thread): the connected socket (plain for a proven local connection, else TLS), the greeting read,
+    all within :data:`DIRECT_CONNECT_TIMEOUT`."""
+    deadline = time.monotonic() + DIRECT_CONNECT_TIMEOUT
+    if is_own_address(endpoint.host):
+        try:
+            return _connect_blocking(endpoint, peer_id, method, True, deadline)
+        except LocalConnectionRefusedError as error:
+            logger.debug("%s; dialling it again with TLS", error)
+    return _connect_blocking(endpoint, peer_id, method, False, deadline)
+
+
+def _connect_blocking(endpoint: DirectEndpoint, peer_id: str, method: str, local: bool,
+                      deadline: float) -> socket.socket:
+    where = str(endpoint)
 
     def left() -> float:
         seconds = deadline - time.monotonic()
@@ -128,33 +158,37 @@ def connect_direct_blocking(endpoint: DirectEndpoint, peer_id: str, method: str)
             raise TimeoutError(f"{where} did not finish the handshake and greeting in {DIRECT_CONNECT_TIMEOUT:g} s")
         return seconds
 
-    def receive_exactly(length: int) -> bytes:
+    def receive_exactly(length: int, what: str) -> bytes:
         received = b""
         while len(received) < length:
             sock.settimeout(left())
             chunk = sock.recv(length - len(received))
             if not chunk:
-                raise RemoteCallError(f"{where} closed the connection instead of greeting as {peer_id}")
+                raise RemoteCallError(f"{where} closed the connection instead of {what}")
             received += chunk
         return received
 
     sock = socket.create_connection((endpoint.host, endpoint.port), timeout=min(_dial_timeout(endpoint), left()))
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if is_own_address(endpoint.host):
+        if local:
             nonce = new_nonce()
-            sock.sendall(local_hello(nonce) + hello(method))
-            lengths = proof_lengths(receive_exactly(PROOF_HEAD_BYTES), where)
-            check_local_proof(receive_exactly(sum(lengths)), lengths[0], endpoint.fingerprint, nonce, endpoint.port,
-                              where)
+            try:
+                sock.sendall(local_hello(nonce) + hello(method))
+                head = receive_exactly(PROOF_HEAD_BYTES, "proving who it is")
+            except (RemoteCallError, ConnectionError) as error:
+                raise LocalConnectionRefusedError(f"{where} closed a local connection ({error})") from None
+            lengths = proof_lengths(head, where)
+            check_local_proof(receive_exactly(sum(lengths), "finishing its proof"), lengths[0], endpoint.fingerprint,
+                              nonce, endpoint.host, endpoint.port, where)
         else:
             sock.settimeout(left())
             sock = client_context().wrap_socket(sock)  # the handshake (the TLS socket takes over the connection)
             check_certificate(sock, endpoint.fingerprint, where)
             sock.sendall(hello(method))
         received = b""
-        while check_greeting(received, peer_id, where) is None:
-            received += receive_exactly(1)  # byte by byte: nothing after the greeting may be read here
+        while check_greeting(received, peer_id, where) is None:  # byte by byte: nothing after it may be read here
+            received += receive_exactly(1, f"greeting as {peer_id}")
     except BaseException:
         sock.close()
         raise

@@ -237,10 +237,10 @@ class SpanBackend:
 
 
 def _all_finite(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor`` holds no NaN or Inf: its sum in float64 is finite exactly then (a NaN or Inf carries
-    into the sum, and finite float16/32 values cannot add up past float64's range). One reduction, where
-    ``isfinite(...).all()`` costs three torch calls, which on a decoding step are each worth microseconds."""
-    return math.isfinite(tensor.sum(dtype=torch.float64).item())
+    """Whether ``tensor`` holds no NaN or Inf. A NaN or Inf carries into the sum, so a finite sum settles it in one
+    reduction (``isfinite(...).all()`` costs three torch calls, each worth microseconds on a decoding step); a sum
+    that is not finite may also be finite values that overflowed it, so then each value is checked."""
+    return math.isfinite(tensor.sum().item()) or bool(torch.isfinite(tensor).all())
 
 
 def _add_prompt(hidden: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:

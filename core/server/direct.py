@@ -25,8 +25,8 @@ import ssl
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-from core.direct_local import LOCAL_PROTOCOL, local_proof, nonce_of_local_hello
-from core.direct_protocol import MAX_HELLO_BYTES, is_own_address, method_of_hello, server_greeting
+from core.direct_local import LOCAL_PROTOCOL, comes_from_this_machine, local_proof, nonce_of_local_hello
+from core.direct_protocol import MAX_HELLO_BYTES, method_of_hello, server_greeting
 from core.direct_tls import ServerCertificate
 from core.errors import PortInUseError
 
@@ -106,14 +106,15 @@ class DirectListener:
             try:
                 async with asyncio.timeout(HELLO_TIMEOUT):
                     local = await _first_byte(sock) == LOCAL_PROTOCOL[:1]
-                    if local and not is_own_address(host):
-                        raise ConnectionRefusedError(f"a local connection from {host}, not this machine")
+                    reached_host, reached_port = sock.getsockname()[:2]
+                    if local and not comes_from_this_machine(host, reached_host):  # the caller retries with TLS
+                        raise ConnectionRefusedError(f"a local connection from {host}, not from this machine")
                     reader, writer = await _streams(sock, None if local else self._certificate.context)
                     if local:
                         nonce = nonce_of_local_hello(await reader.readuntil(b"\n"))
                         if nonce is None:
                             raise ConnectionRefusedError("not a local hello")
-                        writer.write(local_proof(self._certificate, nonce, sock.getsockname()[1]))
+                        writer.write(local_proof(self._certificate, nonce, reached_host, reached_port))
                     line = await reader.readuntil(b"\n")
             except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError) as error:
                 # no TLS (e.g. an older client's plain hello), a broken record, silence, a hang-up, a stranger
@@ -125,6 +126,8 @@ class DirectListener:
                 return  # not a Blossom client: nothing it would understand can be said
             writer.write(server_greeting(self._peer_id))
             await self._handles[method](DirectCaller(f"direct:{host}"), reader, writer)
+        except Exception:  # a handle's own failure (they answer callers' errors themselves): logged, not left unseen
+            logger.warning("Direct connection from %s failed", host, exc_info=True)
         finally:
             if writer is not None:
                 writer.close()
