@@ -47,8 +47,8 @@ class ServerConfig:
     relay_service: bool = True
     """Relay for servers behind NAT while this server is itself dialable (core.server.relay)."""
     direct_port: int | None = 0
-    """Also take streaming calls (inference sessions, forward, backward, pushes) over TLS on this TCP port (0: any
-    free one) and announce it with the certificate's fingerprint, so callers that can dial it skip the p2p
+    """Also take streaming calls (inference sessions, forward, backward, pushes) on this TCP port, over TLS (from this
+    machine: local connections proven with the certificate's key, core.direct_local) (0: any free one) and announce it with the certificate's fingerprint, so callers that can dial it skip the p2p
     daemons (core.server.direct); None: p2p only."""
     push: bool = True
     """Pass inference outputs straight to the next server of a client's chain (core.push_protocol) and take
@@ -105,7 +105,8 @@ class ClientConfig:
     update_period: float = 30.0
     direct_connections: str = "private"
     """Dial servers' direct ports: "private" (loopback, and private addresses on this machine's networks),
-    "always" (any address), "never" (p2p only). The connection is TLS, pinned to the announced certificate."""
+    "always" (any address), "never" (p2p only). The connection is TLS, pinned to the announced certificate, or, to
+    this machine's own addresses, a local connection where the server proves it holds that certificate's key."""
     push_between_servers: bool = True
     """Inference steps go client -> A -> B -> ... -> client, each server pushing its output to the next (n + 1
     network legs per token), wherever both servers can; off: client -> A -> client -> B -> ... (2n legs)."""

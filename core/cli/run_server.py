@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="public multiaddrs others should dial (e.g. your router's address with a forwarded port)")
     parser.add_argument("--port", type=int, default=None, help="TCP port to listen on (default: random)")
     parser.add_argument("--direct_port", type=int, default=0,
-                        help="TCP port for direct connections (TLS, pinned to this server's announced certificate): "
+                        help="TCP port for direct connections (TLS, pinned to this server's announced certificate; from this "
+                             "machine, local connections proven with its key): "
                              "callers that can dial it skip the p2p daemons (default 0: any free port)")
     parser.add_argument("--no_direct", action="store_true",
                         help="take no direct connections: every call goes through the p2p daemons")

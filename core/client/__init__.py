@@ -9,6 +9,6 @@ Modules:
 - ``ptune.py``: trainable prompts kept on the client (``ptune`` prefix embeddings, ``deep_ptune`` per-block prompts).
 - ``sequence_manager.py``: the client's view of which servers hold which blocks, bans, and the forward/backward calls.
 - ``routing.py``: chains of servers for a range of blocks, by latency or by throughput (pure functions).
-- ``transports.py``: the ways to open a stream to a server's RPC: a direct TLS connection, a relay circuit, or p2p.
+- ``transports.py``: the ways to open a stream to a server's RPC: a direct connection (TLS, or proven-local on one machine), a relay circuit, or p2p.
 - ``blocking_stream.py``: an open stream's socket taken from asyncio, so a step is one send and a few receives.
 """

@@ -1,8 +1,8 @@
-"""A p2p stream (or a direct TLS connection) used from the caller's thread with plain blocking socket calls.
+"""A p2p stream (or a direct connection) used from the caller's thread with plain blocking socket calls.
 
 hivemind opens every stream as its own unix-socket connection to the local p2p daemon; once open,
 :class:`BlockingStream` takes that socket away from asyncio (a direct connection is made as a
-blocking TLS socket in the first place: :func:`core.transports.connect_direct_blocking`). So an
+blocking socket, TLS or local, in the first place: :func:`core.transports.connect_direct_blocking`). So an
 inference step writes its frame and reads the answer directly from the thread that asked for it: no
 hand-off to the event-loop thread and back, no tasks, one ``sendall`` and a few ``recv_into`` per hop
 (benchmarks/README.md measures what that saves). Frames are hivemind's, written and read by

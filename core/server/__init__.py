@@ -6,7 +6,7 @@ Modules:
 - ``handler.py``: the ``rpc_*`` methods: parse and validate each request, answer errors, delegate compute to the backend.
 - ``backend.py``: :class:`SpanBackend`, one span of blocks on one device: checks tensors against the blocks and runs them.
 - ``bounded_streams.py``: streaming RPCs with a size limit per message, idle time-outs and clear answers to malformed frames.
-- ``direct.py``: direct connections (TLS on a port of its own), the same frames as a p2p stream without the p2p daemons.
+- ``direct.py``: direct connections (TLS, or proven-local on one machine, on a port of its own), the same frames as a p2p stream without the p2p daemons.
 - ``reachability.py``: can clients reach this server? Dial-back checks by other peers, else relay reservations.
 - ``relay.py``: the dial-back and relay (reservation, circuit) services every public peer offers.
 - ``memory_cache.py``: the KV-cache memory budget sessions reserve before they start.
