@@ -1,10 +1,10 @@
 """The handshake of direct connections (servers' direct port) and which addresses a caller dials.
 
-A direct connection is TLS pinned to the certificate the server announced (:mod:`core.direct_tls`), or,
-on one machine, a local connection where the server proves it holds that certificate's key
-(:mod:`core.direct_local`). Over it, the caller sends :func:`hello` naming one streaming RPC; the server answers with
-:func:`server_greeting` (protocol, its peer id, newline). After that both sides speak hivemind's
-stream frames (:mod:`core.wire`), exactly as on a p2p stream to that RPC.
+A direct connection is TLS pinned to the certificate the server announced (:mod:`core.direct_tls`),
+or, on one machine, a local connection where the server proves it holds that certificate's key
+(:mod:`core.direct_local`). Over it, the caller sends :func:`hello` naming one streaming RPC; the
+server answers with :func:`server_greeting` (protocol, its peer id, newline). After that both sides
+speak hivemind's stream frames (:mod:`core.wire`), exactly as on a p2p stream to that RPC.
 """
 from __future__ import annotations
 
