@@ -11,7 +11,7 @@ import pytest
 from core.direct_tls import client_context
 from core.server import direct
 from core.utils.event_loop import EventLoopThread
-from tests.direct_listeners import start_listener
+from tests.direct_listeners import closed_within, start_listener
 
 
 async def _never_called(caller, reader, writer) -> None:
@@ -28,25 +28,15 @@ def listener(monkeypatch):
     loop.stop()
 
 
-def _closed_within(sock: socket.socket, seconds: float) -> bool:
-    sock.settimeout(seconds)
-    try:
-        return sock.recv(1) == b""
-    except TimeoutError:
-        return False
-    except ConnectionResetError:
-        return True
-
-
 def test_connections_that_never_finish_their_handshake_count_and_stop_cuts_them(listener):
     server, endpoint, loop = listener
     silent = [socket.create_connection((endpoint.host, endpoint.port), timeout=5) for _ in range(3)]
     try:
-        assert not any(_closed_within(sock, 0.3) for sock in silent)  # waiting for a ClientHello, within HELLO_TIMEOUT
+        assert not any(closed_within(sock, 0.3) for sock in silent)  # waiting for a ClientHello, within HELLO_TIMEOUT
         with socket.create_connection((endpoint.host, endpoint.port), timeout=5) as one_too_many:
-            assert _closed_within(one_too_many, 5)
+            assert closed_within(one_too_many, 5)
         loop.run(server.stop(), timeout=10)
-        assert all(_closed_within(sock, 5) for sock in silent)
+        assert all(closed_within(sock, 5) for sock in silent)
     finally:
         for sock in silent:
             sock.close()
@@ -57,5 +47,5 @@ def test_a_broken_tls_record_closes_its_connection_without_a_traceback(listener,
     with caplog.at_level(logging.WARNING):
         with client_context().wrap_socket(socket.create_connection((endpoint.host, endpoint.port), timeout=5)) as sock:
             os.write(sock.fileno(), b"\x17\x03\x03\x00\x20" + bytes(32))  # application data that does not decrypt
-            assert _closed_within(sock, 5)
+            assert closed_within(sock, 5)
     assert not [record for record in caplog.records if record.levelno >= logging.WARNING], caplog.text
